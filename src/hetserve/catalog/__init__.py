@@ -1,0 +1,192 @@
+"""Accelerator catalog: specs, prices, availability and the performance model's efficiency factors.
+
+The bundled catalog (data/accelerators.yaml) holds every row of the project's reference table.
+Users extend it with their own file (new rows need every field; rows that name a bundled
+accelerator override only the fields they give), override prices, and state availability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hetserve.errors import HetserveError, load_yaml, lookup, validation_message
+
+__all__ = [
+    "Accelerator",
+    "Catalog",
+    "load_catalog",
+    "parse_assignments",
+]
+
+
+class Accelerator(BaseModel):
+    """One accelerator type (a GPU, or a CPU instance) as the planner rents it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: Literal["gpu", "cpu"]
+    memory_gb: float = Field(gt=0, description="device memory as sold, GiB")
+    memory_bw_gbs: float = Field(gt=0, description="peak memory bandwidth, GB/s")
+    bf16_tflops: float = Field(gt=0, description="dense BF16/FP16 tensor peak, TFLOPS")
+    fp8_tflops: float | None = Field(default=None, gt=0, description="dense FP8 peak, if any")
+    link: str = Field(description="intra-node interconnect")
+    link_gbs: float = Field(ge=0, description="intra-node link bandwidth per direction, GB/s")
+    allreduce_us: float = Field(ge=0, description="latency of one small all-reduce, us")
+    max_per_node: int = Field(ge=1, description="most devices in one node (TP limit)")
+    tdp_watts: float | None = None
+    usd_per_hour: float = Field(ge=0, description="price of one device per hour")
+    eta_compute: float = Field(gt=0, le=1)
+    eta_memory: float = Field(gt=0, le=1)
+    step_overhead_ms: float = Field(ge=0)
+    ecc_reserved: float = Field(default=0.0, ge=0, lt=1, description="share kept for ECC")
+    notes: str = ""
+
+    @property
+    def memory_bytes(self) -> float:
+        """Memory the driver offers to applications."""
+        return self.memory_gb * 2**30 * (1.0 - self.ecc_reserved)
+
+    def peak_flops(self, fp8: bool = False) -> float:
+        """Dense peak in FLOP/s; FP8 peak where the device has FP8 tensor cores and fp8 is asked."""
+        tflops = self.fp8_tflops if (fp8 and self.fp8_tflops) else self.bf16_tflops
+        return tflops * 1e12
+
+
+class Catalog:
+    """Accelerators by name, with availability (None: no stated limit)."""
+
+    def __init__(
+        self, accelerators: Iterable[Accelerator], available: Mapping[str, int] | None = None
+    ) -> None:
+        self.accelerators: dict[str, Accelerator] = {a.name: a for a in accelerators}
+        self.available: dict[str, int] = {}
+        for name, count in (available or {}).items():
+            self.available[self.get(name).name] = int(count)
+
+    def __iter__(self):
+        return iter(self.accelerators.values())
+
+    def __len__(self) -> int:
+        return len(self.accelerators)
+
+    def get(self, name: str) -> Accelerator:
+        return lookup("accelerator", name, self.accelerators)
+
+    def availability(self, name: str) -> int | None:
+        return self.available.get(self.get(name).name)
+
+    def with_prices(self, prices: Mapping[str, float]) -> Catalog:
+        """A copy with the given prices ($/h per device) replaced."""
+        updated = dict(self.accelerators)
+        for name, price in prices.items():
+            acc = self.get(name)
+            if price < 0:
+                raise HetserveError(f"--price {name}: expected a price >= 0, got {price}")
+            updated[acc.name] = acc.model_copy(update={"usd_per_hour": float(price)})
+        return Catalog(updated.values(), self.available)
+
+    def with_availability(self, available: Mapping[str, int]) -> Catalog:
+        """A copy with availability counts set (accelerators not named stay as they were)."""
+        merged = dict(self.available)
+        for name, count in available.items():
+            if count < 0:
+                raise HetserveError(f"--available {name}: expected a count >= 0, got {count}")
+            merged[self.get(name).name] = int(count)
+        return Catalog(self.accelerators.values(), merged)
+
+    def only(self, names: Iterable[str]) -> Catalog:
+        """A copy restricted to the named accelerators."""
+        keep = {self.get(n).name for n in names}
+        return Catalog(
+            [a for a in self if a.name in keep],
+            {n: c for n, c in self.available.items() if n in keep},
+        )
+
+
+def _rows_from_file(path: Path) -> list[dict]:
+    data = load_yaml(path)
+    rows = data.get("accelerators") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise HetserveError(f"{path}: expected a list of accelerators (key 'accelerators')")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "name" not in row:
+            raise HetserveError(f"{path}: accelerators[{i}]: expected a mapping with a 'name'")
+    return rows
+
+
+def _build(rows: list[dict], where: str) -> list[Accelerator]:
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(Accelerator(**row))
+        except ValidationError as err:
+            label = f"{where}: accelerator '{row.get('name', i)}'"
+            raise HetserveError(validation_message(err, label)) from None
+    return out
+
+
+def bundled_rows() -> list[dict]:
+    path = resources.files("hetserve.catalog") / "data" / "accelerators.yaml"
+    return _rows_from_file(Path(str(path)))
+
+
+def load_catalog(
+    extra: Path | str | None = None,
+    prices: Mapping[str, float] | None = None,
+    available: Mapping[str, int] | None = None,
+) -> Catalog:
+    """The bundled catalog, extended/overridden by `extra`, then prices and availability applied."""
+    rows = {r["name"]: dict(r) for r in bundled_rows()}
+    lower = {name.lower(): name for name in rows}
+    if extra is not None:
+        for row in _rows_from_file(Path(extra)):
+            known = lower.get(str(row["name"]).lower())
+            if known:  # override the fields given
+                rows[known] = {**rows[known], **row, "name": known}
+            else:  # a new accelerator: every field is required
+                rows[row["name"]] = row
+                lower[str(row["name"]).lower()] = row["name"]
+    cat = Catalog(_build(list(rows.values()), str(extra) if extra else "bundled catalog"))
+    if prices:
+        cat = cat.with_prices(prices)
+    if available:
+        cat = cat.with_availability(available)
+    return cat
+
+
+def parse_assignments(items: Iterable[str], option: str, cast=float) -> dict[str, float]:
+    """Parse repeated/comma-separated NAME=VALUE options (e.g. --price A10G=0.9,L4=0.7)."""
+    out: dict[str, float] = {}
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise HetserveError(f"{option} '{part}': expected NAME=VALUE")
+            try:
+                out[name.strip()] = cast(value.strip())
+            except ValueError:
+                kind = "an integer" if cast is int else "a number"
+                raise HetserveError(f"{option} '{part}': expected {kind} after '='") from None
+    return out
+
+
+def load_availability(path: Path | str) -> dict[str, int]:
+    """Availability from a YAML/JSON file: a mapping NAME: COUNT."""
+    data = load_yaml(Path(path))
+    if not isinstance(data, dict):
+        raise HetserveError(f"{path}: expected a mapping of accelerator name to count")
+    out = {}
+    for name, count in data.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise HetserveError(f"{path}: '{name}': expected a count >= 0, got {count!r}")
+        out[str(name)] = count
+    return out

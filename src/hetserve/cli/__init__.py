@@ -1,0 +1,251 @@
+"""Command line: parses options, calls the library, prints. Bad input: one line, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hetserve.catalog import Catalog, load_availability, load_catalog, parse_assignments
+from hetserve.errors import HetserveError
+from hetserve.models import DTYPE_BYTES, bundled_models, get_model
+from hetserve.perf import SLO
+from hetserve.workload import (
+    DEFAULT_INPUT_EDGES,
+    DEFAULT_OUTPUT_EDGES,
+    ClassGrid,
+    classify,
+    load_trace,
+    parse_edges,
+)
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="hetserve: cost-efficient LLM serving on heterogeneous accelerators.",
+)
+out = Console()
+if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    out = Console(width=160)
+
+CatalogOpt = Annotated[
+    Path | None, typer.Option("--catalog", help="YAML file extending/overriding the catalog")
+]
+PriceOpt = Annotated[
+    list[str] | None, typer.Option("--price", help="NAME=USD per device-hour (repeatable)")
+]
+AvailOpt = Annotated[
+    list[str] | None,
+    typer.Option("--available", help="NAME=COUNT,... or a YAML/JSON file of NAME: COUNT"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+
+
+def parse_duration(text: str, option: str) -> float:
+    """'2s', '50ms', '500us', '0.05' (seconds) -> seconds."""
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|s|m)?\s*", text)
+    if not found:
+        raise HetserveError(f"{option} '{text}': expected a duration like 2s, 50ms or 0.05")
+    scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, "m": 60.0, None: 1.0}[found[2]]
+    value = float(found[1]) * scale
+    if value <= 0:
+        raise HetserveError(f"{option} '{text}': expected a duration > 0")
+    return value
+
+
+def build_catalog(path: Path | None, prices: list[str] | None, avail: list[str] | None) -> Catalog:
+    available: dict[str, int] = {}
+    for item in avail or []:
+        if "=" not in item and Path(item).exists():
+            available.update(load_availability(item))
+        else:
+            available.update(parse_assignments([item], "--available", int))
+    return load_catalog(path, parse_assignments(prices or [], "--price"), available)
+
+
+def _emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command("catalog")
+def catalog_cmd(catalog: CatalogOpt = None, price: PriceOpt = None, available: AvailOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Print the accelerator catalog."""
+    cat = build_catalog(catalog, price, available)
+    if as_json:
+        _emit_json([a.model_dump() | {"available": cat.availability(a.name)} for a in cat])
+        return
+    table = Table(title="Accelerator catalog", title_justify="left")
+    for col in ("name", "kind", "mem GiB", "BW GB/s", "BF16 TF", "FP8 TF", "link",
+                "link GB/s", "per node", "$/h", "avail", "eta_c", "eta_m", "step ms"):
+        table.add_column(col, justify="left" if col in ("name", "kind", "link") else "right")
+    for a in cat:
+        avail = cat.availability(a.name)
+        table.add_row(
+            a.name, a.kind, f"{a.memory_gb:g}", f"{a.memory_bw_gbs:g}", f"{a.bf16_tflops:g}",
+            f"{a.fp8_tflops:g}" if a.fp8_tflops else "-", a.link, f"{a.link_gbs:g}",
+            str(a.max_per_node), f"{a.usd_per_hour:.3g}", "-" if avail is None else str(avail),
+            f"{a.eta_compute:.2f}", f"{a.eta_memory:.2f}", f"{a.step_overhead_ms:g}",
+        )
+    out.print(table)
+
+
+@app.command("models")
+def models_cmd(as_json: JsonOpt = False) -> None:
+    """List the bundled model architectures."""
+    models = bundled_models()
+    if as_json:
+        _emit_json([m.model_dump() | {"params": m.params} for m in models])
+        return
+    table = Table(title="Bundled models (or pass a config.json path)", title_justify="left")
+    for col in ("name", "params", "layers", "hidden", "heads", "kv heads", "head dim",
+                "interm.", "vocab", "dtype", "KV KiB/token"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for m in models:
+        table.add_row(m.name, f"{m.params / 1e9:.2f}B", str(m.layers), str(m.hidden),
+                      str(m.heads), str(m.kv_heads), str(m.head_dim), str(m.intermediate),
+                      str(m.vocab), m.default_dtype, f"{m.kv_bytes_per_token() / 1024:g}")
+    out.print(table)
+
+
+def _workload(name: str, rate: float | None, input_edges: str | None, output_edges: str | None):
+    grid = ClassGrid(parse_edges(input_edges, DEFAULT_INPUT_EDGES, "--input-edges"),
+                     parse_edges(output_edges, DEFAULT_OUTPUT_EDGES, "--output-edges"))
+    return classify(load_trace(name), grid, rate)
+
+
+WorkloadOpt = Annotated[
+    str, typer.Option("--workload", "-w", help="azure-conv, azure-code, or a .csv/.jsonl trace")
+]
+RateOpt = Annotated[
+    float | None, typer.Option("--rate", help="scale the trace to this many req/s")
+]
+InEdgesOpt = Annotated[
+    str | None, typer.Option("--input-edges", help="prompt-length bucket edges, e.g. 1,512,2048")
+]
+OutEdgesOpt = Annotated[
+    str | None, typer.Option("--output-edges", help="output-length bucket edges")
+]
+
+
+@app.command("workload")
+def workload_cmd(workload: Annotated[str, typer.Argument(help="azure-conv, azure-code or file")],
+                 rate: RateOpt = None, input_edges: InEdgesOpt = None,
+                 output_edges: OutEdgesOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a workload's request classes."""
+    wl = _workload(workload, rate, input_edges, output_edges)
+    rows = [
+        {"class": c.name, "requests": c.count, "rate": c.rate, "mean_input": c.mean_input,
+         "mean_output": c.mean_output} for c in wl.classes
+    ]
+    if as_json:
+        _emit_json({"workload": wl.name, "requests": len(wl.trace), "rate": wl.rate,
+                    "classes": rows})
+        return
+    table = Table(title=f"{wl.name}: {len(wl.trace)} requests over {wl.trace.duration:.0f}s, "
+                  f"{wl.rate:.2f} req/s, {len(wl.classes)} classes", title_justify="left")
+    for col in ("class", "requests", "req/s", "mean prompt", "mean output"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for r in rows:
+        table.add_row(r["class"], str(r["requests"]), f"{r['rate']:.3f}",
+                      f"{r['mean_input']:.0f}", f"{r['mean_output']:.0f}")
+    out.print(table)
+
+
+@app.command("estimate")
+def estimate_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="bundled name or config.json")],
+    workload: WorkloadOpt = "azure-conv",
+    ttft: Annotated[str, typer.Option("--ttft", help="TTFT limit (p90), e.g. 2s")] = "2s",
+    tpot: Annotated[str, typer.Option("--tpot", help="TPOT limit (p90), e.g. 50ms")] = "50ms",
+    rate: RateOpt = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")] = None,
+    catalog: CatalogOpt = None,
+    price: PriceOpt = None,
+    available: AvailOpt = None,
+    input_edges: InEdgesOpt = None,
+    output_edges: OutEdgesOpt = None,
+    as_json: JsonOpt = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the best-accelerator map")]
+    = None,
+) -> None:
+    """Per accelerator x TP: sustainable rate and tokens per dollar of every request class."""
+    from hetserve.perf.estimate import estimate
+
+    if dtype is not None and dtype not in DTYPE_BYTES:
+        raise HetserveError(f"--dtype '{dtype}': expected one of {', '.join(DTYPE_BYTES)}")
+    slo = SLO(parse_duration(ttft, "--ttft"), parse_duration(tpot, "--tpot"))
+    spec = get_model(model)
+    cat = build_catalog(catalog, price, available)
+    wl = _workload(workload, rate, input_edges, output_edges)
+    est = estimate(spec, wl, cat, slo, dtype)
+    if plot:
+        from hetserve.perf.plot import plot_best_map
+
+        plot_best_map(est, plot)
+    if as_json:
+        _emit_json(est.as_dict())
+        return
+    from hetserve.cli.tables import estimate_tables
+
+    for table in estimate_tables(est):
+        out.print(table)
+    if plot:
+        out.print(f"wrote {plot}")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    data: Annotated[Path | None, typer.Option("--data", help="measurements CSV")] = None,
+    catalog: CatalogOpt = None,
+    price: PriceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the performance model with published serving measurements."""
+    from hetserve.sim.calibrate import calibrate, median_abs_error
+
+    points = calibrate(build_catalog(catalog, price, None), data)
+    median = median_abs_error(points)
+    if as_json:
+        _emit_json({
+            "points": [{"id": p.id, "predicted": p.predicted, "measured": p.measured,
+                        "error": p.error} for p in points],
+            "median_abs_error": median,
+        })
+        return
+    table = Table(title="Performance model vs published measurements (closed-loop simulation)",
+                  title_justify="left")
+    for col in ("id", "metric", "predicted", "measured", "error"):
+        table.add_column(col, justify="left" if col in ("id", "metric") else "right")
+    for p in points:
+        style = "red" if abs(p.error) > 0.5 else ("yellow" if abs(p.error) > 0.25 else "")
+        table.add_row(p.id, p.metric, f"{p.predicted:.1f}", f"{p.measured:.1f}",
+                      f"[{style}]{p.error:+.1%}[/]" if style else f"{p.error:+.1%}")
+    out.print(table)
+    worst = max(points, key=lambda p: max(p.predicted / p.measured, p.measured / p.predicted))
+    out.print(f"median absolute error: {median:.1%} over {len(points)} points; worst: {worst.id} "
+              f"({worst.error:+.0%})")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except HetserveError as exc:
+        sys.stderr.write(f"error: {exc}\n")  # one line, never wrapped
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,87 @@
+"""Rich tables for CLI output."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.table import Table
+
+from hetserve.perf.estimate import Estimate
+
+
+def _mtok(x: float) -> str:
+    return f"{x / 1e6:.2f}" if x > 0 else "-"
+
+
+def mix_tokens_per_dollar(est: Estimate) -> np.ndarray:
+    """Per config: tokens per dollar if it alone served the whole class mix (0: it cannot)."""
+    rates = np.array([c.rate for c in est.workload.classes])
+    tokens = np.array([c.mean_input + c.mean_output for c in est.workload.classes])
+    out = np.zeros(len(est.configs))
+    for i, dep in enumerate(est.configs):
+        cap = est.rate[i]
+        if (cap <= 0).any():
+            continue
+        replicas = float(np.sum(rates / cap))
+        out[i] = float(np.sum(rates * tokens)) * 3600.0 / (replicas * dep.usd_per_hour)
+    return out
+
+
+def estimate_tables(est: Estimate) -> list[Table]:
+    wl = est.workload
+    slo = est.slo
+    title = (f"{est.model.name} on {wl.name} ({len(wl.trace)} requests, {wl.rate:.2f} req/s), "
+             f"TTFT <= {slo.ttft:g}s, TPOT <= {slo.tpot * 1e3:g}ms: "
+             "most cost-efficient accelerator per request class")
+    best = Table(title=title, title_justify="left")
+    for col in ("class", "req %", "req/s", "best", "req/s/replica", "Mtok/$", "runner-up type",
+                "its Mtok/$", "gain"):
+        best.add_column(col, justify="left" if col in ("class", "best", "runner-up type")
+                        else "right", no_wrap=col in ("class", "best", "runner-up type"))
+    total = len(wl.trace)
+    for j, c in enumerate(wl.classes):
+        b = int(est.best[j])
+        if b < 0:
+            best.add_row(c.name, f"{100 * c.count / total:.1f}", f"{c.rate:.3f}",
+                         "[red]none meets the SLO[/]", "", "", "", "", "")
+            continue
+        win = est.configs[b]
+        others = [i for i, d in enumerate(est.configs)
+                  if d.accelerator.name != win.accelerator.name and est.rate[i, j] > 0]
+        second = max(others, key=lambda i: est.tokens_per_dollar[i, j]) if others else None
+        tpd = est.tokens_per_dollar[b, j]
+        row = [c.name, f"{100 * c.count / total:.1f}", f"{c.rate:.3f}", win.label,
+               f"{est.rate[b, j]:.2f}", _mtok(tpd)]
+        if second is None:
+            row += ["(only one)", "", ""]
+        else:
+            t2 = est.tokens_per_dollar[second, j]
+            row += [est.configs[second].label, _mtok(t2), f"{tpd / t2 - 1:+.0%}"]
+        best.add_row(*row)
+
+    mix = mix_tokens_per_dollar(est)
+    wins = np.bincount(est.best[est.best >= 0], minlength=len(est.configs))
+    req_share = np.zeros(len(est.configs))
+    for j, c in enumerate(wl.classes):
+        if est.best[j] >= 0:
+            req_share[est.best[j]] += c.count / total
+    shown = []
+    for acc in dict.fromkeys(d.accelerator.name for d in est.configs):
+        idx = [i for i, d in enumerate(est.configs) if d.accelerator.name == acc]
+        top = max(idx, key=lambda i: (mix[i], (est.rate[i] > 0).sum()))
+        shown += [i for i in idx if i == top or wins[i] > 0]
+    shown.sort(key=lambda i: -mix[i])
+    configs = Table(
+        title=f"Per config: the whole mix on one type ({len(est.configs)} configs fit; best TP per "
+        "accelerator and every class winner shown, --json for all)",
+        title_justify="left",
+    )
+    for col in ("config", "$/h", "KV tokens", "classes served", "best for", "mix Mtok/$"):
+        configs.add_column(col, justify="left" if col == "config" else "right")
+    n = len(wl.classes)
+    for i in shown:
+        d = est.configs[i]
+        configs.add_row(d.label, f"{d.usd_per_hour:.2f}", f"{d.kv_capacity_tokens:,}",
+                        f"{int((est.rate[i] > 0).sum())}/{n}",
+                        f"{wins[i]} cls, {100 * req_share[i]:.0f}% req" if wins[i] else "",
+                        _mtok(mix[i]))
+    return [best, configs]

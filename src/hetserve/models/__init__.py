@@ -1,0 +1,153 @@
+"""Model architectures: the shapes the performance model needs, bundled or read from config.json."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hetserve.errors import HetserveError, load_yaml, suggest, validation_message
+
+__all__ = ["DTYPE_BYTES", "Dtype", "ModelSpec", "bundled_models", "get_model"]
+
+Dtype = Literal["bf16", "fp16", "fp8", "int4"]
+# bytes per weight; int4 carries group scales (group 128, fp16 scale + zero: ~3%)
+DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5 * 1.03}
+
+
+class ModelSpec(BaseModel):
+    """A dense decoder-only transformer (Llama-style: gated MLP, GQA, RMSNorm)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    hf_id: str = ""
+    aliases: tuple[str, ...] = ()
+    layers: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    intermediate: int = Field(gt=0)
+    vocab: int = Field(gt=0)
+    max_context: int = Field(default=32768, gt=0)
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    default_dtype: Dtype = "bf16"
+
+    @model_validator(mode="after")
+    def _gqa(self) -> ModelSpec:
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads")
+        return self
+
+    # ---- shapes -------------------------------------------------------------------------
+    @property
+    def layer_params(self) -> int:
+        """Matmul parameters of one transformer layer (attention projections + gated MLP)."""
+        q = self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        attn = self.hidden * (q + 2 * kv) + q * self.hidden
+        bias = (q + 2 * kv) if self.qkv_bias else 0
+        return attn + bias + 3 * self.hidden * self.intermediate + 2 * self.hidden
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def params(self) -> int:
+        """All parameters: layers, input embedding, LM head (unless tied), final norm."""
+        head = 0 if self.tie_embeddings else self.embedding_params
+        return self.layers * self.layer_params + self.embedding_params + head + self.hidden
+
+    @property
+    def matmul_params(self) -> int:
+        """Parameters touched by matmuls per token (the embedding lookup is a gather)."""
+        return self.layers * self.layer_params + self.embedding_params
+
+    def weight_bytes(self, dtype: str | None = None) -> float:
+        return self.params * DTYPE_BYTES[dtype or self.default_dtype]
+
+    def kv_bytes_per_token(self, kv_dtype: str = "bf16") -> float:
+        """K and V of every layer for one token: 2 x layers x kv_heads x head_dim x bytes."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[kv_dtype]
+
+    def matches(self, name: str) -> bool:
+        key = _normalise(name)
+        return key in {_normalise(n) for n in (self.name, self.hf_id, *self.aliases) if n}
+
+
+def _normalise(name: str) -> str:
+    """Model names compare case-insensitively, without org prefix or -instruct/-hf/-chat."""
+    key = name.strip().lower().rsplit("/", 1)[-1]
+    return re.sub(r"-(instruct|chat|hf)$", "", key)
+
+
+@cache
+def bundled_models() -> tuple[ModelSpec, ...]:
+    path = Path(str(resources.files("hetserve.models") / "data" / "models.yaml"))
+    rows = load_yaml(path)["models"]
+    return tuple(ModelSpec(**row) for row in rows)
+
+
+_HF_KEYS = {
+    "num_hidden_layers": "layers",
+    "hidden_size": "hidden",
+    "num_attention_heads": "heads",
+    "num_key_value_heads": "kv_heads",
+    "head_dim": "head_dim",
+    "intermediate_size": "intermediate",
+    "vocab_size": "vocab",
+    "max_position_embeddings": "max_context",
+    "tie_word_embeddings": "tie_embeddings",
+}
+
+
+def from_hf_config(path: Path | str) -> ModelSpec:
+    """A ModelSpec from a Hugging Face config.json (dense Llama/Mistral/Qwen2-style models)."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except OSError as exc:
+        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(cfg, dict):
+        raise HetserveError(f"{path}: expected a JSON object")
+    if cfg.get("num_local_experts") or cfg.get("num_experts"):
+        raise HetserveError(f"{path}: mixture-of-experts models are not supported yet")
+    row: dict = {v: cfg[k] for k, v in _HF_KEYS.items() if cfg.get(k) is not None}
+    for need in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                 "intermediate_size", "vocab_size"):
+        if need not in cfg:
+            raise HetserveError(f"{path}: missing field '{need}'")
+    row.setdefault("kv_heads", row["heads"])
+    row.setdefault("head_dim", row["hidden"] // row["heads"])
+    row["name"] = cfg.get("_name_or_path") or path.parent.name or path.stem
+    row["qkv_bias"] = bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2"))
+    dtype = {"bfloat16": "bf16", "float16": "fp16"}.get(str(cfg.get("torch_dtype")), "bf16")
+    row["default_dtype"] = dtype
+    try:
+        return ModelSpec(**row)
+    except ValidationError as err:
+        raise HetserveError(validation_message(err, str(path))) from None
+
+
+def get_model(name: str) -> ModelSpec:
+    """A bundled model by name or alias, or a config.json by path."""
+    p = Path(name)
+    if name.endswith(".json") or p.is_file():
+        return from_hf_config(p)
+    if p.is_dir() and (p / "config.json").is_file():
+        return from_hf_config(p / "config.json")
+    for spec in bundled_models():
+        if spec.matches(name):
+            return spec
+    names = [m.name for m in bundled_models()]
+    raise HetserveError(f"unknown model '{name}'{suggest(name, names)} (or give a config.json)")

@@ -1,0 +1,92 @@
+"""Sustainable request rate of one replica per request class under TTFT/TPOT limits.
+
+Closed form for continuous batching with chunked prefill. With B sequences decoding, a decode
+step takes t_d(B) at their mean context (prompt + half the output). A new request's prefill
+rides in those steps and lengthens them by D(B) in total (its marginal cost). At rate X,
+a share X*D of time goes to prefill work, so
+
+    ITL(B)  = t_d / (1 - X*D),  and Little's law  B = X * O * ITL   give
+    X(B)    = B / (O * t_d + B * D)           (requests/s)
+    ITL(B)  = t_d + B * D / O                  (mean time per output token)
+    TTFT(B) = t_d (wait for the running step) + prefill steps + rho/(1-rho) * D  (queue, p90-ish)
+
+The capacity is the largest X(B) over batch sizes whose ITL and TTFT meet the limits and whose
+KV cache (B * mean context) fits. Queueing tails beyond this are what the simulator checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetserve.perf.model import Deployment
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Latency limits in seconds (p90 targets); inf means no limit."""
+
+    ttft: float = float("inf")
+    tpot: float = float("inf")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Per class (arrays aligned with the classes given)."""
+
+    rate: np.ndarray  # req/s one replica sustains within the SLO (0: cannot)
+    batch: np.ndarray  # decode batch at that rate
+    ttft: np.ndarray  # predicted TTFT at that rate (s)
+    tpot: np.ndarray  # predicted mean time per output token at that rate (s)
+    best_ttft: np.ndarray  # TTFT of a request alone (the floor)
+    best_tpot: np.ndarray  # TPOT of a request alone (the floor)
+    reason: tuple[str, ...]  # why the rate is 0 ('' where it is not)
+
+
+def class_capacity(dep: Deployment, mean_input, mean_output, slo: SLO) -> Capacity:
+    inp = np.atleast_1d(np.asarray(mean_input, dtype=np.float64))[None, :]
+    out = np.atleast_1d(np.asarray(mean_output, dtype=np.float64))[None, :]
+    n = inp.shape[1]
+    if not dep.fits:
+        zero = np.zeros(n)
+        inf = np.full(n, np.inf)
+        return Capacity(zero, zero, inf, inf, inf, inf, (dep.why_not() or "",) * n)
+    b = np.arange(1, dep.max_seqs + 1, dtype=np.float64)[:, None]
+    ctx = inp + out / 2.0
+    t_d = dep.decode_step_time(b, ctx)
+    chunks = np.ceil(inp / dep.chunk_tokens)
+    prefill_steps = dep.prefill_time(inp, b, ctx)
+    extra = np.maximum(prefill_steps - chunks * t_d, 0.0)
+    rate = b / (out * t_d + b * extra)
+    itl = t_d + b * extra / out
+    rho = np.minimum(rate * extra, 0.999)
+    ttft = t_d + prefill_steps + rho / (1.0 - rho) * extra
+    kv_ok = b * ctx <= dep.kv_capacity_tokens
+    one_fits = (inp + out <= min(dep.kv_capacity_tokens, dep.model.max_context))[0]
+    tpot_ok = (itl <= slo.tpot) | (out <= 1)
+    ok = kv_ok & tpot_ok & (ttft <= slo.ttft) & one_fits[None, :]
+    masked = np.where(ok, rate, 0.0)
+    best = np.argmax(masked, axis=0)
+    cols = np.arange(n)
+    feasible = ok.any(axis=0)
+    reasons = []
+    for j in range(n):
+        if feasible[j]:
+            reasons.append("")
+        elif not one_fits[j]:
+            limit = min(dep.kv_capacity_tokens, dep.model.max_context)
+            reasons.append(f"a {inp[0, j] + out[0, j]:.0f}-token request exceeds {limit} tokens")
+        elif ttft[0, j] > slo.ttft:
+            reasons.append(f"TTFT {ttft[0, j]:.3g}s alone > limit {slo.ttft:.3g}s")
+        else:
+            reasons.append(f"TPOT {itl[0, j] * 1e3:.3g}ms alone > limit {slo.tpot * 1e3:.3g}ms")
+    return Capacity(
+        rate=np.where(feasible, masked[best, cols], 0.0),
+        batch=np.where(feasible, b[best, 0], 0.0),
+        ttft=np.where(feasible, ttft[best, cols], np.inf),
+        tpot=np.where(feasible, itl[best, cols], np.inf),
+        best_ttft=ttft[0],
+        best_tpot=itl[0],
+        reason=tuple(reasons),
+    )

@@ -1,0 +1,197 @@
+"""Step-level physics of one LLM engine on one deployment (PROBLEM.md section 4).
+
+A deployment is a model on `tp x pp` accelerators of one type. One engine step processes a mix of
+new tokens (prefill chunks and one token per decoding sequence). Its time is a roofline per
+operator class on each device, plus tensor-parallel all-reduces, pipeline hand-offs and a fixed
+host-side overhead:
+
+  linear layers   max(2 * matmul_params * tokens / F,  weight bytes / BW)
+  attention       max(4 * layers * q_dim * pairs / F,  KV bytes read and written / BW)
+  TP all-reduce   2 per layer: latency + 2 (tp-1)/tp * tokens * hidden * 2 B / link
+  PP hand-off     (pp-1) * (latency + tokens * hidden * 2 B / link)
+
+with F = eta_compute * dense peak and BW = eta_memory * peak bandwidth of the accelerator.
+Pipeline parallelism splits a step into pp micro-batches: every device streams its weights once
+per micro-batch, so PP adds capacity (memory, compute) but no per-token speed.
+
+Every function takes plain numbers or numpy arrays (broadcasting), so capacity search and the
+simulator evaluate many batch shapes in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from hetserve.catalog import Accelerator
+from hetserve.models import DTYPE_BYTES, ModelSpec
+
+GB = 1e9
+ACT_BYTES = 2.0  # activations travel in 16-bit
+RUNTIME_RESERVE_GB = 1.5  # CUDA context, CUDA graphs, activation workspace per device
+NETWORK_GBS = 12.5  # pipeline hand-off between nodes (100 Gb/s Ethernet)
+NETWORK_US = 30.0
+# Host-side work per sequence per step, by engine generation. vLLM before 0.6 scheduled, sampled
+# and detokenised every sequence in Python between steps (the vLLM v0.6 performance update reports
+# CPU overhead dominating at large batch); C++ runtimes and vLLM >= 0.6 overlap it with the GPU.
+# 250 us is what the published RTX 4090/A10G throughput-vs-concurrency sweeps imply.
+ENGINE_PROFILES = {"vllm-v0": 250.0, "vllm": 0.0, "trt-llm": 0.0, "sglang": 0.0}
+DEFAULT_MAX_SEQS = 256  # vLLM max_num_seqs
+DEFAULT_CHUNK = 8192  # vLLM max_num_batched_tokens with chunked prefill
+MIN_KV_TOKENS = 2048  # a deployment must hold at least this many tokens of KV cache
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One replica: `model` on tp x pp devices of `accelerator`."""
+
+    model: ModelSpec
+    accelerator: Accelerator
+    tp: int = 1
+    pp: int = 1
+    dtype: str | None = None  # weight dtype; None: the model's default
+    kv_dtype: str = "bf16"
+    memory_utilisation: float = 0.9  # vLLM gpu_memory_utilization
+    max_seqs: int = DEFAULT_MAX_SEQS
+    chunk_tokens: int = DEFAULT_CHUNK
+    host_us_per_seq: float = 0.0  # engine's per-sequence host work per step (see ENGINE_PROFILES)
+
+    # ---- identity ----------------------------------------------------------------------
+    @property
+    def weight_dtype(self) -> str:
+        return self.dtype or self.model.default_dtype
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def usd_per_hour(self) -> float:
+        return self.devices * self.accelerator.usd_per_hour
+
+    @property
+    def label(self) -> str:
+        acc = self.accelerator.name
+        par = f"TP{self.tp}" + (f"xPP{self.pp}" if self.pp > 1 else "")
+        return f"{acc} {par}"
+
+    # ---- memory ------------------------------------------------------------------------
+    @property
+    def weight_bytes_per_device(self) -> float:
+        return self.model.weight_bytes(self.weight_dtype) / self.devices
+
+    @property
+    def kv_bytes_per_token_per_device(self) -> float:
+        """KV heads split over TP (replicated past kv_heads), layers split over PP."""
+        split = min(self.tp, self.model.kv_heads) * self.pp
+        return self.model.kv_bytes_per_token(self.kv_dtype) / split
+
+    @property
+    def free_bytes_per_device(self) -> float:
+        acc = self.accelerator
+        usable = acc.memory_bytes * self.memory_utilisation - RUNTIME_RESERVE_GB * GB
+        return usable - self.weight_bytes_per_device
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens of KV cache the replica holds (0 when the weights do not fit)."""
+        return max(0, int(self.free_bytes_per_device / self.kv_bytes_per_token_per_device))
+
+    def why_not(self) -> str | None:
+        """None when the deployment is valid and fits; else the reason it does not."""
+        acc, m = self.accelerator, self.model
+        if self.tp not in (1, 2, 4, 8):
+            return f"TP{self.tp}: TP must be 1, 2, 4 or 8"
+        if self.tp > acc.max_per_node:
+            return f"TP{self.tp} exceeds {acc.max_per_node} {acc.name} per node"
+        if m.heads % self.tp:
+            return f"TP{self.tp} does not divide {m.heads} attention heads"
+        if self.pp < 1 or m.layers % self.pp:
+            return f"PP{self.pp} does not divide {m.layers} layers"
+        if self.free_bytes_per_device <= 0:
+            need = self.weight_bytes_per_device / GB
+            have = acc.memory_bytes / GB * self.memory_utilisation - RUNTIME_RESERVE_GB
+            return f"weights need {need:.1f} GB per device, {acc.name} has {have:.1f} GB usable"
+        if self.kv_capacity_tokens < MIN_KV_TOKENS:
+            return f"only {self.kv_capacity_tokens} tokens of KV cache fit (< {MIN_KV_TOKENS})"
+        return None
+
+    @property
+    def fits(self) -> bool:
+        return self.why_not() is None
+
+    # ---- speed -------------------------------------------------------------------------
+    @cached_property
+    def _rates(self) -> tuple[float, float, float]:
+        acc = self.accelerator
+        fp8 = self.weight_dtype == "fp8"
+        flops = acc.peak_flops(fp8) * acc.eta_compute
+        attn_flops = acc.peak_flops(False) * acc.eta_compute
+        bw = acc.memory_bw_gbs * GB * acc.eta_memory
+        return flops, attn_flops, bw
+
+    @cached_property
+    def _link(self) -> tuple[float, float, float, float]:
+        """(all-reduce latency s, all-reduce bw B/s, hand-off latency s, hand-off bw B/s)."""
+        acc = self.accelerator
+        ar_lat, ar_bw = acc.allreduce_us * 1e-6, max(acc.link_gbs, 1e-3) * GB
+        if self.devices <= acc.max_per_node and acc.link_gbs > 0:
+            return ar_lat, ar_bw, ar_lat, ar_bw
+        return ar_lat, ar_bw, NETWORK_US * 1e-6, NETWORK_GBS * GB
+
+    def step_time(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0):
+        """Seconds for one engine step.
+
+        tokens: new tokens computed (prefill chunk tokens + one per decoding sequence)
+        seqs: sequences that sample a token this step (LM-head rows)
+        decode_ctx: sum of the contexts (KV tokens read) of the decoding sequences
+        prefill_pairs: attention query-key pairs of prefill chunks, sum of n * (c + n / 2)
+                       for a chunk of n tokens after c cached tokens
+        """
+        m, d = self.model, self.devices
+        flops, attn_flops, bw = self._rates
+        tokens = np.asarray(tokens, dtype=np.float64)
+        wbytes = DTYPE_BYTES[self.weight_dtype]
+        lin_f = 2.0 * (m.layers * m.layer_params * tokens + m.embedding_params * seqs) / d
+        lin_b = m.matmul_params * wbytes / self.tp  # pp micro-batches, each streams 1/pp
+        linear = np.maximum(lin_f / flops, lin_b / bw)
+        q_dim = m.heads * m.head_dim
+        att_f = 4.0 * m.layers * q_dim * (decode_ctx + prefill_pairs) / d
+        kv_tok = m.kv_bytes_per_token(self.kv_dtype) / (min(self.tp, m.kv_heads) * self.pp)
+        att_b = kv_tok * (decode_ctx + tokens)
+        attention = np.maximum(att_f / attn_flops, att_b / bw)
+        ar_lat, ar_bw, hop_lat, hop_bw = self._link
+        msg = tokens * m.hidden * ACT_BYTES
+        comm = 0.0
+        if self.tp > 1:
+            comm = 2 * m.layers * ar_lat + 2 * m.layers * msg / self.pp * (
+                2 * (self.tp - 1) / self.tp
+            ) / ar_bw
+        if self.pp > 1:
+            comm = comm + (self.pp - 1) * (hop_lat + msg / self.pp / hop_bw)
+        host = self.accelerator.step_overhead_ms * 1e-3 + self.host_us_per_seq * 1e-6 * seqs
+        return linear + attention + comm + host
+
+    def decode_step_time(self, batch, context):
+        """One decode step of `batch` sequences, each with `context` tokens of KV."""
+        batch = np.asarray(batch, dtype=np.float64)
+        return self.step_time(batch, batch, decode_ctx=batch * context)
+
+    def prefill_time(self, prompt, batch=0.0, context=0.0):
+        """Time of the steps that carry one prompt's prefill, in chunks of `chunk_tokens`, up to
+        its first token; each step also decodes `batch` sequences of `context` tokens."""
+        prompt = np.asarray(prompt, dtype=np.float64)
+        batch = np.asarray(batch, dtype=np.float64)
+        c = float(self.chunk_tokens)
+        total = np.zeros(np.broadcast(prompt, batch, context).shape)
+        for k in range(int(np.ceil(np.max(prompt, initial=0.0) / c))):
+            left = prompt - k * c
+            n = np.clip(left, 0.0, c)
+            last = ((left > 0) & (left <= c)).astype(np.float64)  # samples the first token
+            t = self.step_time(
+                n + batch, last + batch, batch * context, prefill_pairs=n * (k * c + n / 2.0)
+            )
+            total = total + np.where(n > 0, t, 0.0)
+        return total

@@ -1,0 +1,1 @@
+"""Simulation in virtual time: the engine model, and calibration against published measurements."""

@@ -1,0 +1,200 @@
+"""Compare the performance model with published serving measurements.
+
+Each measurement names an accelerator, model, TP degree, request shape, client concurrency and a
+metric (TTFT, inter-token latency, output throughput or end-to-end latency). The benchmarks
+behind them run a closed loop of that many clients, each sending its next request as soon as the
+last one finishes; this module simulates exactly that on the engine model and reads off the same
+metric. Rows without lengths use DEFAULT_SHAPE.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from hetserve.catalog import Catalog
+from hetserve.errors import HetserveError
+from hetserve.models import DTYPE_BYTES, get_model
+from hetserve.perf import Deployment
+from hetserve.perf.model import ENGINE_PROFILES
+from hetserve.sim.engine import Engine, Request
+
+DEFAULT_SHAPE = (512, 256)  # prompt, output tokens where a measurement does not state them
+METRICS = {"ttft": "ms", "itl": "ms", "e2e_latency": "ms", "output_throughput": "tok/s"}
+FIELDS = ("id", "gpu", "n_gpus", "tp", "model", "dtype", "input_tokens", "output_tokens",
+          "concurrency", "metric", "value", "unit")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    id: str
+    gpu: str
+    n_gpus: int
+    tp: int
+    model: str
+    dtype: str
+    input_tokens: int
+    output_tokens: int
+    concurrency: int
+    engine: str
+    metric: str
+    value: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Point:
+    id: str
+    metric: str
+    predicted: float
+    measured: float
+
+    @property
+    def error(self) -> float:
+        """Signed relative error (predicted - measured) / measured."""
+        return (self.predicted - self.measured) / self.measured
+
+
+def default_data() -> Path:
+    return Path(str(resources.files("hetserve.perf") / "data" / "published_measurements.csv"))
+
+
+def read_measurements(path: Path | str | None = None) -> list[Measurement]:
+    path = Path(path) if path else default_data()
+    try:
+        handle = path.open(newline="")
+    except OSError as exc:
+        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
+    out = []
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
+        if missing:
+            raise HetserveError(f"{path}: line 1: missing column '{missing[0]}'")
+        for lineno, row in enumerate(reader, start=2):
+            where = f"{path}: line {lineno}"
+            metric = row["metric"].strip()
+            if metric not in METRICS:
+                raise HetserveError(f"{where}: metric '{metric}' is not one of {sorted(METRICS)}")
+            if row["unit"].strip() != METRICS[metric]:
+                raise HetserveError(f"{where}: {metric} must be in {METRICS[metric]}")
+            dtype = row["dtype"].strip().lower()
+            if dtype not in DTYPE_BYTES:
+                raise HetserveError(f"{where}: dtype '{dtype}' is not one of {list(DTYPE_BYTES)}")
+            try:
+                m = Measurement(
+                    id=row["id"].strip(),
+                    gpu=row["gpu"].strip(),
+                    n_gpus=int(row["n_gpus"]),
+                    tp=int(row["tp"]),
+                    model=row["model"].strip(),
+                    dtype=dtype,
+                    input_tokens=int(row["input_tokens"] or DEFAULT_SHAPE[0]),
+                    output_tokens=int(row["output_tokens"] or DEFAULT_SHAPE[1]),
+                    concurrency=int(row["concurrency"]),
+                    engine=row.get("engine", "") or "",
+                    metric=metric,
+                    value=float(row["value"]),
+                    source=row.get("source", "") or "",
+                )
+            except ValueError as exc:
+                raise HetserveError(f"{where}: {exc}") from None
+            if min(m.n_gpus, m.tp, m.input_tokens, m.output_tokens, m.concurrency) <= 0 or \
+                    m.value <= 0 or m.n_gpus % m.tp:
+                raise HetserveError(f"{where}: counts, lengths and value must be positive, "
+                                    "and n_gpus a multiple of tp")
+            out.append(m)
+    return out
+
+
+@dataclass(frozen=True)
+class ClosedLoopResult:
+    ttft: float  # mean, s
+    itl: float  # mean inter-token latency, s
+    e2e_latency: float  # mean, s
+    output_throughput: float  # tok/s over the measured window
+
+
+def closed_loop(dep: Deployment, clients: int, prompt: int, output: int,
+                rounds: int = 4) -> ClosedLoopResult:
+    """Simulate `clients` users each sending (prompt, output) requests back to back.
+
+    Real clients are not in lockstep: their first requests are spread evenly over the latency of
+    one request alone, so that prefills do not all land in the same step. The first `clients`
+    completions warm the engine up; the next `rounds * clients` (at least 16) are measured."""
+    engine = Engine(dep)
+    alone = float(dep.prefill_time(prompt) + (output - 1) * dep.decode_step_time(1, prompt))
+    starts = [k * alone / clients for k in range(clients)]
+    now = start = 0.0
+    next_id = 0
+    warmup, measure = clients, max(rounds * clients, 16)
+    done: list[Request] = []
+    while len(done) < measure:
+        while starts and starts[0] <= now:
+            engine.add(Request(next_id, starts.pop(0), prompt, output))
+            next_id += 1
+        if not engine.busy:
+            now = starts[0]
+            continue
+        dur, finished = engine.step(now)
+        now += dur
+        for req in finished:
+            if warmup > 0:
+                warmup -= 1
+                start = now
+            else:
+                done.append(req)
+            engine.add(Request(next_id, now, prompt, output))
+            next_id += 1
+    window = max(now - start, 1e-9)
+    return ClosedLoopResult(
+        ttft=statistics.fmean(r.ttft for r in done),
+        itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,
+        e2e_latency=statistics.fmean(r.latency for r in done),
+        output_throughput=sum(r.output_tokens for r in done) / window,
+    )
+
+
+def engine_profile(engine: str) -> str:
+    """Which ENGINE_PROFILES entry a measurement's engine column names."""
+    text = engine.lower()
+    if "trt" in text or "tensorrt" in text or "nim" in text:
+        return "trt-llm"
+    if "sglang" in text:
+        return "sglang"
+    found = re.search(r"vllm\s*v?(\d+)\.(\d+)", text)
+    if found and (int(found[1]), int(found[2])) < (0, 6):
+        return "vllm-v0"
+    return "vllm"
+
+
+def predict(m: Measurement, catalog: Catalog) -> float:
+    """The model's value for a measurement, in the measurement's unit."""
+    dep = Deployment(
+        get_model(m.model),
+        catalog.get(m.gpu),
+        tp=m.tp,
+        pp=m.n_gpus // m.tp,
+        dtype=m.dtype,
+        kv_dtype="fp8" if m.dtype == "fp8" else "bf16",
+        host_us_per_seq=ENGINE_PROFILES[engine_profile(m.engine)],
+    )
+    if not dep.fits:
+        raise HetserveError(f"measurement {m.id}: {dep.label} does not fit: {dep.why_not()}")
+    res = closed_loop(dep, m.concurrency, m.input_tokens, m.output_tokens)
+    value = getattr(res, m.metric)
+    return value * 1e3 if METRICS[m.metric] == "ms" else value
+
+
+def calibrate(catalog: Catalog, data: Path | str | None = None) -> list[Point]:
+    return [
+        Point(m.id, m.metric, predict(m, catalog), m.value) for m in read_measurements(data)
+    ]
+
+
+def median_abs_error(points: list[Point]) -> float:
+    return statistics.median(abs(p.error) for p in points)

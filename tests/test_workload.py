@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from hetserve.errors import HetserveError
+from hetserve.workload import ClassGrid, classify, load_trace, read_jsonl, synthetic
+
+
+def test_bundled_traces_load_whole():
+    conv = load_trace("azure-conv")
+    code = load_trace("azure-code")
+    assert len(conv) == 19366 and len(code) == 8819
+    assert np.median(conv.input_tokens) == 1020 and np.median(conv.output_tokens) == 129
+    assert np.median(code.input_tokens) == 1469 and np.median(code.output_tokens) == 13
+    assert conv.arrivals[0] == 0 and np.all(np.diff(conv.arrivals) >= 0)
+    assert 3400 < conv.duration < 3600  # about an hour
+
+
+def test_classes_account_for_every_request():
+    wl = classify(load_trace("azure-conv"))
+    assert sum(c.count for c in wl.classes) == 19366
+    assert sum(c.rate for c in wl.classes) == pytest.approx(wl.trace.rate)
+    assert np.all(wl.request_class >= 0)
+    for c in wl.classes:
+        lo, hi = c.input_range
+        assert lo <= c.mean_input < hi or hi == wl.grid.input_edges[-1]
+
+
+def test_rate_scaling():
+    wl = classify(load_trace("azure-code"), rate=20.0)
+    assert sum(c.rate for c in wl.classes) == pytest.approx(20.0)
+    scaled = load_trace("azure-code").scaled_to_rate(20.0)
+    assert scaled.rate == pytest.approx(20.0)
+
+
+def test_lengths_past_the_last_edge_join_the_last_bucket():
+    grid = ClassGrid((1, 100), (1, 10))
+    assert list(grid.bucket(np.array([5, 500]), np.array([3, 3000]))) == [0, 0]
+
+
+def test_jsonl_and_errors(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text('{"timestamp": 0, "input_tokens": 10, "output_tokens": 5, "model": "a"}\n'
+                 '{"timestamp": 1.5, "input_tokens": 20, "output_tokens": 7, "model": "b"}\n')
+    t = read_jsonl(f)
+    assert list(t.input_tokens) == [10, 20] and t.for_model("b").input_tokens.tolist() == [20]
+    f.write_text('{"timestamp": 0, "input_tokens": 10, "output_tokens": 0}\n')
+    with pytest.raises(HetserveError, match=r"t.jsonl: line 1: output_tokens must be a positive"):
+        read_jsonl(f)
+    c = tmp_path / "t.csv"
+    c.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,5\n1,-4,5\n")
+    with pytest.raises(HetserveError, match=r"t.csv: line 3: ContextTokens must be a positive"):
+        load_trace(str(c))
+    c.write_text("TIME,ContextTokens\n0,10\n")
+    with pytest.raises(HetserveError, match="line 1: expected header"):
+        load_trace(str(c))
+    with pytest.raises(HetserveError, match="unknown workload 'azure-cnv'.*azure-conv"):
+        load_trace("azure-cnv")
+
+
+def test_synthetic_is_poisson_and_lognormal():
+    t = synthetic(20000, rate=10.0, input_median=500, output_median=100, seed=1)
+    assert t.rate == pytest.approx(10.0, rel=0.03)
+    assert np.median(t.input_tokens) == pytest.approx(500, rel=0.05)
+    assert np.median(t.output_tokens) == pytest.approx(100, rel=0.05)
