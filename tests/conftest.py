@@ -4,7 +4,8 @@ import pytest
 
 from hetserve.catalog import load_catalog
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")

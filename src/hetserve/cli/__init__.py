@@ -234,6 +234,97 @@ def calibrate_cmd(
               f"({worst.error:+.0%})")
 
 
+ModelsOpt = Annotated[
+    list[str],
+    typer.Option("--model", "-m", help="NAME[:workload[:rate[:ttft[:tpot]]]] (repeatable)"),
+]
+
+
+@app.command("plan")
+def plan_cmd(
+    model: ModelsOpt,
+    workload: WorkloadOpt = "azure-conv",
+    rate: RateOpt = None,
+    ttft: Annotated[str, typer.Option("--ttft", help="TTFT limit (p90)")] = "2s",
+    tpot: Annotated[str, typer.Option("--tpot", help="TPOT limit (p90)")] = "50ms",
+    objective: Annotated[str, typer.Option("--objective", help="cost or throughput")] = "cost",
+    budget: Annotated[float | None, typer.Option("--budget", help="USD per hour")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")] = None,
+    catalog: CatalogOpt = None,
+    price: PriceOpt = None,
+    available: AvailOpt = None,
+    input_edges: InEdgesOpt = None,
+    output_edges: OutEdgesOpt = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="write the plan file")] = None,
+    as_json: JsonOpt = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="cost by accelerator, vs baselines")]
+    = None,
+) -> None:
+    """The cheapest heterogeneous plan (or the most throughput within a budget), solved exactly."""
+    from hetserve.plan import parse_model_request, plan
+
+    if dtype is not None and dtype not in DTYPE_BYTES:
+        raise HetserveError(f"--dtype '{dtype}': expected one of {', '.join(DTYPE_BYTES)}")
+    requests = [parse_model_request(m, parse_duration) for m in model]
+    grid = ClassGrid(parse_edges(input_edges, DEFAULT_INPUT_EDGES, "--input-edges"),
+                     parse_edges(output_edges, DEFAULT_OUTPUT_EDGES, "--output-edges"))
+    with out.status("solving", spinner="dots"):
+        result = plan(requests, workload=workload, rate=rate,
+                      ttft=parse_duration(ttft, "--ttft"), tpot=parse_duration(tpot, "--tpot"),
+                      objective=objective, budget=budget,
+                      catalog=build_catalog(catalog, price, available), dtype=dtype, grid=grid)
+    if out_file:
+        result.save(out_file)
+    if plot:
+        from hetserve.plan.plot import plot_plan_costs
+
+        plot_plan_costs(result, plot)
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    from hetserve.cli.tables import plan_tables
+
+    for table in plan_tables(result):
+        out.print(table)
+    for path in (out_file, plot):
+        if path:
+            out.print(f"wrote {path}")
+
+
+@app.command("melange")
+def melange_cmd(
+    file: Annotated[Path, typer.Argument(help="Mélange input JSON")],
+    continuous: Annotated[bool, typer.Option(
+        "--continuous", help="split classes freely (formulation A) instead of by slice_factor")]
+    = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Solve a problem in Mélange's input format exactly."""
+    from hetserve.plan.interop import solve_melange
+
+    res = solve_melange(file, continuous)
+    if as_json:
+        _emit_json(res)
+        return
+    gpus = ", ".join(f"{n} x {name}" for name, n in res["gpus"].items() if n)
+    out.print(f"${res['cost']:.2f}/h: {gpus} ({res['mode']}, {res['solve_seconds'] * 1e3:.1f} ms)")
+
+
+@app.command("solve")
+def solve_cmd(file: Annotated[Path, typer.Argument(help="abstract problem JSON")],
+              as_json: JsonOpt = False) -> None:
+    """Minimise the makespan of an abstract problem with measured throughputs (formulation B)."""
+    from hetserve.plan.interop import solve_abstract
+
+    res = solve_abstract(file)
+    if as_json:
+        _emit_json(res)
+        return
+    used = ", ".join(f"{n} x {c}" for c, n in res["replicas"].items() if n)
+    out.print(f"makespan {res['makespan']:.2f}s with {used} (${res['cost']:.2f}/h, "
+              f"{res['solve_seconds'] * 1e3:.1f} ms)")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -85,3 +85,48 @@ def estimate_tables(est: Estimate) -> list[Table]:
                         f"{wins[i]} cls, {100 * req_share[i]:.0f}% req" if wins[i] else "",
                         _mtok(mix[i]))
     return [best, configs]
+
+
+def plan_tables(plan) -> list[Table]:
+    """Replica groups and baselines of a plan."""
+    models = "; ".join(
+        f"{m.name} on {m.workload} at {m.rate * plan.scale:.3g} req/s "
+        f"(TTFT <= {m.slo.ttft:g}s, TPOT <= {m.slo.tpot * 1e3:g}ms)" for m in plan.models)
+    groups = Table(title=f"Plan ({plan.objective}): {models}", title_justify="left")
+    for col in ("group", "model", "replica", "TP", "PP", "replicas", "$/h", "classes served"):
+        groups.add_column(col, justify="left" if col in ("group", "model", "replica",
+                                                         "classes served") else "right")
+    for g in plan.groups:
+        shares = sorted(g.shares.items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{name} {share:.0%}" for name, share in shares[:4])
+        more = f" +{len(shares) - 4} more" if len(shares) > 4 else ""
+        groups.add_row(g.id, g.model, f"{g.devices_per_replica} x {g.accelerator}", str(g.tp),
+                       str(g.pp), str(g.replicas), f"{g.usd_per_hour:.2f}", top + more)
+    summary = (f"total ${plan.usd_per_hour:.2f}/h, {plan.tokens_per_dollar / 1e6:.2f}M tokens "
+               f"per dollar")
+    if plan.objective == "throughput":
+        summary += f", {plan.scale:.3g}x the given rate"
+    if plan.savings is not None:
+        word = "cheaper than" if plan.objective == "cost" else "more throughput than"
+        summary += (f"; {plan.savings:.1%} {word} the best homogeneous plan "
+                    f"({plan.best_homogeneous})")
+    s = plan.solver
+    summary += (f"; HiGHS {s.status}, gap {s.gap:.1e}, {s.seconds:.2f}s over {s.configs} configs "
+                f"x {s.classes} classes")
+    groups.caption = summary
+    groups.caption_justify = "left"
+    base = Table(title="Homogeneous baselines (same solver, one accelerator type)",
+                 title_justify="left")
+    for col in ("accelerator", "$/h", "devices", "scale", "vs plan"):
+        base.add_column(col, justify="left" if col == "accelerator" else "right")
+    rows = sorted(plan.baselines, key=lambda b: (b.usd_per_hour is None, b.usd_per_hour or 0))
+    for b in rows:
+        if b.usd_per_hour is None:
+            base.add_row(b.accelerator, "-", "-", "-", b.reason)
+            continue
+        if plan.objective == "cost":
+            vs = f"{b.usd_per_hour / plan.usd_per_hour - 1:+.1%} cost"
+        else:
+            vs = f"{plan.scale / b.scale - 1:+.1%} throughput"
+        base.add_row(b.accelerator, f"{b.usd_per_hour:.2f}", str(b.devices), f"{b.scale:.3g}", vs)
+    return [groups, base]

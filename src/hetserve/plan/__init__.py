@@ -1,0 +1,97 @@
+"""Planning: configs, the cost/throughput MILPs (HiGHS), baselines and the plan file.
+
+`hetserve.plan(...)` (this package is callable) plans one or more models on a workload and returns
+a `Plan`, the object the plan file serialises.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hetserve.catalog import Catalog, load_catalog
+from hetserve.errors import HetserveError
+from hetserve.models import get_model
+from hetserve.perf import SLO
+from hetserve.plan.configs import ModelDemand
+from hetserve.plan.planfile import Plan, load_plan
+from hetserve.plan.planner import solve_plan
+from hetserve.workload import ClassGrid, classify, load_trace
+
+__all__ = ["ModelRequest", "Plan", "load_plan", "parse_model_request", "plan"]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One model to plan; unset fields take the plan call's defaults."""
+
+    model: str
+    workload: str | None = None
+    rate: float | None = None
+    ttft: float | None = None
+    tpot: float | None = None
+
+
+def parse_model_request(text: str, parse_duration) -> ModelRequest:
+    """NAME[:workload[:rate[:ttft[:tpot]]]], e.g. llama-3.1-8b:azure-code:5:1s:30ms."""
+    parts = text.split(":")
+    if len(parts) > 5 or not parts[0]:
+        raise HetserveError(f"--model '{text}': expected NAME[:workload[:rate[:ttft[:tpot]]]]")
+    parts += [""] * (5 - len(parts))
+    try:
+        rate = float(parts[2]) if parts[2] else None
+    except ValueError:
+        raise HetserveError(f"--model '{text}': rate '{parts[2]}' is not a number") from None
+    return ModelRequest(
+        parts[0], parts[1] or None, rate,
+        parse_duration(parts[3], "--model ttft") if parts[3] else None,
+        parse_duration(parts[4], "--model tpot") if parts[4] else None,
+    )
+
+
+def plan(
+    models: str | ModelRequest | Sequence[str | ModelRequest],
+    *,
+    workload: str = "azure-conv",
+    rate: float | None = None,
+    ttft: float = 2.0,
+    tpot: float = 0.05,
+    objective: str = "cost",
+    budget: float | None = None,
+    catalog: Catalog | None = None,
+    prices: Mapping[str, float] | None = None,
+    available: Mapping[str, int] | None = None,
+    dtype: str | None = None,
+    grid: ClassGrid | None = None,
+    baselines: bool = True,
+) -> Plan:
+    """The cheapest plan (objective='cost') or the most throughput within budget/availability
+    (objective='throughput') for the models' workloads under their SLOs."""
+    if isinstance(models, str | ModelRequest):
+        models = [models]
+    cat = catalog or load_catalog()
+    if prices:
+        cat = cat.with_prices(prices)
+    if available:
+        cat = cat.with_availability(available)
+    demands = []
+    for item in models:
+        req = item if isinstance(item, ModelRequest) else ModelRequest(item)
+        spec = get_model(req.model)
+        if any(d.model.name == spec.name for d in demands):
+            raise HetserveError(f"--model {spec.name} is given twice")
+        trace = load_trace(req.workload or workload)
+        wl = classify(trace, grid, req.rate if req.rate is not None else rate)
+        slo = SLO(req.ttft or ttft, req.tpot or tpot)
+        demands.append(ModelDemand(spec, wl, slo, dtype))
+    return solve_plan(demands, cat, objective, budget, baselines)
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs) -> Plan:
+        return plan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,82 @@
+"""Deployment configs per model: accelerator x TP (within a node) x PP (dividing the layers),
+memory-feasible, with per-class capacity under the model's SLO; dominated configs dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetserve.catalog import Catalog
+from hetserve.models import ModelSpec
+from hetserve.perf import SLO, Deployment, class_capacity
+from hetserve.workload import Workload
+
+TP_DEGREES = (1, 2, 4, 8)
+MAX_PP = 8
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """One model to serve: its request classes (with rates) and its SLO."""
+
+    model: ModelSpec
+    workload: Workload
+    slo: SLO
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    deployment: Deployment
+    cap: np.ndarray  # req/s per replica for each class of its model
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} @ {self.deployment.label}"
+
+
+def pp_degrees(model: ModelSpec) -> list[int]:
+    return [p for p in range(1, MAX_PP + 1) if model.layers % p == 0]
+
+
+def _dominated(cfgs: list[Config]) -> list[bool]:
+    """c is dominated by c' of the same accelerator with no more devices and at least its
+    capacity on every class (strictly better somewhere, or equal and listed earlier)."""
+    out = []
+    for i, c in enumerate(cfgs):
+        dom = False
+        for j, d in enumerate(cfgs):
+            if i == j or d.deployment.accelerator.name != c.deployment.accelerator.name:
+                continue
+            if d.deployment.devices > c.deployment.devices or np.any(d.cap < c.cap):
+                continue
+            better = d.deployment.devices < c.deployment.devices or np.any(d.cap > c.cap)
+            if better or j < i:
+                dom = True
+                break
+        out.append(dom)
+    return out
+
+
+def enumerate_configs(demand: ModelDemand, catalog: Catalog,
+                      keep_dominated: bool = False) -> list[Config]:
+    """Every memory-feasible config that serves at least one class of the model."""
+    inp = np.array([c.mean_input for c in demand.workload.classes])
+    out = np.array([c.mean_output for c in demand.workload.classes])
+    cfgs = []
+    for acc in catalog:
+        if catalog.availability(acc.name) == 0:
+            continue
+        for tp in TP_DEGREES:
+            for pp in pp_degrees(demand.model):
+                dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype)
+                if not dep.fits:
+                    continue
+                cap = class_capacity(dep, inp, out, demand.slo).rate
+                if cap.max() > 0:
+                    cfgs.append(Config(demand.model.name, dep, cap))
+    if keep_dominated:
+        return cfgs
+    return [c for c, dom in zip(cfgs, _dominated(cfgs), strict=True) if not dom]

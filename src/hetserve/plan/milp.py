@@ -1,0 +1,222 @@
+"""The planning MILPs on plain arrays, solved exactly with HiGHS (PROBLEM.md sections 2-3).
+
+A problem has configs c (price per replica, devices of each accelerator type per replica), request
+classes w (demand: req/s, or requests to finish) and cap[c][w] (req/s one replica of c sustains
+for class w; 0: it cannot serve w). Variables: integer replicas y_c and continuous routing shares
+x_cw (only where cap > 0).
+
+min_cost (formulation A): minimise sum price_c y_c
+    sum_c x_cw = 1                                 every class fully routed
+    sum_w x_cw * demand_w / cap_cw <= y_c           no config over capacity
+    sum_c price_c y_c <= budget,  sum_c d_cn y_c <= available_n
+  With `slices=S`, shares are multiples of 1/S (Mélange's own formulation: each of S equal
+  slices of a class goes wholly to one config), as integer slice counts.
+
+max_scale (formulation B): the largest lambda such that lambda * demand is served, with
+u_cw = lambda * x_cw (exact linearisation of the bilinear makespan model):
+    sum_c u_cw = lambda                             every class scaled alike
+    sum_w u_cw * demand_w / cap_cw <= y_c
+    budget and availability as above.
+  With demand = requests to finish, the makespan is 1 / lambda.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+
+INF = highspy.kHighsInf
+
+
+@dataclass
+class Problem:
+    configs: list[str]
+    price: np.ndarray  # [C] $/h per replica
+    cap: np.ndarray  # [C, W] req/s per replica (0: cannot serve)
+    demand: np.ndarray  # [W] req/s (min_cost) or relative demand (max_scale)
+    classes: list[str] = field(default_factory=list)
+    usage: np.ndarray | None = None  # [C, N] devices of each type per replica
+    types: list[str] = field(default_factory=list)
+    available: np.ndarray | None = None  # [N], inf: no limit
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        self.price = np.asarray(self.price, dtype=np.float64)
+        self.cap = np.asarray(self.cap, dtype=np.float64).reshape(len(self.configs), -1)
+        self.demand = np.asarray(self.demand, dtype=np.float64)
+        if not self.classes:
+            self.classes = [f"w{j}" for j in range(self.cap.shape[1])]
+        if self.usage is None:
+            self.usage = np.zeros((len(self.configs), 0))
+            self.types = []
+        if self.available is None:
+            self.available = np.full(len(self.types), np.inf)
+        self.available = np.asarray(self.available, dtype=np.float64)
+
+    def restricted(self, keep: np.ndarray) -> Problem:
+        """The same problem with only the configs where keep is True."""
+        return Problem([c for c, k in zip(self.configs, keep, strict=True) if k],
+                       self.price[keep], self.cap[keep], self.demand, self.classes,
+                       self.usage[keep], self.types, self.available, self.budget)
+
+
+@dataclass
+class Solution:
+    status: str  # optimal, infeasible, time_limit, ...
+    replicas: np.ndarray  # [C] integer
+    shares: np.ndarray  # [C, W]
+    cost: float  # $/h
+    scale: float  # lambda (max_scale); 1.0 for min_cost
+    gap: float  # relative MIP gap reported by HiGHS
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("optimal", "time_limit") and np.isfinite(self.cost)
+
+
+def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, time_limit):
+    """Solve with HiGHS; rows/cols/vals are the constraint matrix in COO form."""
+    n = len(cost)
+    order = np.lexsort((rows, cols))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    start = np.searchsorted(cols, np.arange(n + 1))
+    lp = highspy.HighsLp()
+    lp.num_col_ = n
+    lp.num_row_ = len(row_lo)
+    lp.col_cost_ = np.asarray(cost, dtype=np.float64)
+    lp.col_lower_ = np.asarray(lo, dtype=np.float64)
+    lp.col_upper_ = np.asarray(hi, dtype=np.float64)
+    lp.row_lower_ = np.asarray(row_lo, dtype=np.float64)
+    lp.row_upper_ = np.asarray(row_hi, dtype=np.float64)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = start.astype(np.int32)
+    lp.a_matrix_.index_ = rows.astype(np.int32)
+    lp.a_matrix_.value_ = vals.astype(np.float64)
+    lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                       for i in integer]
+    if maximise:
+        lp.sense_ = highspy.ObjSense.kMaximize
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", 1e-6)
+    h.setOptionValue("threads", 1)
+    h.passModel(lp)
+    t0 = time.perf_counter()
+    h.run()
+    seconds = time.perf_counter() - t0
+    status = h.getModelStatus()
+    names = {
+        highspy.HighsModelStatus.kOptimal: "optimal",
+        highspy.HighsModelStatus.kInfeasible: "infeasible",
+        highspy.HighsModelStatus.kTimeLimit: "time_limit",
+        highspy.HighsModelStatus.kUnboundedOrInfeasible: "infeasible",
+    }
+    name = names.get(status, h.modelStatusToString(status).lower())
+    info = h.getInfo()
+    has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    values = np.asarray(h.getSolution().col_value) if has_solution else None
+    gap = float(info.mip_gap) if any(integer) and has_solution else 0.0
+    return name if has_solution or name != "optimal" else "infeasible", values, gap, seconds
+
+
+def _build(p: Problem, scale_mode: bool, slices: int | None):
+    """Columns: y (C), then one share column per servable (c, w), then lambda if scale_mode."""
+    C, W = p.cap.shape
+    ci, wi = np.nonzero(p.cap > 0)
+    K = len(ci)
+    n = C + K + (1 if scale_mode else 0)
+    load = p.demand[wi] / p.cap[ci, wi]  # replica-fraction per unit share
+    step = 1.0 / slices if slices else 1.0
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    row_lo: list[float] = []
+    row_hi: list[float] = []
+    # (1) routing: sum_c x_cw = 1 (or = lambda)
+    rows.append(wi)
+    cols.append(C + np.arange(K))
+    vals.append(np.full(K, step))
+    if scale_mode:
+        rows.append(np.arange(W))
+        cols.append(np.full(W, n - 1))
+        vals.append(np.full(W, -1.0))
+        row_lo += [0.0] * W
+        row_hi += [0.0] * W
+    else:
+        row_lo += [1.0] * W
+        row_hi += [1.0] * W
+    r = W
+    # (2) capacity: sum_w load x - y <= 0
+    rows += [r + ci, r + np.arange(C)]
+    cols += [C + np.arange(K), np.arange(C)]
+    vals += [load * step, -np.ones(C)]
+    row_lo += [-INF] * C
+    row_hi += [0.0] * C
+    r += C
+    # (3) budget
+    if p.budget is not None:
+        rows.append(np.full(C, r))
+        cols.append(np.arange(C))
+        vals.append(p.price)
+        row_lo.append(-INF)
+        row_hi.append(p.budget)
+        r += 1
+    # (4) availability
+    for t in range(len(p.types)):
+        if np.isfinite(p.available[t]):
+            used = np.nonzero(p.usage[:, t])[0]
+            rows.append(np.full(len(used), r))
+            cols.append(used)
+            vals.append(p.usage[used, t])
+            row_lo.append(-INF)
+            row_hi.append(p.available[t])
+            r += 1
+    lo = np.zeros(n)
+    hi = np.concatenate([np.full(C, INF), np.full(K, float(slices or 1)),
+                         [INF] if scale_mode else []])
+    integer = [True] * C + [bool(slices)] * K + ([False] if scale_mode else [])
+    coo = (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
+    return n, (ci, wi), coo, row_lo, row_hi, lo, hi, integer
+
+
+def _unpack(p: Problem, status, values, gap, seconds, idx, step, scale_mode) -> Solution:
+    C, W = p.cap.shape
+    if values is None:
+        return Solution(status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, gap, seconds)
+    ci, wi = idx
+    y = np.round(values[:C]).astype(int)
+    shares = np.zeros((C, W))
+    shares[ci, wi] = values[C:C + len(ci)] * step
+    scale = float(values[-1]) if scale_mode else 1.0
+    if scale_mode and scale > 0:
+        shares /= scale
+    shares[shares < 1e-12] = 0.0
+    return Solution(status, y, shares, float(p.price @ y), scale, gap, seconds)
+
+
+def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0) -> Solution:
+    """Formulation A: the cheapest replicas and routing that serve every class's demand."""
+    n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, False, slices)
+    cost = np.zeros(n)
+    cost[: len(p.configs)] = p.price
+    status, values, gap, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
+                                          row_hi, False, time_limit)
+    step = 1.0 / slices if slices else 1.0
+    return _unpack(p, status, values, gap, seconds, idx, step, False)
+
+
+def max_scale(p: Problem, time_limit: float = 60.0) -> Solution:
+    """Formulation B: the largest uniform scale of the demand within budget and availability."""
+    n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, True, None)
+    cost = np.zeros(n)
+    cost[-1] = 1.0
+    if p.budget is None and not np.isfinite(p.available).any():
+        raise ValueError("max_scale needs a budget or availability limits")
+    status, values, gap, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
+                                          row_hi, True, time_limit)
+    return _unpack(p, status, values, gap, seconds, idx, 1.0, True)

@@ -1,0 +1,228 @@
+"""Build the MILP from models x configs x classes, solve it and its homogeneous baselines, and
+explain infeasibility (which constraint binds, by how much)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetserve.catalog import Catalog
+from hetserve.errors import HetserveError
+from hetserve.perf import Deployment, class_capacity
+from hetserve.plan.configs import TP_DEGREES, Config, ModelDemand, enumerate_configs
+from hetserve.plan.milp import Problem, Solution, max_scale, min_cost
+from hetserve.plan.planfile import (
+    Baseline,
+    ClassSpec,
+    ModelEntry,
+    Plan,
+    ReplicaGroup,
+    SLOSpec,
+    SolverInfo,
+)
+
+
+@dataclass
+class Space:
+    """All models' configs and classes laid out as one problem."""
+
+    demands: list[ModelDemand]
+    configs: list[Config]
+    problem: Problem
+    class_model: list[int]  # per global class: index into demands
+    class_offset: list[int]  # per demand: first global class
+
+
+def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float | None,
+                rate_scale: float = 1.0) -> Space:
+    configs: list[Config] = []
+    offsets, class_model, names, demand = [], [], [], []
+    for k, d in enumerate(demands):
+        offsets.append(len(names))
+        for c in d.workload.classes:
+            class_model.append(k)
+            names.append(f"{d.model.name}:{c.name}")
+            demand.append(c.rate * rate_scale)
+        cfgs = enumerate_configs(d, catalog)
+        if not cfgs:
+            raise HetserveError(_no_config_reason(d, catalog))
+        configs += cfgs
+    W = len(names)
+    cap = np.zeros((len(configs), W))
+    model_index = {d.model.name: k for k, d in enumerate(demands)}
+    for i, c in enumerate(configs):
+        k = model_index[c.model]
+        cap[i, offsets[k]:offsets[k] + len(c.cap)] = c.cap
+    unserved = np.nonzero(cap.max(axis=0) <= 0)[0]
+    if len(unserved):
+        w = int(unserved[0])
+        d = demands[class_model[w]]
+        cls = d.workload.classes[w - offsets[class_model[w]]]
+        raise HetserveError(_class_reason(d, catalog, cls, len(unserved)))
+    types = list(dict.fromkeys(c.deployment.accelerator.name for c in configs))
+    usage = np.zeros((len(configs), len(types)))
+    for i, c in enumerate(configs):
+        usage[i, types.index(c.deployment.accelerator.name)] = c.deployment.devices
+    avail = np.array([catalog.availability(t) if catalog.availability(t) is not None
+                      else np.inf for t in types], dtype=np.float64)
+    problem = Problem([c.name for c in configs], [c.deployment.usd_per_hour for c in configs],
+                      cap, np.array(demand), names, usage, types, avail, budget)
+    return Space(list(demands), configs, problem, class_model, offsets)
+
+
+def _no_config_reason(d: ModelDemand, catalog: Catalog) -> str:
+    fits = [Deployment(d.model, a, tp=min(8, a.max_per_node), dtype=d.dtype) for a in catalog]
+    if not any(dep.fits for dep in fits):
+        biggest = max(catalog, key=lambda a: a.memory_gb * min(8, a.max_per_node))
+        dep = Deployment(d.model, biggest, tp=min(8, biggest.max_per_node), dtype=d.dtype)
+        return (f"{d.model.name} fits no accelerator in the catalog "
+                f"(even {dep.label}: {dep.why_not()})")
+    busiest = max(d.workload.classes, key=lambda c: c.rate)
+    return _class_reason(d, catalog, busiest, len(d.workload.classes))
+
+
+def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
+    """Why no config serves `cls` (and count - 1 more): the limit missed, and by how much."""
+    best_ttft, best_tpot, who_ttft, who_tpot, reason = np.inf, np.inf, "", "", ""
+    for acc in catalog:
+        for tp in TP_DEGREES:
+            dep = Deployment(d.model, acc, tp=tp, dtype=d.dtype)
+            if not dep.fits:
+                continue
+            cap = class_capacity(dep, [cls.mean_input], [cls.mean_output], d.slo)
+            reason = reason or cap.reason[0]
+            if cap.best_ttft[0] < best_ttft:
+                best_ttft, who_ttft = float(cap.best_ttft[0]), dep.label
+            if cap.best_tpot[0] < best_tpot:
+                best_tpot, who_tpot = float(cap.best_tpot[0]), dep.label
+    more = f" (and {count - 1} more classes)" if count > 1 else ""
+    head = f"no config meets the SLO for class {cls.name} of {d.model.name}{more}: "
+    if best_ttft > d.slo.ttft:
+        return head + (f"TTFT limit {d.slo.ttft:g}s, the fastest ({who_ttft}) needs "
+                       f"{best_ttft:.3g}s, {best_ttft - d.slo.ttft:.3g}s over")
+    if best_tpot > d.slo.tpot:
+        return head + (f"TPOT limit {d.slo.tpot * 1e3:g}ms, the fastest ({who_tpot}) needs "
+                       f"{best_tpot * 1e3:.3g}ms, {(best_tpot - d.slo.tpot) * 1e3:.3g}ms over")
+    return head + reason
+
+
+def _explain_infeasible(space: Space, catalog: Catalog) -> str:
+    """Which of budget and availability binds, and by how much."""
+    p = space.problem
+    free = Problem(p.configs, p.price, p.cap, p.demand, p.classes, p.usage, p.types,
+                   np.full(len(p.types), np.inf), None)
+    unlimited = min_cost(free)
+    with_avail = Problem(p.configs, p.price, p.cap, p.demand, p.classes, p.usage, p.types,
+                         p.available, None)
+    avail_sol = min_cost(with_avail)
+    if not avail_sol.ok:
+        used = p.usage.T @ unlimited.replicas
+        short = [(t, int(used[k] - p.available[k])) for k, t in enumerate(p.types)
+                 if used[k] > p.available[k]]
+        detail = ", ".join(f"{t} short by {n}" for t, n in short) or "availability too low"
+        return (f"no plan fits the availability: the cheapest plan without limits "
+                f"(${unlimited.cost:.2f}/h) needs more devices: {detail}")
+    return (f"the budget is short by ${avail_sol.cost - p.budget:.2f}/h: the cheapest plan "
+            f"that serves the load costs ${avail_sol.cost:.2f}/h, budget ${p.budget:.2f}/h")
+
+
+def _solve(problem: Problem, objective: str) -> Solution:
+    return min_cost(problem) if objective == "cost" else max_scale(problem)
+
+
+def _baselines(space: Space, objective: str) -> list[Baseline]:
+    p = space.problem
+    out = []
+    for t, name in enumerate(p.types):
+        keep = p.usage[:, t] > 0
+        sub = p.restricted(keep)
+        served = sub.cap.max(axis=0) > 0 if keep.any() else np.zeros(p.cap.shape[1], bool)
+        if not served.all():
+            miss = p.classes[int(np.argmin(served))]
+            out.append(Baseline(accelerator=name, reason=f"cannot serve {miss} within the SLO"))
+            continue
+        sol = _solve(sub, objective)
+        if not sol.ok or (objective == "throughput" and sol.scale <= 0):
+            out.append(Baseline(accelerator=name, reason="infeasible within budget/availability"))
+            continue
+        out.append(Baseline(accelerator=name, usd_per_hour=sol.cost, scale=sol.scale,
+                            devices=int(sub.usage[:, t] @ sol.replicas)))
+    return out
+
+
+def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
+               budget: float | None = None, baselines: bool = True) -> Plan:
+    if objective not in ("cost", "throughput"):
+        raise HetserveError(f"--objective '{objective}': expected cost or throughput")
+    if budget is not None and budget <= 0:
+        raise HetserveError(f"--budget: expected $/h > 0, got {budget}")
+    if objective == "throughput" and budget is None and not catalog.available:
+        raise HetserveError("--objective throughput needs --budget or --available to bound it")
+    space = build_space(demands, catalog, budget)
+    p = space.problem
+    sol = _solve(p, objective)
+    if not sol.ok:
+        raise HetserveError(_explain_infeasible(space, catalog))
+    if objective == "throughput" and sol.scale <= 0:
+        cheapest = float(p.price.min())
+        raise HetserveError(f"the budget ${budget:.2f}/h buys no replica: the cheapest config "
+                            f"costs ${cheapest:.2f}/h")
+    base = _baselines(space, objective) if baselines else []
+    return _to_plan(space, sol, objective, budget, catalog, base)
+
+
+def _to_plan(space: Space, sol: Solution, objective: str, budget, catalog: Catalog,
+             base: list[Baseline]) -> Plan:
+    p = space.problem
+    models = []
+    tokens = 0.0
+    for d in space.demands:
+        wl = d.workload
+        models.append(ModelEntry(
+            name=d.model.name, workload=wl.name, rate=wl.rate,
+            dtype=d.dtype or d.model.default_dtype,
+            slo=SLOSpec(ttft=d.slo.ttft, tpot=d.slo.tpot),
+            classes=[ClassSpec(name=c.name, input_range=c.input_range,
+                               output_range=c.output_range, rate=c.rate,
+                               mean_input=c.mean_input, mean_output=c.mean_output)
+                     for c in wl.classes],
+        ))
+        tokens += sum(c.rate * (c.mean_input + c.mean_output) for c in wl.classes)
+    groups = []
+    for i in np.nonzero(sol.replicas > 0)[0]:
+        cfg = space.configs[i]
+        dep = cfg.deployment
+        k = [d.model.name for d in space.demands].index(cfg.model)
+        off = space.class_offset[k]
+        classes = space.demands[k].workload.classes
+        groups.append(ReplicaGroup(
+            id=f"g{len(groups)}", model=cfg.model, accelerator=dep.accelerator.name,
+            tp=dep.tp, pp=dep.pp, dtype=dep.weight_dtype, devices_per_replica=dep.devices,
+            replicas=int(sol.replicas[i]), usd_per_hour=float(p.price[i] * sol.replicas[i]),
+            kv_tokens=dep.kv_capacity_tokens, max_num_seqs=dep.max_seqs,
+            max_num_batched_tokens=dep.chunk_tokens,
+            shares={c.name: float(sol.shares[i, off + j]) for j, c in enumerate(classes)
+                    if sol.shares[i, off + j] > 0},
+            capacity={c.name: float(cfg.cap[j]) for j, c in enumerate(classes)},
+        ))
+    feasible = [b for b in base if b.usd_per_hour is not None]
+    best, savings = None, None
+    if feasible:
+        if objective == "cost":
+            top = min(feasible, key=lambda b: b.usd_per_hour)
+            savings = 1.0 - sol.cost / top.usd_per_hour
+        else:
+            top = max(feasible, key=lambda b: b.scale)
+            savings = sol.scale / top.scale - 1.0
+        best = top.accelerator
+    avail = {t: int(a) for t, a in zip(p.types, p.available, strict=True) if np.isfinite(a)}
+    return Plan(
+        objective=objective, budget=budget, available=avail, models=models, groups=groups,
+        usd_per_hour=sol.cost, scale=sol.scale,
+        tokens_per_dollar=tokens * sol.scale * 3600.0 / sol.cost if sol.cost > 0 else 0.0,
+        baselines=base, best_homogeneous=best, savings=savings,
+        solver=SolverInfo(status=sol.status, gap=sol.gap, seconds=sol.seconds,
+                          configs=len(space.configs), classes=len(p.classes)),
+    )

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from hetserve.plan.interop import solve_abstract, solve_melange
+from hetserve.plan.milp import Problem, max_scale, min_cost
+
+from .conftest import ROOT
+
+EXAMPLES = ROOT / "examples"
+
+
+def test_melange_published_example():
+    res = solve_melange(EXAMPLES / "melange_example.json")  # slice_factor 1, as Mélange solves it
+    assert res["cost"] == pytest.approx(6.70)
+    assert res["gpus"] == {"A10G": 3, "A100-80GB": 1}
+    # the continuous relaxation (formulation A) can only be as cheap or cheaper: 1 + 1 here
+    cont = solve_melange(EXAMPLES / "melange_example.json", continuous=True)
+    assert cont["cost"] == pytest.approx(1.01 + 3.67)
+    assert cont["gpus"] == {"A10G": 1, "A100-80GB": 1}
+    for r in (res, cont):
+        total = np.sum([np.array(m) for m in r["shares"].values()], axis=0)
+        assert np.allclose(total, 1.0)
+
+
+def test_icml25_section_4_2_example():
+    res = solve_abstract(EXAMPLES / "icml25_example.json")
+    assert res["makespan"] == pytest.approx(28.43, abs=0.01)
+    assert res["replicas"] == {"c1": 1, "c2": 0, "c3": 0, "c4": 1}
+    assert res["cost"] == 8
+    assert res["shares"]["c4"]["w1"] == pytest.approx(0.853, abs=0.001)
+    assert res["shares"]["c1"]["w2"] == pytest.approx(1.0)
+
+
+def random_problem(rng, n_types=4, n_classes=6):
+    price = rng.uniform(0.5, 4.0, n_types)
+    cap = rng.uniform(0.5, 20.0, (n_types, n_classes)) * (rng.random((n_types, n_classes)) > 0.2)
+    cap[rng.integers(n_types), :] = rng.uniform(0.5, 5.0, n_classes)  # every class servable
+    demand = rng.uniform(0.1, 15.0, n_classes)
+    usage = np.eye(n_types)
+    return Problem([f"g{i}" for i in range(n_types)], price, cap, demand,
+                   usage=usage, types=[f"t{i}" for i in range(n_types)])
+
+
+def check_feasible(p: Problem, sol, scale=1.0):
+    assert np.allclose(sol.shares.sum(axis=0), 1.0, atol=1e-6)  # every class fully routed
+    assert np.all(sol.shares[p.cap <= 0] == 0)  # nothing routed where it cannot run
+    with np.errstate(divide="ignore", invalid="ignore"):
+        load = np.where(p.cap > 0, sol.shares * scale * p.demand / p.cap, 0.0).sum(axis=1)
+    assert np.all(load <= sol.replicas + 1e-6)  # no config over capacity
+    assert sol.cost == pytest.approx(float(p.price @ sol.replicas))  # cost = sum of prices
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_min_cost_plans_are_feasible_and_beat_homogeneous(seed):
+    rng = np.random.default_rng(seed)
+    p = random_problem(rng)
+    sol = min_cost(p)
+    assert sol.status == "optimal"
+    check_feasible(p, sol)
+    for t in range(len(p.configs)):
+        keep = np.arange(len(p.configs)) == t
+        if (p.cap[t] > 0).all():
+            homo = min_cost(p.restricted(keep))
+            assert sol.cost <= homo.cost + 1e-9
+    # the LP relaxation bounds the integer optimum from below
+    lp_bound = sum(min(p.price[c] * p.demand[w] / p.cap[c, w] for c in range(len(p.configs))
+                       if p.cap[c, w] > 0) for w in range(len(p.demand)))
+    assert sol.cost >= lp_bound - 1e-9
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_max_scale_plans_respect_budget_and_availability(seed):
+    rng = np.random.default_rng(100 + seed)
+    p = random_problem(rng)
+    p.budget = 10.0
+    p.available = np.full(len(p.types), 2.0)
+    sol = max_scale(p)
+    assert sol.status == "optimal" and sol.scale > 0
+    check_feasible(p, sol, scale=sol.scale)
+    assert sol.cost <= 10.0 + 1e-9 and np.all(sol.replicas <= 2)

@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+
+import hetserve
+from hetserve.catalog import load_catalog
+from hetserve.errors import HetserveError
+from hetserve.plan import ModelRequest, load_plan
+
+from .test_cli import cli
+
+SMALL = load_catalog().only(["L4", "A10G", "L40S", "A100-80GB", "H100-SXM"])
+
+
+def check_plan(plan):
+    for m in plan.models:
+        for c in m.classes:
+            routed = sum(g.shares.get(c.name, 0.0) for g in plan.groups if g.model == m.name)
+            assert routed == pytest.approx(1.0, abs=1e-6)  # every class fully routed
+    for g in plan.groups:
+        m = next(m for m in plan.models if m.name == g.model)
+        load = sum(share * plan.scale * next(c.rate for c in m.classes if c.name == name)
+                   / g.capacity[name] for name, share in g.shares.items())
+        assert load <= g.replicas + 1e-6  # no group over capacity
+    assert plan.usd_per_hour == pytest.approx(sum(g.usd_per_hour for g in plan.groups))
+
+
+def test_small_8b_plan_is_cheapest_and_feasible():
+    plan = hetserve.plan("llama-3.1-8b", rate=20, catalog=SMALL)
+    check_plan(plan)
+    homo = [b.usd_per_hour for b in plan.baselines if b.usd_per_hour is not None]
+    assert plan.usd_per_hour <= min(homo) + 1e-9
+    assert plan.savings == pytest.approx(1 - plan.usd_per_hour / min(homo))
+    assert plan.solver.status == "optimal"
+
+
+def test_multi_model_shares_availability():
+    plan = hetserve.plan([ModelRequest("llama-3.1-8b", "azure-code", 5.0),
+                          ModelRequest("llama-3.1-70b", "azure-conv", 2.0, tpot=0.1)],
+                         catalog=SMALL, available={"H100-SXM": 2})
+    check_plan(plan)
+    assert {g.model for g in plan.groups} == {"llama-3.1-8b", "llama-3.1-70b"}
+    h100 = sum(g.devices_per_replica * g.replicas for g in plan.groups
+               if g.accelerator == "H100-SXM")
+    assert h100 <= 2
+    assert plan.models[1].slo.tpot == 0.1
+
+
+def test_throughput_objective_within_budget():
+    plan = hetserve.plan("llama-3.1-8b", rate=20, catalog=SMALL, objective="throughput",
+                         budget=12.0)
+    check_plan(plan)
+    assert plan.usd_per_hour <= 12.0 and plan.scale > 1.0
+    best = max(b.scale for b in plan.baselines if b.scale)
+    assert plan.scale >= best - 1e-9
+
+
+def test_infeasibility_names_the_binding_constraint():
+    with pytest.raises(HetserveError, match=r"budget is short by \$\d+\.\d\d/h"):
+        hetserve.plan("llama-3.1-70b", rate=10, catalog=SMALL, budget=5.0)
+    with pytest.raises(HetserveError, match=r"availability.*short by \d+"):
+        hetserve.plan("llama-3.1-70b", rate=10, catalog=SMALL.only(["H100-SXM"]),
+                      available={"H100-SXM": 2})
+    with pytest.raises(HetserveError, match=r"TPOT limit 3ms, the fastest .* needs"):
+        hetserve.plan("llama-3.1-8b", rate=5, catalog=SMALL, tpot=0.003)
+    with pytest.raises(HetserveError, match="fits no accelerator in the catalog"):
+        hetserve.plan("qwen2.5-72b", rate=5, catalog=load_catalog().only(["T4"]))
+
+
+def test_plan_file_round_trip_and_validation(tmp_path):
+    plan = hetserve.plan("llama-3.1-8b", rate=20, catalog=SMALL, baselines=False)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    again = load_plan(path)
+    assert again == plan and again.version == 1 and again.kind == "hetserve-plan"
+    data = json.loads(path.read_text())
+    data["groups"][0]["replicas"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(HetserveError, match=r"plan.json: field 'groups.0.replicas'"):
+        load_plan(path)
+    data["groups"][0]["replicas"] = 1
+    data["groups"][0]["shares"] = {"nope": 1.0}
+    path.write_text(json.dumps(data))
+    with pytest.raises(HetserveError, match="unknown class nope"):
+        load_plan(path)
+
+
+def test_plan_cli_json_and_out(tmp_path):
+    out = tmp_path / "p.json"
+    rc, stdout, err = cli("plan", "--model", "llama-3.1-8b", "--rate", "20", "--price",
+                          "H100-SXM=2.5", "--out", str(out), "--json")
+    assert rc == 0, err
+    data = json.loads(stdout)
+    assert data == json.loads(out.read_text())
+    assert data["solver"]["status"] == "optimal" and data["usd_per_hour"] > 0
+    assert np.isclose(sum(g["usd_per_hour"] for g in data["groups"]), data["usd_per_hour"])
+
+
+def test_interop_cli():
+    rc, out, _ = cli("melange", "examples/melange_example.json", "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["cost"] == pytest.approx(6.70) and "solve_seconds" in res
+    rc, out, _ = cli("solve", "examples/icml25_example.json", "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["makespan"] == pytest.approx(28.43, abs=0.01)
+    rc, _, err = cli("solve", "README.md")
+    assert rc == 2 and "README.md: line 1: not valid JSON" in err
