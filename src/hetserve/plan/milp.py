@@ -29,6 +29,7 @@ import highspy
 import numpy as np
 
 INF = highspy.kHighsInf
+MIP_GAP = 1e-4  # relative optimality gap at which HiGHS stops (its default); reported per plan
 
 
 @dataclass
@@ -78,7 +79,8 @@ class Solution:
         return self.status in ("optimal", "time_limit") and np.isfinite(self.cost)
 
 
-def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, time_limit):
+def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, time_limit,
+           gap=MIP_GAP):
     """Solve with HiGHS; rows/cols/vals are the constraint matrix in COO form."""
     n = len(cost)
     order = np.lexsort((rows, cols))
@@ -103,7 +105,7 @@ def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, ti
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit))
-    h.setOptionValue("mip_rel_gap", 1e-6)
+    h.setOptionValue("mip_rel_gap", float(gap))
     h.setOptionValue("threads", 1)
     h.passModel(lp)
     t0 = time.perf_counter()
@@ -199,18 +201,39 @@ def _unpack(p: Problem, status, values, gap, seconds, idx, step, scale_mode) -> 
     return Solution(status, y, shares, float(p.price @ y), scale, gap, seconds)
 
 
-def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0) -> Solution:
+def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
+             gap: float = MIP_GAP) -> Solution:
     """Formulation A: the cheapest replicas and routing that serve every class's demand."""
     n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, False, slices)
     cost = np.zeros(n)
     cost[: len(p.configs)] = p.price
     status, values, gap, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
-                                          row_hi, False, time_limit)
+                                          row_hi, False, time_limit, gap)
     step = 1.0 / slices if slices else 1.0
     return _unpack(p, status, values, gap, seconds, idx, step, False)
 
 
-def max_scale(p: Problem, time_limit: float = 60.0) -> Solution:
+def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
+                    gap: float = MIP_GAP) -> Solution:
+    """min_cost of a problem whose (config, class) blocks share no constraint (no budget, no
+    availability limit): each block solved alone, which is exact and much faster."""
+    C, W = p.cap.shape
+    y, shares = np.zeros(C, int), np.zeros((C, W))
+    worst_gap, seconds = 0.0, 0.0
+    for ci, wi in blocks:
+        sub = Problem([p.configs[i] for i in ci], p.price[ci], p.cap[np.ix_(ci, wi)],
+                      p.demand[wi])
+        sol = min_cost(sub, gap=gap)
+        seconds += sol.seconds
+        if not sol.ok:
+            return Solution(sol.status, y, shares, np.inf, 0.0, sol.gap, seconds)
+        y[ci] = sol.replicas
+        shares[np.ix_(ci, wi)] = sol.shares
+        worst_gap = max(worst_gap, sol.gap)
+    return Solution("optimal", y, shares, float(p.price @ y), 1.0, worst_gap, seconds)
+
+
+def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP) -> Solution:
     """Formulation B: the largest uniform scale of the demand within budget and availability."""
     n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, True, None)
     cost = np.zeros(n)
@@ -218,5 +241,5 @@ def max_scale(p: Problem, time_limit: float = 60.0) -> Solution:
     if p.budget is None and not np.isfinite(p.available).any():
         raise ValueError("max_scale needs a budget or availability limits")
     status, values, gap, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
-                                          row_hi, True, time_limit)
+                                          row_hi, True, time_limit, gap)
     return _unpack(p, status, values, gap, seconds, idx, 1.0, True)

@@ -12,7 +12,7 @@ from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError
 from hetserve.perf import Deployment, class_capacity
 from hetserve.plan.configs import TP_DEGREES, Config, ModelDemand, enumerate_configs
-from hetserve.plan.milp import Problem, Solution, max_scale, min_cost
+from hetserve.plan.milp import Problem, Solution, max_scale, min_cost, min_cost_blocks
 from hetserve.plan.planfile import (
     Baseline,
     ClassSpec,
@@ -128,8 +128,26 @@ def _explain_infeasible(space: Space, catalog: Catalog) -> str:
             f"that serves the load costs ${avail_sol.cost:.2f}/h, budget ${p.budget:.2f}/h")
 
 
-def _solve(problem: Problem, objective: str) -> Solution:
-    return min_cost(problem) if objective == "cost" else max_scale(problem)
+def _solve(problem: Problem, objective: str, blocks=None) -> Solution:
+    if objective == "throughput":
+        return max_scale(problem)
+    coupled = problem.budget is not None or np.isfinite(problem.available).any()
+    if blocks and len(blocks) > 1 and not coupled:
+        return min_cost_blocks(problem, blocks)
+    return min_cost(problem)
+
+
+def _blocks(space: Space, keep: np.ndarray | None = None):
+    """Per model: (its config indices, its class indices), within the configs kept."""
+    out = []
+    keep = np.ones(len(space.configs), bool) if keep is None else keep
+    kept = np.nonzero(keep)[0]
+    for k, d in enumerate(space.demands):
+        ci = np.array([j for j, i in enumerate(kept) if space.configs[i].model == d.model.name],
+                      dtype=int)
+        off = space.class_offset[k]
+        out.append((ci, np.arange(off, off + len(d.workload.classes))))
+    return out
 
 
 def _baselines(space: Space, objective: str) -> list[Baseline]:
@@ -143,7 +161,7 @@ def _baselines(space: Space, objective: str) -> list[Baseline]:
             miss = p.classes[int(np.argmin(served))]
             out.append(Baseline(accelerator=name, reason=f"cannot serve {miss} within the SLO"))
             continue
-        sol = _solve(sub, objective)
+        sol = _solve(sub, objective, _blocks(space, keep))
         if not sol.ok or (objective == "throughput" and sol.scale <= 0):
             out.append(Baseline(accelerator=name, reason="infeasible within budget/availability"))
             continue
@@ -162,7 +180,7 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
         raise HetserveError("--objective throughput needs --budget or --available to bound it")
     space = build_space(demands, catalog, budget)
     p = space.problem
-    sol = _solve(p, objective)
+    sol = _solve(p, objective, _blocks(space))
     if not sol.ok:
         raise HetserveError(_explain_infeasible(space, catalog))
     if objective == "throughput" and sol.scale <= 0:
