@@ -46,12 +46,27 @@ def validation_message(err: ValidationError, where: str) -> str:
     return f"{where}: field '{loc}': {first['msg']} (got {first.get('input')!r})"
 
 
-def load_yaml(path: Path) -> Any:
-    """Read a YAML (or JSON) file; errors name the file and line."""
+def read_text(path: Path | str) -> str:
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except OSError as exc:
         raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def load_json(path: Path | str) -> Any:
+    """Read a JSON file; errors name the file and line."""
+    import json
+
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def load_yaml(path: Path) -> Any:
+    """Read a YAML (or JSON) file; errors name the file and line."""
+    text = read_text(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

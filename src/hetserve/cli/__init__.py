@@ -115,10 +115,35 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
-def _workload(name: str, rate: float | None, input_edges: str | None, output_edges: str | None):
-    grid = ClassGrid(parse_edges(input_edges, DEFAULT_INPUT_EDGES, "--input-edges"),
+def _grid(input_edges: str | None, output_edges: str | None) -> ClassGrid:
+    return ClassGrid(parse_edges(input_edges, DEFAULT_INPUT_EDGES, "--input-edges"),
                      parse_edges(output_edges, DEFAULT_OUTPUT_EDGES, "--output-edges"))
-    return classify(load_trace(name), grid, rate)
+
+
+def _workload(name: str, rate: float | None, input_edges: str | None, output_edges: str | None):
+    return classify(load_trace(name), _grid(input_edges, output_edges), rate)
+
+
+def _check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in DTYPE_BYTES:
+        raise HetserveError(f"--dtype '{dtype}': expected one of {', '.join(DTYPE_BYTES)}")
+
+
+def _finish(as_json: bool, data, tables, written) -> None:
+    """Print JSON or the tables, then the files written."""
+    if as_json:
+        _emit_json(data())
+        return
+    for table in tables():
+        out.print(table)
+    for path in written:
+        if path:
+            out.print(f"wrote {path}")
+
+
+TtftOpt = Annotated[str, typer.Option("--ttft", help="TTFT limit (p90), e.g. 2s")]
+TpotOpt = Annotated[str, typer.Option("--tpot", help="TPOT limit (p90), e.g. 50ms")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")]
 
 
 WorkloadOpt = Annotated[
@@ -163,10 +188,10 @@ def workload_cmd(workload: Annotated[str, typer.Argument(help="azure-conv, azure
 def estimate_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="bundled name or config.json")],
     workload: WorkloadOpt = "azure-conv",
-    ttft: Annotated[str, typer.Option("--ttft", help="TTFT limit (p90), e.g. 2s")] = "2s",
-    tpot: Annotated[str, typer.Option("--tpot", help="TPOT limit (p90), e.g. 50ms")] = "50ms",
+    ttft: TtftOpt = "2s",
+    tpot: TpotOpt = "50ms",
     rate: RateOpt = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")] = None,
+    dtype: DtypeOpt = None,
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
@@ -179,8 +204,7 @@ def estimate_cmd(
     """Per accelerator x TP: sustainable rate and tokens per dollar of every request class."""
     from hetserve.perf.estimate import estimate
 
-    if dtype is not None and dtype not in DTYPE_BYTES:
-        raise HetserveError(f"--dtype '{dtype}': expected one of {', '.join(DTYPE_BYTES)}")
+    _check_dtype(dtype)
     slo = SLO(parse_duration(ttft, "--ttft"), parse_duration(tpot, "--tpot"))
     spec = get_model(model)
     cat = build_catalog(catalog, price, available)
@@ -190,15 +214,9 @@ def estimate_cmd(
         from hetserve.perf.plot import plot_best_map
 
         plot_best_map(est, plot)
-    if as_json:
-        _emit_json(est.as_dict())
-        return
     from hetserve.cli.tables import estimate_tables
 
-    for table in estimate_tables(est):
-        out.print(table)
-    if plot:
-        out.print(f"wrote {plot}")
+    _finish(as_json, est.as_dict, lambda: estimate_tables(est), [plot])
 
 
 @app.command("calibrate")
@@ -245,11 +263,11 @@ def plan_cmd(
     model: ModelsOpt,
     workload: WorkloadOpt = "azure-conv",
     rate: RateOpt = None,
-    ttft: Annotated[str, typer.Option("--ttft", help="TTFT limit (p90)")] = "2s",
-    tpot: Annotated[str, typer.Option("--tpot", help="TPOT limit (p90)")] = "50ms",
+    ttft: TtftOpt = "2s",
+    tpot: TpotOpt = "50ms",
     objective: Annotated[str, typer.Option("--objective", help="cost or throughput")] = "cost",
     budget: Annotated[float | None, typer.Option("--budget", help="USD per hour")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")] = None,
+    dtype: DtypeOpt = None,
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
@@ -263,32 +281,23 @@ def plan_cmd(
     """The cheapest heterogeneous plan (or the most throughput within a budget), solved exactly."""
     from hetserve.plan import parse_model_request, plan
 
-    if dtype is not None and dtype not in DTYPE_BYTES:
-        raise HetserveError(f"--dtype '{dtype}': expected one of {', '.join(DTYPE_BYTES)}")
+    _check_dtype(dtype)
     requests = [parse_model_request(m, parse_duration) for m in model]
-    grid = ClassGrid(parse_edges(input_edges, DEFAULT_INPUT_EDGES, "--input-edges"),
-                     parse_edges(output_edges, DEFAULT_OUTPUT_EDGES, "--output-edges"))
     with out.status("solving", spinner="dots"):
         result = plan(requests, workload=workload, rate=rate,
                       ttft=parse_duration(ttft, "--ttft"), tpot=parse_duration(tpot, "--tpot"),
                       objective=objective, budget=budget,
-                      catalog=build_catalog(catalog, price, available), dtype=dtype, grid=grid)
+                      catalog=build_catalog(catalog, price, available), dtype=dtype,
+                      grid=_grid(input_edges, output_edges))
     if out_file:
         result.save(out_file)
     if plot:
         from hetserve.plan.plot import plot_plan_costs
 
         plot_plan_costs(result, plot)
-    if as_json:
-        _emit_json(result.to_dict())
-        return
     from hetserve.cli.tables import plan_tables
 
-    for table in plan_tables(result):
-        out.print(table)
-    for path in (out_file, plot):
-        if path:
-            out.print(f"wrote {path}")
+    _finish(as_json, result.to_dict, lambda: plan_tables(result), [out_file, plot])
 
 
 @app.command("melange")

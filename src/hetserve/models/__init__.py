@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from functools import cache
 from importlib import resources
@@ -11,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hetserve.errors import HetserveError, load_yaml, suggest, validation_message
+from hetserve.errors import HetserveError, load_json, load_yaml, suggest, validation_message
 
 __all__ = ["DTYPE_BYTES", "Dtype", "ModelSpec", "bundled_models", "get_model"]
 
@@ -112,12 +111,7 @@ _HF_KEYS = {
 def from_hf_config(path: Path | str) -> ModelSpec:
     """A ModelSpec from a Hugging Face config.json (dense Llama/Mistral/Qwen2-style models)."""
     path = Path(path)
-    try:
-        cfg = json.loads(path.read_text())
-    except OSError as exc:
-        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    cfg = load_json(path)
     if not isinstance(cfg, dict):
         raise HetserveError(f"{path}: expected a JSON object")
     if cfg.get("num_local_experts") or cfg.get("num_experts"):

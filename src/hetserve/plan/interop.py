@@ -3,22 +3,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from hetserve.errors import HetserveError
+from hetserve.errors import HetserveError, load_json
 from hetserve.plan.milp import Problem, max_scale, min_cost
 
 
 def _read_json(path: Path | str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    data = load_json(path)
     if not isinstance(data, dict):
         raise HetserveError(f"{path}: expected a JSON object")
     return data

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hetserve.errors import HetserveError, validation_message
+from hetserve.errors import HetserveError, load_json, validation_message
 
 PLAN_VERSION = 1
 
@@ -120,14 +120,7 @@ class Plan(_Strict):
 
 
 def load_plan(path: Path | str) -> Plan:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    data = load_json(path)
     try:
         return Plan.model_validate(data)
     except ValidationError as err:
