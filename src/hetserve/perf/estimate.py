@@ -11,10 +11,8 @@ from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError
 from hetserve.models import ModelSpec
 from hetserve.perf.capacity import SLO, Capacity, class_capacity
-from hetserve.perf.model import Deployment
+from hetserve.perf.model import TP_DEGREES, Deployment
 from hetserve.workload import Workload
-
-TP_DEGREES = (1, 2, 4, 8)
 
 
 def tp_configs(model: ModelSpec, catalog: Catalog, dtype: str | None = None) -> list[Deployment]:

@@ -41,6 +41,7 @@ ENGINE_PROFILES = {"vllm-v0": 250.0, "vllm": 0.0, "trt-llm": 0.0, "sglang": 0.0}
 DEFAULT_MAX_SEQS = 256  # vLLM max_num_seqs
 DEFAULT_CHUNK = 8192  # vLLM max_num_batched_tokens with chunked prefill
 MIN_KV_TOKENS = 2048  # a deployment must hold at least this many tokens of KV cache
+TP_DEGREES = (1, 2, 4, 8)  # tensor parallelism stays inside one node
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Deployment:
     def why_not(self) -> str | None:
         """None when the deployment is valid and fits; else the reason it does not."""
         acc, m = self.accelerator, self.model
-        if self.tp not in (1, 2, 4, 8):
+        if self.tp not in TP_DEGREES:
             return f"TP{self.tp}: TP must be 1, 2, 4 or 8"
         if self.tp > acc.max_per_node:
             return f"TP{self.tp} exceeds {acc.max_per_node} {acc.name} per node"

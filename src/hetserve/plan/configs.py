@@ -10,9 +10,9 @@ import numpy as np
 from hetserve.catalog import Catalog
 from hetserve.models import ModelSpec
 from hetserve.perf import SLO, Deployment, class_capacity
+from hetserve.perf.model import TP_DEGREES
 from hetserve.workload import Workload
 
-TP_DEGREES = (1, 2, 4, 8)
 MAX_PP = 8
 
 
