@@ -64,6 +64,10 @@ def test_infeasibility_names_the_binding_constraint():
                       available={"H100-SXM": 2})
     with pytest.raises(HetserveError, match=r"TPOT limit 3ms, the fastest .* needs"):
         hetserve.plan("llama-3.1-8b", rate=5, catalog=SMALL, tpot=0.003)
+    with pytest.raises(HetserveError, match="throughput needs --budget"):
+        hetserve.plan("llama-3.1-8b", rate=5, objective="throughput",
+                      catalog=load_catalog().only(["A10G", "c7i.8xlarge"]),
+                      available={"c7i.8xlarge": 1})  # the CPU serves nothing: no bound
     with pytest.raises(HetserveError, match="fits no accelerator in the catalog"):
         hetserve.plan("qwen2.5-72b", rate=5, catalog=load_catalog().only(["T4"]))
 

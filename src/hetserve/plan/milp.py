@@ -123,7 +123,7 @@ def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, ti
     has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
     values = np.asarray(h.getSolution().col_value) if has_solution else None
     gap = float(info.mip_gap) if any(integer) and has_solution else 0.0
-    return name if has_solution or name != "optimal" else "infeasible", values, gap, seconds
+    return name, values, gap, seconds
 
 
 def _build(p: Problem, scale_mode: bool, slices: int | None):

@@ -4,7 +4,7 @@ explain infeasibility (which constraint binds, by how much)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,7 +31,6 @@ class Space:
     demands: list[ModelDemand]
     configs: list[Config]
     problem: Problem
-    class_model: list[int]  # per global class: index into demands
     class_offset: list[int]  # per demand: first global class
 
 
@@ -69,7 +68,7 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
                       else np.inf for t in types], dtype=np.float64)
     problem = Problem([c.name for c in configs], [c.deployment.usd_per_hour for c in configs],
                       cap, np.array(demand), names, usage, types, avail, budget)
-    return Space(list(demands), configs, problem, class_model, offsets)
+    return Space(list(demands), configs, problem, offsets)
 
 
 def _no_config_reason(d: ModelDemand, catalog: Catalog) -> str:
@@ -108,15 +107,11 @@ def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
     return head + reason
 
 
-def _explain_infeasible(space: Space, catalog: Catalog) -> str:
+def _explain_infeasible(space: Space) -> str:
     """Which of budget and availability binds, and by how much."""
     p = space.problem
-    free = Problem(p.configs, p.price, p.cap, p.demand, p.classes, p.usage, p.types,
-                   np.full(len(p.types), np.inf), None)
-    unlimited = min_cost(free)
-    with_avail = Problem(p.configs, p.price, p.cap, p.demand, p.classes, p.usage, p.types,
-                         p.available, None)
-    avail_sol = min_cost(with_avail)
+    unlimited = min_cost(replace(p, budget=None, available=np.full(len(p.types), np.inf)))
+    avail_sol = min_cost(replace(p, budget=None))
     if not avail_sol.ok:
         used = p.usage.T @ unlimited.replicas
         short = [(t, int(used[k] - p.available[k])) for k, t in enumerate(p.types)
@@ -156,7 +151,7 @@ def _baselines(space: Space, objective: str) -> list[Baseline]:
     for t, name in enumerate(p.types):
         keep = p.usage[:, t] > 0
         sub = p.restricted(keep)
-        served = sub.cap.max(axis=0) > 0 if keep.any() else np.zeros(p.cap.shape[1], bool)
+        served = sub.cap.max(axis=0) > 0
         if not served.all():
             miss = p.classes[int(np.argmin(served))]
             out.append(Baseline(accelerator=name, reason=f"cannot serve {miss} within the SLO"))
@@ -176,22 +171,23 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
         raise HetserveError(f"--objective '{objective}': expected cost or throughput")
     if budget is not None and budget <= 0:
         raise HetserveError(f"--budget: expected $/h > 0, got {budget}")
-    if objective == "throughput" and budget is None and not catalog.available:
-        raise HetserveError("--objective throughput needs --budget or --available to bound it")
     space = build_space(demands, catalog, budget)
     p = space.problem
+    if objective == "throughput" and budget is None and not np.isfinite(p.available).any():
+        raise HetserveError("--objective throughput needs --budget, or --available for an "
+                            "accelerator that can serve the model, to bound it")
     sol = _solve(p, objective, _blocks(space))
     if not sol.ok:
-        raise HetserveError(_explain_infeasible(space, catalog))
+        raise HetserveError(_explain_infeasible(space))
     if objective == "throughput" and sol.scale <= 0:
         cheapest = float(p.price.min())
         raise HetserveError(f"the budget ${budget:.2f}/h buys no replica: the cheapest config "
                             f"costs ${cheapest:.2f}/h")
     base = _baselines(space, objective) if baselines else []
-    return _to_plan(space, sol, objective, budget, catalog, base)
+    return _to_plan(space, sol, objective, budget, base)
 
 
-def _to_plan(space: Space, sol: Solution, objective: str, budget, catalog: Catalog,
+def _to_plan(space: Space, sol: Solution, objective: str, budget,
              base: list[Baseline]) -> Plan:
     p = space.problem
     models = []
