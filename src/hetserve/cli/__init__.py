@@ -273,22 +273,45 @@ def plan_cmd(
     available: AvailOpt = None,
     input_edges: InEdgesOpt = None,
     output_edges: OutEdgesOpt = None,
+    max_devices: Annotated[int | None, typer.Option(
+        "--max-devices", help="at most this many devices (TP x PP) per replica")] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="simulate the plan; lower the capacity of configs that miss the SLO "
+        "target and re-solve")] = False,
+    target: Annotated[float, typer.Option(
+        "--target", help="--verify: SLO attainment to reach (share of requests)")] = 0.99,
+    rounds: Annotated[int, typer.Option("--rounds", help="--verify: at most this many rounds")]
+    = 4,
     out_file: Annotated[Path | None, typer.Option("--out", help="write the plan file")] = None,
     as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="cost by accelerator, vs baselines")]
     = None,
 ) -> None:
     """The cheapest heterogeneous plan (or the most throughput within a budget), solved exactly."""
-    from hetserve.plan import parse_model_request, plan
+    from hetserve.plan import model_demands, parse_model_request, solve_plan
 
     _check_dtype(dtype)
+    if max_devices is not None and max_devices < 1:
+        raise HetserveError(f"--max-devices: expected at least 1, got {max_devices}")
+    if not 0 < target <= 1:
+        raise HetserveError(f"--target: expected a share in (0, 1], got {target}")
+    if rounds < 1:
+        raise HetserveError(f"--rounds: expected at least 1, got {rounds}")
     requests = [parse_model_request(m, parse_duration) for m in model]
-    with out.status("solving", spinner="dots"):
-        result = plan(requests, workload=workload, rate=rate,
-                      ttft=parse_duration(ttft, "--ttft"), tpot=parse_duration(tpot, "--tpot"),
-                      objective=objective, budget=budget,
-                      catalog=build_catalog(catalog, price, available), dtype=dtype,
-                      grid=_grid(input_edges, output_edges))
+    demands = model_demands(requests, workload=workload, rate=rate,
+                            ttft=parse_duration(ttft, "--ttft"),
+                            tpot=parse_duration(tpot, "--tpot"), dtype=dtype,
+                            max_devices=max_devices, grid=_grid(input_edges, output_edges))
+    cat = build_catalog(catalog, price, available)
+    if verify:
+        from hetserve.sim.verify import verify as verify_plan
+
+        log = Console(stderr=True) if as_json else out
+        result, _ = verify_plan(demands, cat, objective, budget, target=target, rounds=rounds,
+                                on_round=lambda r: log.print(_round_line(r, target)))
+    else:
+        with out.status("solving", spinner="dots"):
+            result = solve_plan(demands, cat, objective, budget)
     if out_file:
         result.save(out_file)
     if plot:
@@ -298,6 +321,87 @@ def plan_cmd(
     from hetserve.cli.tables import plan_tables
 
     _finish(as_json, result.to_dict, lambda: plan_tables(result), [out_file, plot])
+
+
+def _round_line(r, target: float) -> str:
+    groups = ", ".join(f"{g['replicas']} x {g['config']} {g['slo_attainment']:.1%}"
+                       for g in r.result.group_rows())
+    mark = "[green]meets[/]" if r.attainment >= target else "[red]misses[/]"
+    line = (f"verify round {r.number}: ${r.plan.usd_per_hour:.2f}/h, SLO attainment "
+            f"{r.attainment:.2%} ({mark} {target:.0%}); groups: {groups}")
+    if r.lowered:
+        line += "; lowering " + ", ".join(f"{n} x{f:.2f}" for n, f in r.lowered.items())
+    return line
+
+
+@app.command("simulate")
+def simulate_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="plan file (hetserve plan --out)")],
+    workload: Annotated[str | None, typer.Option(
+        "--workload", "-w", help="trace to replay (default: each model's planned workload)")]
+    = None,
+    rate: Annotated[float | None, typer.Option(
+        "--rate", help="req/s per model (default: the rate the plan serves)")] = None,
+    arrivals: Annotated[str, typer.Option(
+        "--arrivals", help="trace (timestamps scaled to the rate), as-is, or poisson")]
+    = "trace",
+    clients: Annotated[int | None, typer.Option(
+        "--clients", help="closed loop: this many clients sending back to back")] = None,
+    requests: Annotated[int | None, typer.Option(
+        "--requests", help="replay only the first N requests (closed loop: send N)")] = None,
+    router: Annotated[str, typer.Option(
+        "--router", help="plan, round-robin, least-outstanding or size-aware")] = "plan",
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="run every router policy on the same arrivals")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="seed for Poisson arrivals")] = 0,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="write latency CDFs per replica group (PNG)")] = None,
+    per_request: Annotated[Path | None, typer.Option(
+        "--per-request", help="write per-request results (CSV)")] = None,
+) -> None:
+    """Replay a trace against a plan: SLO attainment, latency percentiles, cost, tokens/$."""
+    from hetserve.plan import load_plan
+    from hetserve.sim.router import POLICIES
+    from hetserve.sim.simulate import simulate
+
+    plan = load_plan(plan_file)
+    cat = build_catalog(catalog, None, None)
+    traces = load_trace(workload) if workload else None
+    if requests is not None and requests < 1:
+        raise HetserveError(f"--requests: expected at least 1, got {requests}")
+    policies = list(dict.fromkeys([router, *POLICIES])) if compare else [router]
+    results = [simulate(plan, traces, catalog=cat, router=p, arrivals=arrivals, rate=rate,
+                        clients=clients, requests=requests, seed=seed) for p in policies]
+    first = results[0]
+    if plot:
+        from hetserve.sim.plot import plot_latency_cdf
+
+        plot_latency_cdf(first, plot)
+    if per_request:
+        _write_csv(per_request, first.per_request())
+    slo = "; ".join(f"{m}: TTFT <= {t:g}s, TPOT <= {p * 1e3:g}ms"
+                    for m, (t, p) in zip(first.models, first.slo, strict=True))
+
+    def data() -> dict:
+        body = first.as_dict()
+        if compare:
+            body["compare"] = [r.summary() for r in results]
+        return body
+
+    from hetserve.cli.tables import sim_tables
+
+    _finish(as_json, data, lambda: sim_tables(results, slo), [plot, per_request])
+
+
+def _write_csv(path: Path, columns: dict[str, list]) -> None:
+    import csv
+
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
 
 
 @app.command("melange")

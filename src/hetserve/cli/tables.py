@@ -6,6 +6,7 @@ import numpy as np
 from rich.table import Table
 
 from hetserve.perf.estimate import Estimate
+from hetserve.sim.report import SimResult
 
 
 def _mtok(x: float) -> str:
@@ -130,3 +131,58 @@ def plan_tables(plan) -> list[Table]:
             vs = f"{plan.scale / b.scale - 1:+.1%} throughput"
         base.add_row(b.accelerator, f"{b.usd_per_hour:.2f}", str(b.devices), f"{b.scale:.3g}", vs)
     return [groups, base]
+
+
+def _ms(x: float) -> str:
+    return "-" if x != x else f"{x * 1e3:.0f}"
+
+
+def _s(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}"
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{x:.1%}"
+
+
+def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
+    """One summary row per run (router), then per group and per class of the first run."""
+    head = Table(title=f"Simulation ({slo})", title_justify="left")
+    for col in ("router", "arrivals", "requests", "rejected", "in SLO", "TTFT p50/p90/p99 s",
+                "TPOT p50/p90/p99 ms", "queue p90 s", "preempt", "util", "KV", "cost $",
+                "Mtok/$", "sim s", "wall s"):
+        head.add_column(col, justify="left" if col in ("router", "arrivals") else "right")
+    for r in results:
+        s = r.summary()
+        head.add_row(
+            r.router, r.arrivals, str(s["requests"]), str(s["rejected"]),
+            _pct(s["slo_attainment"]),
+            "/".join(_s(s[f"ttft_p{q}"]) for q in (50, 90, 99)),
+            "/".join(_ms(s[f"tpot_p{q}"]) for q in (50, 90, 99)), _s(s["queue_p90"]),
+            str(s["preemptions"]), _pct(s["utilisation"]), _pct(s["kv_usage"]),
+            f"{s['cost_usd']:.2f}", _mtok(s["tokens_per_dollar"]),
+            f"{s['simulated_seconds']:.0f}", f"{s['wall_seconds']:.2f}")
+    first = results[0]
+    groups = Table(title=f"Per replica group (router {first.router})", title_justify="left")
+    for col in ("group", "config", "replicas", "requests", "in SLO", "TTFT p50/p90/p99 s",
+                "TPOT p50/p90/p99 ms", "queue p90 s", "preempt", "util", "KV", "$/h"):
+        groups.add_column(col, justify="left" if col in ("group", "config") else "right")
+    for g in first.group_rows():
+        groups.add_row(
+            g["group"], g["config"], str(g["replicas"]), str(g["requests"]),
+            _pct(g["slo_attainment"]),
+            "/".join(_s(g[f"ttft_p{q}"]) for q in (50, 90, 99)),
+            "/".join(_ms(g[f"tpot_p{q}"]) for q in (50, 90, 99)), _s(g["queue_p90"]),
+            str(g["preemptions"]), _pct(g["utilisation"]), _pct(g["kv_usage"]),
+            f"{g['usd_per_hour']:.2f}")
+    classes = Table(title="Per request class", title_justify="left")
+    for col in ("class", "requests", "in SLO", "TTFT p90 s", "TPOT p90 ms", "e2e p90 s",
+                "queue p90 s"):
+        classes.add_column(col, justify="left" if col == "class" else "right")
+    for c in first.class_rows():
+        style = "red" if c["slo_attainment"] < 0.9 else ""
+        att = _pct(c["slo_attainment"])
+        classes.add_row(c["class"], str(c["requests"]), f"[{style}]{att}[/]" if style else att,
+                        _s(c["ttft_p90"]), _ms(c["tpot_p90"]), _s(c["e2e_p90"]),
+                        _s(c["queue_p90"]))
+    return [head, groups, classes]

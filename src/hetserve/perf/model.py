@@ -20,6 +20,7 @@ simulator evaluate many batch shapes in one call.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -142,8 +143,37 @@ class Deployment:
             return ar_lat, ar_bw, ar_lat, ar_bw
         return ar_lat, ar_bw, NETWORK_US * 1e-6, NETWORK_GBS * GB
 
+    @cached_property
+    def coefficients(self) -> tuple[float, ...]:
+        """The step time's coefficients, so that for a step of `t` tokens, `s` sampling
+        sequences, decode context `x` and prefill pairs `p`:
+
+          step = max(a_t t + a_s s, w) + max(f (x + p), b (x + t)) + c0 + c1 t + h0 + h1 s
+
+        (linear layers, attention, TP/PP communication, host). Returns
+        (a_t, a_s, w, f, b, c0, c1, h0, h1)."""
+        m, d = self.model, self.devices
+        flops, attn_flops, bw = self._rates
+        a_t = 2.0 * m.layers * m.layer_params / d / flops
+        a_s = 2.0 * m.embedding_params / d / flops
+        w = m.matmul_params * DTYPE_BYTES[self.weight_dtype] / self.tp / bw  # pp micro-batches
+        f = 4.0 * m.layers * m.heads * m.head_dim / d / attn_flops
+        b = m.kv_bytes_per_token(self.kv_dtype) / (min(self.tp, m.kv_heads) * self.pp) / bw
+        ar_lat, ar_bw, hop_lat, hop_bw = self._link
+        msg = m.hidden * ACT_BYTES  # bytes per token
+        c0 = c1 = 0.0
+        if self.tp > 1:
+            c0 += 2 * m.layers * ar_lat
+            c1 += 2 * m.layers * msg / self.pp * (2 * (self.tp - 1) / self.tp) / ar_bw
+        if self.pp > 1:
+            c0 += (self.pp - 1) * hop_lat
+            c1 += (self.pp - 1) * msg / self.pp / hop_bw
+        h0 = self.accelerator.step_overhead_ms * 1e-3
+        h1 = self.host_us_per_seq * 1e-6
+        return a_t, a_s, w, f, b, c0, c1, h0, h1
+
     def step_time(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0):
-        """Seconds for one engine step.
+        """Seconds for one engine step (numbers or numpy arrays, broadcast).
 
         tokens: new tokens computed (prefill chunk tokens + one per decoding sequence)
         seqs: sequences that sample a token this step (LM-head rows)
@@ -151,29 +181,71 @@ class Deployment:
         prefill_pairs: attention query-key pairs of prefill chunks, sum of n * (c + n / 2)
                        for a chunk of n tokens after c cached tokens
         """
-        m, d = self.model, self.devices
-        flops, attn_flops, bw = self._rates
         tokens = np.asarray(tokens, dtype=np.float64)
-        wbytes = DTYPE_BYTES[self.weight_dtype]
-        lin_f = 2.0 * (m.layers * m.layer_params * tokens + m.embedding_params * seqs) / d
-        lin_b = m.matmul_params * wbytes / self.tp  # pp micro-batches, each streams 1/pp
-        linear = np.maximum(lin_f / flops, lin_b / bw)
-        q_dim = m.heads * m.head_dim
-        att_f = 4.0 * m.layers * q_dim * (decode_ctx + prefill_pairs) / d
-        kv_tok = m.kv_bytes_per_token(self.kv_dtype) / (min(self.tp, m.kv_heads) * self.pp)
-        att_b = kv_tok * (decode_ctx + tokens)
-        attention = np.maximum(att_f / attn_flops, att_b / bw)
-        ar_lat, ar_bw, hop_lat, hop_bw = self._link
-        msg = tokens * m.hidden * ACT_BYTES
-        comm = 0.0
-        if self.tp > 1:
-            comm = 2 * m.layers * ar_lat + 2 * m.layers * msg / self.pp * (
-                2 * (self.tp - 1) / self.tp
-            ) / ar_bw
-        if self.pp > 1:
-            comm = comm + (self.pp - 1) * (hop_lat + msg / self.pp / hop_bw)
-        host = self.accelerator.step_overhead_ms * 1e-3 + self.host_us_per_seq * 1e-6 * seqs
-        return linear + attention + comm + host
+        a_t, a_s, w, f, b, c0, c1, h0, h1 = self.coefficients
+        return (np.maximum(a_t * tokens + a_s * seqs, w)
+                + np.maximum(f * (decode_ctx + prefill_pairs), b * (decode_ctx + tokens))
+                + c0 + c1 * tokens + h0 + h1 * seqs)
+
+    def step_seconds(self, tokens: float, seqs: float, decode_ctx: float = 0.0,
+                     prefill_pairs: float = 0.0) -> float:
+        """step_time for plain numbers, without numpy (the simulator's inner loop)."""
+        a_t, a_s, w, f, b, c0, c1, h0, h1 = self.coefficients
+        return (max(a_t * tokens + a_s * seqs, w)
+                + max(f * (decode_ctx + prefill_pairs), b * (decode_ctx + tokens))
+                + c0 + c1 * tokens + h0 + h1 * seqs)
+
+    def decode_run_seconds(self, batch: int, context: float, steps: int) -> float:
+        """Total time of `steps` consecutive decode steps of the same `batch` sequences whose
+        contexts sum to `context` at the first step (each step adds `batch` to it), in closed
+        form: the sum of step_seconds(batch, batch, context + j * batch) for j < steps."""
+        if steps <= 0:
+            return 0.0
+        a_t, a_s, w, f, b, c0, c1, h0, h1 = self.coefficients
+        const = max((a_t + a_s) * batch, w) + c0 + (c1 + h1) * batch + h0
+        # attention: max(f x_j, b (x_j + batch)) with x_j = context + j * batch; the
+        # compute branch (if ever) wins from the first j with x_j >= b * batch / (f - b)
+        switch = steps
+        if f > b:
+            switch = min(steps, max(0, math.ceil((b * batch / (f - b) - context) / batch)))
+
+        def series(coef: float, offset: float, j0: int, j1: int) -> float:
+            n = j1 - j0  # sum over j in [j0, j1) of coef * (context + offset + j * batch)
+            return coef * (n * (context + offset) + batch * (j0 + j1 - 1) * n / 2.0)
+
+        return (const * steps + series(b, batch, 0, switch)
+                + (series(f, 0.0, switch, steps) if switch < steps else 0.0))
+
+    def decode_steps_before(self, batch: int, context: float, span: float, limit: int) -> int:
+        """How many of up to `limit` consecutive decode steps (as in decode_run_seconds) start
+        before `span` seconds: the least k with decode_run_seconds(k) >= span, capped at
+        `limit`. Solved from the quadratic when attention stays memory-bound, then checked."""
+        run = self.decode_run_seconds
+        if span <= 0.0:
+            return 0
+        if run(batch, context, limit - 1) < span:
+            return limit
+        a_t, a_s, w, f, b, c0, c1, h0, h1 = self.coefficients
+        lo, hi = 1, limit - 1  # answer in [lo, hi]
+        if f <= b:  # T(k) = alpha k + beta k^2
+            beta = b * batch / 2.0
+            alpha = max((a_t + a_s) * batch, w) + c0 + (c1 + h1) * batch + h0 \
+                + b * (context + batch) - beta
+            k = math.ceil((-alpha + math.sqrt(alpha * alpha + 4.0 * beta * span)) / (2 * beta)) \
+                if beta > 0 else math.ceil(span / alpha)
+            k = min(max(k, lo), hi)
+            while k > lo and run(batch, context, k - 1) >= span:
+                k -= 1
+            while k < hi and run(batch, context, k) < span:
+                k += 1
+            return k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if run(batch, context, mid) >= span:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def decode_step_time(self, batch, context):
         """One decode step of `batch` sequences, each with `context` tokens of KV."""

@@ -20,7 +20,8 @@ from hetserve.plan.planfile import Plan, load_plan
 from hetserve.plan.planner import solve_plan
 from hetserve.workload import ClassGrid, classify, load_trace
 
-__all__ = ["ModelRequest", "Plan", "load_plan", "parse_model_request", "plan"]
+__all__ = ["ModelRequest", "Plan", "load_plan", "model_demands", "parse_model_request", "plan",
+           "plan_catalog", "solve_plan"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,43 @@ def parse_model_request(text: str, parse_duration) -> ModelRequest:
     )
 
 
+def model_demands(
+    models: str | ModelRequest | Sequence[str | ModelRequest],
+    *,
+    workload: str = "azure-conv",
+    rate: float | None = None,
+    ttft: float = 2.0,
+    tpot: float = 0.05,
+    dtype: str | None = None,
+    max_devices: int | None = None,
+    grid: ClassGrid | None = None,
+) -> list[ModelDemand]:
+    """What each model must serve: its workload's request classes and its SLO."""
+    if isinstance(models, str | ModelRequest):
+        models = [models]
+    demands: list[ModelDemand] = []
+    for item in models:
+        req = item if isinstance(item, ModelRequest) else ModelRequest(item)
+        spec = get_model(req.model)
+        if any(d.model.name == spec.name for d in demands):
+            raise HetserveError(f"--model {spec.name} is given twice")
+        trace = load_trace(req.workload or workload)
+        wl = classify(trace, grid, req.rate if req.rate is not None else rate)
+        slo = SLO(req.ttft or ttft, req.tpot or tpot)
+        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices))
+    return demands
+
+
+def plan_catalog(catalog: Catalog | None = None, prices: Mapping[str, float] | None = None,
+                 available: Mapping[str, int] | None = None) -> Catalog:
+    cat = catalog or load_catalog()
+    if prices:
+        cat = cat.with_prices(prices)
+    if available:
+        cat = cat.with_availability(available)
+    return cat
+
+
 def plan(
     models: str | ModelRequest | Sequence[str | ModelRequest],
     *,
@@ -64,29 +102,17 @@ def plan(
     prices: Mapping[str, float] | None = None,
     available: Mapping[str, int] | None = None,
     dtype: str | None = None,
+    max_devices: int | None = None,
     grid: ClassGrid | None = None,
     baselines: bool = True,
 ) -> Plan:
     """The cheapest plan (objective='cost') or the most throughput within budget/availability
-    (objective='throughput') for the models' workloads under their SLOs."""
-    if isinstance(models, str | ModelRequest):
-        models = [models]
-    cat = catalog or load_catalog()
-    if prices:
-        cat = cat.with_prices(prices)
-    if available:
-        cat = cat.with_availability(available)
-    demands = []
-    for item in models:
-        req = item if isinstance(item, ModelRequest) else ModelRequest(item)
-        spec = get_model(req.model)
-        if any(d.model.name == spec.name for d in demands):
-            raise HetserveError(f"--model {spec.name} is given twice")
-        trace = load_trace(req.workload or workload)
-        wl = classify(trace, grid, req.rate if req.rate is not None else rate)
-        slo = SLO(req.ttft or ttft, req.tpot or tpot)
-        demands.append(ModelDemand(spec, wl, slo, dtype))
-    return solve_plan(demands, cat, objective, budget, baselines)
+    (objective='throughput') for the models' workloads under their SLOs. `max_devices` caps the
+    devices (TP x PP) of one replica."""
+    demands = model_demands(models, workload=workload, rate=rate, ttft=ttft, tpot=tpot,
+                            dtype=dtype, max_devices=max_devices, grid=grid)
+    return solve_plan(demands, plan_catalog(catalog, prices, available), objective, budget,
+                      baselines)
 
 
 class _CallableModule(types.ModuleType):

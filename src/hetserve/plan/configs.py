@@ -3,6 +3,7 @@ memory-feasible, with per-class capacity under the model's SLO; dominated config
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ class ModelDemand:
     workload: Workload
     slo: SLO
     dtype: str | None = None
+    max_devices: int | None = None  # per replica (tp x pp)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,11 @@ def _dominated(cfgs: list[Config]) -> list[bool]:
     return out
 
 
-def enumerate_configs(demand: ModelDemand, catalog: Catalog,
-                      keep_dominated: bool = False) -> list[Config]:
-    """Every memory-feasible config that serves at least one class of the model."""
+def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: bool = False,
+                      derate: Mapping[str, float] | None = None) -> list[Config]:
+    """Every memory-feasible config that serves at least one class of the model, with its
+    capacities times `derate[config name]` (or `derate["*"]`) where given, before dominated configs
+    are dropped."""
     inp = np.array([c.mean_input for c in demand.workload.classes])
     out = np.array([c.mean_output for c in demand.workload.classes])
     cfgs = []
@@ -71,12 +75,17 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog,
             continue
         for tp in TP_DEGREES:
             for pp in pp_degrees(demand.model):
+                if demand.max_devices and tp * pp > demand.max_devices:
+                    continue
                 dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype)
                 if not dep.fits:
                     continue
                 cap = class_capacity(dep, inp, out, demand.slo).rate
+                cfg = Config(demand.model.name, dep, cap)
+                if derate:  # by name, else the "*" entry
+                    cfg = Config(cfg.model, dep, cap * derate.get(cfg.name, derate.get("*", 1)))
                 if cap.max() > 0:
-                    cfgs.append(Config(demand.model.name, dep, cap))
+                    cfgs.append(cfg)
     if keep_dominated:
         return cfgs
     return [c for c, dom in zip(cfgs, _dominated(cfgs), strict=True) if not dom]

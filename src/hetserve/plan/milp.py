@@ -179,8 +179,9 @@ def _build(p: Problem, scale_mode: bool, slices: int | None):
             row_hi.append(p.available[t])
             r += 1
     lo = np.zeros(n)
-    hi = np.concatenate([np.full(C, INF), np.full(K, float(slices or 1)),
-                         [INF] if scale_mode else []])
+    # shares are at most 1 (or `slices` slices); in scale mode u = lambda x is unbounded
+    share_hi = float(slices) if slices else (INF if scale_mode else 1.0)
+    hi = np.concatenate([np.full(C, INF), np.full(K, share_hi), [INF] if scale_mode else []])
     integer = [True] * C + [bool(slices)] * K + ([False] if scale_mode else [])
     coo = (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
     return n, (ci, wi), coo, row_lo, row_hi, lo, hi, integer

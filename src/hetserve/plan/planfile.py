@@ -57,6 +57,8 @@ class ReplicaGroup(_Strict):
     replicas: int = Field(ge=1)
     usd_per_hour: float = Field(ge=0, description="all replicas of the group")
     kv_tokens: int = Field(ge=0, description="KV cache of one replica, tokens")
+    kv_dtype: str = "bf16"
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_num_seqs: int
     max_num_batched_tokens: int
     shares: dict[str, float] = Field(description="class name -> share of the class routed here")
@@ -79,6 +81,17 @@ class SolverInfo(_Strict):
     classes: int
 
 
+class Verification(_Strict):
+    """Set by `plan --verify`: what simulating the plan on its workload measured."""
+
+    slo_attainment: float = Field(description="share of requests within both SLO limits")
+    target: float
+    rounds: int
+    router: str
+    derate: dict[str, float] = Field(
+        default={}, description="config -> factor its modelled capacity was lowered by")
+
+
 class Plan(_Strict):
     kind: Literal["hetserve-plan"] = "hetserve-plan"
     version: int = PLAN_VERSION
@@ -97,6 +110,7 @@ class Plan(_Strict):
         description="cost: 1 - cost / best homogeneous cost; throughput: scale / best - 1",
     )
     solver: SolverInfo
+    verification: Verification | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:

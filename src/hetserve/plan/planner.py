@@ -3,7 +3,7 @@ explain infeasibility (which constraint binds, by how much)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,7 +35,8 @@ class Space:
 
 
 def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float | None,
-                rate_scale: float = 1.0) -> Space:
+                rate_scale: float = 1.0, derate: Mapping[str, float] | None = None) -> Space:
+    """derate: config name -> factor on its capacities (what simulation found it sustains)."""
     configs: list[Config] = []
     offsets, class_model, names, demand = [], [], [], []
     for k, d in enumerate(demands):
@@ -44,7 +45,7 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
             class_model.append(k)
             names.append(f"{d.model.name}:{c.name}")
             demand.append(c.rate * rate_scale)
-        cfgs = enumerate_configs(d, catalog)
+        cfgs = enumerate_configs(d, catalog, derate=derate)
         if not cfgs:
             raise HetserveError(_no_config_reason(d, catalog))
         configs += cfgs
@@ -72,6 +73,10 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
 
 
 def _no_config_reason(d: ModelDemand, catalog: Catalog) -> str:
+    if d.max_devices:
+        unlimited = _no_config_reason(replace(d, max_devices=None), catalog)
+        return (f"{d.model.name}: no config of at most {d.max_devices} devices per replica "
+                f"serves any class (raise --max-devices); without the limit: {unlimited}")
     fits = [Deployment(d.model, a, tp=min(8, a.max_per_node), dtype=d.dtype) for a in catalog]
     if not any(dep.fits for dep in fits):
         biggest = max(catalog, key=lambda a: a.memory_gb * min(8, a.max_per_node))
@@ -87,6 +92,8 @@ def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
     best_ttft, best_tpot, who_ttft, who_tpot, reason = np.inf, np.inf, "", "", ""
     for acc in catalog:
         for tp in TP_DEGREES:
+            if d.max_devices and tp > d.max_devices:
+                continue
             dep = Deployment(d.model, acc, tp=tp, dtype=d.dtype)
             if not dep.fits:
                 continue
@@ -166,12 +173,13 @@ def _baselines(space: Space, objective: str) -> list[Baseline]:
 
 
 def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
-               budget: float | None = None, baselines: bool = True) -> Plan:
+               budget: float | None = None, baselines: bool = True,
+               derate: Mapping[str, float] | None = None) -> Plan:
     if objective not in ("cost", "throughput"):
         raise HetserveError(f"--objective '{objective}': expected cost or throughput")
     if budget is not None and budget <= 0:
         raise HetserveError(f"--budget: expected $/h > 0, got {budget}")
-    space = build_space(demands, catalog, budget)
+    space = build_space(demands, catalog, budget, derate=derate)
     p = space.problem
     if objective == "throughput" and budget is None and not np.isfinite(p.available).any():
         raise HetserveError("--objective throughput needs --budget, or --available for an "
@@ -215,7 +223,8 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
             id=f"g{len(groups)}", model=cfg.model, accelerator=dep.accelerator.name,
             tp=dep.tp, pp=dep.pp, dtype=dep.weight_dtype, devices_per_replica=dep.devices,
             replicas=int(sol.replicas[i]), usd_per_hour=float(p.price[i] * sol.replicas[i]),
-            kv_tokens=dep.kv_capacity_tokens, max_num_seqs=dep.max_seqs,
+            kv_tokens=dep.kv_capacity_tokens, kv_dtype=dep.kv_dtype,
+            gpu_memory_utilization=dep.memory_utilisation, max_num_seqs=dep.max_seqs,
             max_num_batched_tokens=dep.chunk_tokens,
             shares={c.name: float(sol.shares[i, off + j]) for j, c in enumerate(classes)
                     if sol.shares[i, off + j] > 0},

@@ -49,6 +49,12 @@ class Trace:
             raise HetserveError(f"--rate: expected a rate > 0 req/s, got {rate}")
         return replace(self, arrivals=self.arrivals * (self.rate / rate))
 
+    def with_poisson_arrivals(self, rate: float, seed: int = 0) -> Trace:
+        """The same requests, in order, arriving as a Poisson process at `rate` req/s."""
+        if rate <= 0:
+            raise HetserveError(f"--rate: expected a rate > 0 req/s, got {rate}")
+        return replace(self, arrivals=_poisson(np.random.default_rng(seed), rate, len(self)))
+
     def for_model(self, model: str) -> Trace:
         """Requests tagged with this model (all of them when the trace has no model column)."""
         if self.models is None:
@@ -61,6 +67,12 @@ class Trace:
             output_tokens=self.output_tokens[keep],
             models=self.models[keep],
         )
+
+
+def _poisson(rng: np.random.Generator, rate: float, n: int) -> np.ndarray:
+    """Arrival times of a Poisson process at `rate`, the first at 0."""
+    gaps = rng.exponential(1.0 / rate, size=n)
+    return np.cumsum(gaps) - gaps[0]
 
 
 def _finish(name: str, t: list, i: list, o: list, m: list | None) -> Trace:
@@ -181,8 +193,8 @@ def load_trace(source: str | Path) -> Trace:
             f"unknown workload '{source}'{suggest(str(source), BUNDLED)} (or a .csv/.jsonl trace)"
         )
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return read_jsonl(path)
-    return read_azure_csv(path)
+        return read_jsonl(path, name=str(source))
+    return read_azure_csv(path, name=str(source))
 
 
 def synthetic(
@@ -198,8 +210,7 @@ def synthetic(
 ) -> Trace:
     """Poisson arrivals at `rate` with lognormal prompt and output lengths (for tests)."""
     rng = np.random.default_rng(seed)
-    gaps = rng.exponential(1.0 / rate, size=n)
-    arrivals = np.cumsum(gaps) - gaps[0]
+    arrivals = _poisson(rng, rate, n)
     lengths = [
         np.clip(np.round(rng.lognormal(np.log(med), sig, size=n)), 1, max_tokens).astype(np.int64)
         for med, sig in ((input_median, input_sigma), (output_median, output_sigma))

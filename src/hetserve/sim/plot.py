@@ -1,0 +1,60 @@
+"""Latency CDFs per replica group (TTFT and TPOT), with the SLO limits marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hetserve.sim.report import SimResult
+
+
+def plot_latency_cdf(result: SimResult, path: Path | str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
+    done = result.completed
+    met = result.met
+    ttft, tpot = result.ttft, result.tpot
+    colors = plt.get_cmap("tab10")
+    for k, g in enumerate(result.groups):
+        mask = done & (result.group == k)
+        if not mask.any():
+            continue
+        label = (f"{g.id}: {g.replicas} x {g.label} ({int(mask.sum())} req, "
+                 f"{met[result.group == k].mean():.1%} in SLO)")
+        for ax, values, sel in ((axes[0], ttft, mask),
+                                (axes[1], tpot * 1e3, mask & (result.output_tokens > 1))):
+            x = np.sort(values[sel])
+            if len(x):
+                ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", color=colors(k % 10),
+                        label=label)
+    for m, (ttft_lim, tpot_lim) in enumerate(result.slo):
+        tag = f" ({result.models[m]})" if len(result.models) > 1 else ""
+        axes[0].axvline(ttft_lim, color="black", ls="--", lw=1, label=f"TTFT SLO{tag}")
+        axes[1].axvline(tpot_lim * 1e3, color="black", ls="--", lw=1, label=f"TPOT SLO{tag}")
+    summary = result.summary()
+    for ax, title, unit in ((axes[0], "time to first token", "s"),
+                            (axes[1], "time per output token", "ms")):
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel(f"{title} ({unit}, log scale)")
+        ax.set_ylabel("share of requests")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    extra = [(h, la) for h, la in zip(*axes[1].get_legend_handles_labels(), strict=True)
+             if "SLO" in la]
+    fig.legend(handles + [h for h, _ in extra], labels + [la for _, la in extra],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{summary['requests']} requests, router {result.router}, arrivals "
+                 f"{result.arrivals}: {summary['slo_attainment']:.1%} within SLO, "
+                 f"${summary['cost_usd']:.2f} over {summary['simulated_seconds']:.0f}s",
+                 fontsize=10)
+    rows = (len(labels) + len(extra) + 1) // 2
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * rows, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,196 @@
+"""What a simulation measured: per-request latencies, and summaries per replica group and class.
+
+A request meets its SLO when its TTFT and its TPOT (mean time per output token after the first)
+are both within its model's limits; requests no replica could hold count as misses. Cost is the
+plan's hourly price over the simulated window (first arrival to last completion): every replica
+is paid for the whole window. Utilisation is the share of time a replica is running a step (any
+request in flight); kv_usage the mean share of its KV cache held (vllm:kv_cache_usage_perc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    id: str
+    model: int  # index into SimResult.models
+    label: str  # accelerator and parallelism
+    replicas: int
+    usd_per_hour: float
+    busy_seconds: float  # summed over the group's replicas
+    kv_block_seconds: float  # KV blocks held, integrated over time, summed over replicas
+    kv_blocks: int  # KV blocks of one replica
+    preemptions: int
+
+
+@dataclass
+class SimResult:
+    models: list[str]
+    classes: list[list[str]]  # per model: class names
+    slo: list[tuple[float, float]]  # per model: (ttft, tpot) limits, s
+    groups: list[GroupInfo]
+    # per request
+    model: np.ndarray
+    cls: np.ndarray  # -1: a class the plan does not list
+    group: np.ndarray  # -1: rejected (no replica could hold it)
+    replica: np.ndarray
+    arrival: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    scheduled: np.ndarray
+    first_token: np.ndarray
+    finish: np.ndarray
+    preemptions: np.ndarray
+    router: str = "plan"
+    arrivals: str = "trace"
+    wall_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    # ---- per request -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.arrival)
+
+    @property
+    def completed(self) -> np.ndarray:
+        return ~np.isnan(self.finish)
+
+    @property
+    def ttft(self) -> np.ndarray:
+        return self.first_token - self.arrival
+
+    @property
+    def tpot(self) -> np.ndarray:
+        """Mean time per output token after the first; 0 for one-token outputs."""
+        steps = np.maximum(self.output_tokens - 1, 1)
+        return np.where(self.output_tokens > 1, (self.finish - self.first_token) / steps, 0.0)
+
+    @property
+    def e2e(self) -> np.ndarray:
+        return self.finish - self.arrival
+
+    @property
+    def queueing(self) -> np.ndarray:
+        return self.scheduled - self.arrival
+
+    @property
+    def met(self) -> np.ndarray:
+        """Per request: completed within both SLO limits of its model."""
+        limits = np.array(self.slo, dtype=np.float64).reshape(-1, 2)
+        ttft_lim, tpot_lim = limits[self.model, 0], limits[self.model, 1]
+        with np.errstate(invalid="ignore"):
+            return self.completed & (self.ttft <= ttft_lim) & (self.tpot <= tpot_lim)
+
+    # ---- window and money --------------------------------------------------------------
+    @property
+    def window(self) -> float:
+        """Seconds from the first arrival to the last completion."""
+        if not len(self):
+            return 0.0
+        end = np.nanmax(self.finish) if self.completed.any() else self.arrival.max()
+        return float(max(end - self.arrival.min(), 1e-9))
+
+    @property
+    def usd_per_hour(self) -> float:
+        return sum(g.usd_per_hour for g in self.groups)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.usd_per_hour * self.window / 3600.0
+
+    # ---- summaries ---------------------------------------------------------------------
+    def _stats(self, mask: np.ndarray) -> dict:
+        done = mask & self.completed
+        out: dict = {"requests": int(mask.sum()), "completed": int(done.sum())}
+        out["slo_attainment"] = float(self.met[mask].mean()) if mask.any() else float("nan")
+        multi = done & (self.output_tokens > 1)
+        for name, values, sel in (("ttft", self.ttft, done), ("tpot", self.tpot, multi),
+                                  ("e2e", self.e2e, done), ("queue", self.queueing, done)):
+            picked = values[sel]
+            for q in PERCENTILES:
+                out[f"{name}_p{q}"] = float(np.percentile(picked, q)) if len(picked) else \
+                    float("nan")
+        out["preemptions"] = int(self.preemptions[mask].sum())
+        return out
+
+    def summary(self) -> dict:
+        """The whole run: the keys `hetserve simulate --json` prints at its top level."""
+        everything = np.ones(len(self), dtype=bool)
+        out = self._stats(everything)
+        done = self.completed
+        tokens = float((self.input_tokens[done] + self.output_tokens[done]).sum())
+        window = self.window
+        replicas = sum(g.replicas for g in self.groups)
+        out.update(
+            rejected=int((self.group < 0).sum()),
+            unplanned=int((self.cls < 0).sum()),
+            simulated_seconds=window,
+            goodput=float(self.met.sum() / window),
+            output_tokens_per_second=float(self.output_tokens[done].sum() / window),
+            utilisation=sum(g.busy_seconds for g in self.groups) / (replicas * window)
+            if replicas else 0.0,
+            kv_usage=sum(g.kv_block_seconds / g.kv_blocks for g in self.groups)
+            / (replicas * window) if replicas else 0.0,
+            usd_per_hour=self.usd_per_hour,
+            cost_usd=self.cost_usd,
+            tokens_per_dollar=tokens / self.cost_usd if self.cost_usd > 0 else 0.0,
+            router=self.router,
+            arrivals=self.arrivals,
+            wall_seconds=self.wall_seconds,
+            requests_per_wall_second=len(self) / self.wall_seconds if self.wall_seconds else 0.0,
+        )
+        return out | self.extra
+
+    def group_rows(self) -> list[dict]:
+        window = self.window
+        rows = []
+        for k, g in enumerate(self.groups):
+            row = {"group": g.id, "model": self.models[g.model], "config": g.label,
+                   "replicas": g.replicas}
+            row |= self._stats(self.group == k)
+            row["utilisation"] = g.busy_seconds / (g.replicas * window)
+            row["kv_usage"] = g.kv_block_seconds / (g.kv_blocks * g.replicas * window)
+            row["preemptions"] = g.preemptions
+            row["usd_per_hour"] = g.usd_per_hour
+            row["cost_usd"] = g.usd_per_hour * window / 3600.0
+            rows.append(row)
+        return rows
+
+    def class_rows(self) -> list[dict]:
+        rows = []
+        for m, names in enumerate(self.classes):
+            in_model = self.model == m
+            for c, name in [*enumerate(names), (-1, "unplanned")]:
+                mask = in_model & (self.cls == c)
+                if not mask.any():
+                    continue
+                label = name if len(self.models) == 1 else f"{self.models[m]}:{name}"
+                rows.append({"class": label} | self._stats(mask))
+        return rows
+
+    def as_dict(self) -> dict:
+        return self.summary() | {"groups": self.group_rows(), "classes": self.class_rows()}
+
+    def per_request(self) -> dict[str, list]:
+        """Columns of per-request results (for --requests CSV)."""
+        return {
+            "model": [self.models[m] for m in self.model],
+            "class": [self.classes[m][c] if c >= 0 else "unplanned"
+                      for m, c in zip(self.model, self.cls, strict=True)],
+            "group": [self.groups[g].id if g >= 0 else "rejected" for g in self.group],
+            "replica": self.replica.tolist(),
+            "arrival": self.arrival.tolist(),
+            "input_tokens": self.input_tokens.tolist(),
+            "output_tokens": self.output_tokens.tolist(),
+            "queueing": self.queueing.tolist(),
+            "ttft": self.ttft.tolist(),
+            "tpot": self.tpot.tolist(),
+            "e2e": self.e2e.tolist(),
+            "preemptions": self.preemptions.tolist(),
+            "met_slo": self.met.tolist(),
+        }

@@ -1,0 +1,85 @@
+"""Close the loop between the planner's closed-form capacities and simulation.
+
+Plan, simulate the plan on its own workload, and where a replica group's SLO attainment falls
+below the target, lower the modelled capacity of that group's config (by the attainment over the
+target, between x0.5 and x0.9 a round, compounding), re-solve, and repeat, a bounded number of
+rounds. Configs not yet simulated are lowered by the geometric mean of each round's factors,
+since the closed form errs the same way for all of them (otherwise the solver would only swap in
+the next untried, equally optimistic config). The closed form charges each request class as if
+it had the replica to itself; mixed lengths, bursts and prefill interference are what the
+simulation adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hetserve.catalog import Catalog
+from hetserve.plan import Plan, solve_plan
+from hetserve.plan.configs import ModelDemand
+from hetserve.plan.planfile import Verification
+from hetserve.sim.report import SimResult
+from hetserve.sim.simulate import simulate
+
+MIN_SAMPLES = 20  # a group judged on fewer requests than this is not derated
+
+
+@dataclass
+class Round:
+    number: int
+    plan: Plan
+    result: SimResult
+    lowered: dict[str, float] = field(default_factory=dict)  # config -> factor this round
+
+    @property
+    def attainment(self) -> float:
+        return self.result.summary()["slo_attainment"]
+
+
+def config_name(plan: Plan, group_id: str) -> str:
+    g = next(g for g in plan.groups if g.id == group_id)
+    par = f"TP{g.tp}" + (f"xPP{g.pp}" if g.pp > 1 else "")
+    return f"{g.model} @ {g.accelerator} {par}"
+
+
+def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
+           budget: float | None = None, *, target: float = 0.99, rounds: int = 4,
+           router: str = "plan", seed: int = 0,
+           on_round: Callable[[Round], None] | None = None) -> tuple[Plan, list[Round]]:
+    """The plan after at most `rounds` simulate-and-re-solve rounds, and every round."""
+    traces = {d.model.name: d.workload.trace for d in demands}
+    derate: dict[str, float] = {}  # config -> factor; "*": configs never simulated
+    history: list[Round] = []
+    plan = solve_plan(demands, catalog, objective, budget)
+    for number in range(1, rounds + 1):
+        result = simulate(plan, traces, catalog=catalog, router=router, seed=seed)
+        this = Round(number, plan, result)
+        history.append(this)
+        if this.attainment >= target or number == rounds:
+            if on_round:
+                on_round(this)
+            break
+        for row in result.group_rows():
+            name = config_name(plan, row["group"])
+            a = row["slo_attainment"]
+            if row["requests"] >= MIN_SAMPLES and a < target:
+                this.lowered[name] = min(0.9, max(0.5, a / target))
+            derate.setdefault(name, derate.get("*", 1.0))  # simulated: keeps its own factor
+        for name, factor in this.lowered.items():
+            derate[name] *= factor
+        if this.lowered:  # the closed form's bias is shared: lower untried configs alike
+            mean = float(np.exp(np.mean(np.log(list(this.lowered.values())))))
+            derate["*"] = derate.get("*", 1.0) * mean
+        if on_round:
+            on_round(this)
+        if not this.lowered:  # misses spread too thin to blame a group
+            break
+        plan = solve_plan(demands, catalog, objective, budget, derate=dict(derate))
+    final = history[-1]
+    plan = final.plan.model_copy(update={"verification": Verification(
+        slo_attainment=final.attainment, target=target, rounds=len(history), router=router,
+        derate=derate)})
+    return plan, history
