@@ -78,3 +78,14 @@ def test_random_max_scale_plans_respect_budget_and_availability(seed):
     assert sol.status == "optimal" and sol.scale > 0
     check_feasible(p, sol, scale=sol.scale)
     assert sol.cost <= 10.0 + 1e-9 and np.all(sol.replicas <= 2)
+
+
+def test_max_scale_is_not_capped_by_the_number_of_configs():
+    # one config, one class: a $1/h replica serves 2 req/s of a 1 req/s demand; $10/h buys
+    # 10 replicas, so the demand scales 20x (the share column u = scale x share exceeds 1)
+    p = Problem(["c"], np.array([1.0]), np.array([[2.0]]), np.array([1.0]), ["w"],
+                np.array([[1.0]]), ["t"], np.array([np.inf]), budget=10.0)
+    sol = max_scale(p)
+    assert sol.replicas.tolist() == [10]
+    assert sol.scale == pytest.approx(20.0)
+    assert sol.shares[0, 0] == pytest.approx(1.0)

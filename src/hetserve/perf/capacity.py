@@ -65,13 +65,12 @@ def class_capacity(dep: Deployment, mean_input, mean_output, slo: SLO) -> Capaci
     rho = np.minimum(rate * extra, 0.999)
     ttft = t_d + prefill_steps + rho / (1.0 - rho) * extra
     # the number of requests in flight fluctuates around its mean B (Poisson for independent
-    # arrivals): B + Z sqrt(B) must fit the sequence limit and the KV cache, and the ITL at that
-    # batch must meet the TPOT limit
+    # arrivals): B + Z sqrt(B) must fit the sequence limit and the KV cache, or the overflow
+    # queues or is preempted
     peak = b + BATCH_Z * np.sqrt(b)
     kv_ok = (peak * ctx <= dep.kv_capacity_tokens) & (peak <= dep.max_seqs)
     one_fits = (inp + out <= min(dep.kv_capacity_tokens, dep.model.max_context))[0]
-    at_peak = np.minimum(np.ceil(peak[:, 0]).astype(int), dep.max_seqs) - 1
-    tpot_ok = (itl[at_peak] <= slo.tpot) | (out <= 1)
+    tpot_ok = (itl <= slo.tpot) | (out <= 1)
     ok = kv_ok & tpot_ok & (ttft <= slo.ttft) & one_fits[None, :]
     masked = np.where(ok, rate, 0.0)
     best = np.argmax(masked, axis=0)

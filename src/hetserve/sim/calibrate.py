@@ -3,8 +3,8 @@
 Each measurement names an accelerator, model, TP degree, request shape, client concurrency and a
 metric (TTFT, inter-token latency, output throughput or end-to-end latency). The benchmarks
 behind them run a closed loop of that many clients, each sending its next request as soon as the
-last one finishes; this module simulates exactly that on the engine model and reads off the same
-metric. Rows without lengths use DEFAULT_SHAPE.
+last one finishes; this module runs the simulator in closed-loop mode (one replica, that many
+clients) and reads off the same metric. Rows without lengths use DEFAULT_SHAPE.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from hetserve.errors import HetserveError
 from hetserve.models import DTYPE_BYTES, get_model
 from hetserve.perf import Deployment
 from hetserve.perf.model import ENGINE_PROFILES
-from hetserve.sim.engine import Engine, Request
+from hetserve.sim.engine import Engine
+from hetserve.sim.router import make_router
+from hetserve.sim.simulate import SimFleet, run_closed
 
 DEFAULT_SHAPE = (512, 256)  # prompt, output tokens where a measurement does not state them
 METRICS = {"ttft": "ms", "itl": "ms", "e2e_latency": "ms", "output_throughput": "tok/s"}
@@ -125,32 +127,15 @@ def closed_loop(dep: Deployment, clients: int, prompt: int, output: int,
 
     Real clients are not in lockstep: their first requests are spread evenly over the latency of
     one request alone, so that prefills do not all land in the same step. The first `clients`
-    completions warm the engine up; the next `rounds * clients` (at least 16) are measured."""
-    engine = Engine(dep)
+    completions warm the engine up; the next `rounds * clients` (at least 16) are measured, while
+    every client still has a request in flight."""
     alone = float(dep.prefill_time(prompt) + (output - 1) * dep.decode_step_time(1, prompt))
-    starts = [k * alone / clients for k in range(clients)]
-    now = start = 0.0
-    next_id = 0
     warmup, measure = clients, max(rounds * clients, 16)
-    done: list[Request] = []
-    while len(done) < measure:
-        while starts and starts[0] <= now:
-            engine.add(Request(next_id, starts.pop(0), prompt, output))
-            next_id += 1
-        if not engine.busy:
-            now = starts[0]
-            continue
-        dur, finished = engine.step(now)
-        now += dur
-        for req in finished:
-            if warmup > 0:
-                warmup -= 1
-                start = now
-            else:
-                done.append(req)
-            engine.add(Request(next_id, now, prompt, output))
-            next_id += 1
-    window = max(now - start, 1e-9)
+    fleet = SimFleet([Engine(dep)], [[0]])
+    run_closed(fleet, make_router("round-robin", fleet), [(prompt, output)], clients,
+               total=clients + warmup + measure, stagger=alone)
+    done = fleet.done[warmup:warmup + measure]
+    window = max(done[-1].finish - fleet.done[warmup - 1].finish, 1e-9)
     return ClosedLoopResult(
         ttft=statistics.fmean(r.ttft for r in done),
         itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,

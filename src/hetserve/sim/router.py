@@ -88,7 +88,8 @@ class RoundRobin(Router):
 class SizeAware(Router):
     """Predicted completion time of this request on each replica at its current batch B:
     one step carrying the prompt with B decodes, then `output` decode steps at batch B + 1,
-    contexts taken as this request's (prompt + half its output)."""
+    contexts taken as this request's (prompt + half its output); past max_num_seqs, plus the
+    wait for a free sequence slot."""
 
     name = "size-aware"
 
@@ -99,10 +100,14 @@ class SizeAware(Router):
         for i in range(len(self.fleet)):
             if not self.fleet.holds(i, req):
                 continue
-            b = self.fleet.load(i, now)
+            load = self.fleet.load(i, now)
             dep = self.fleet.deployment(i)
+            b = min(load, dep.max_seqs - 1)  # running alongside it
             t = dep.step_seconds(inp + b, 1 + b, b * ctx, inp * inp / 2.0)
             t += (out - 1) * dep.step_seconds(b + 1, b + 1, (b + 1) * ctx)
+            ahead = load + 1 - dep.max_seqs  # waiting for a sequence slot: one frees every t/max
+            if ahead > 0:
+                t += ahead * t / dep.max_seqs
             if best < 0 or t < best_t:
                 best, best_t = i, t
         return best

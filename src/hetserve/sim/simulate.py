@@ -62,9 +62,11 @@ class SimFleet:
 
     def dispatch(self, replica: int, req: Request) -> None:
         """Bring the engine up to the request's arrival, then queue the request there."""
-        self.load(replica, req.arrival)
+        engine = self.engines[replica]
+        if engine.clock < req.arrival and engine.busy:
+            self.done += engine.advance(req.arrival)
         req.replica = replica
-        self.engines[replica].add(req)
+        engine.add(req)
 
     def drain(self) -> None:
         for engine in self.engines:

@@ -1,0 +1,211 @@
+import math
+
+import numpy as np
+import pytest
+
+import hetserve
+from hetserve.catalog import load_catalog
+from hetserve.models import get_model
+from hetserve.perf import Deployment
+from hetserve.sim.engine import Engine, Request
+from hetserve.sim.router import PlanRouter, make_router
+from hetserve.sim.simulate import SimFleet, run_closed, run_open, simulate
+from hetserve.workload import synthetic
+
+M8 = get_model("llama-3.1-8b")
+
+
+def requests_from(trace, n=None):
+    n = n or len(trace)
+    return [Request(k, a, i, o) for k, (a, i, o) in enumerate(zip(
+        trace.arrivals[:n].tolist(), trace.input_tokens[:n].tolist(),
+        trace.output_tokens[:n].tolist(), strict=True))]
+
+
+def replay(deps, trace, fast, policy="least-outstanding", kv=None):
+    engines = [Engine(d, kv_tokens=kv, fast=fast) for d in deps]
+    fleet = SimFleet(engines, [[i] for i in range(len(engines))])
+    reqs = requests_from(trace)
+    run_open(fleet, make_router(policy, fleet), reqs)
+    return reqs, engines
+
+
+# ---- closed forms behind the fast path ---------------------------------------------------
+
+
+@pytest.mark.parametrize("acc,tp", [("A100-80GB", 1), ("H100-SXM", 2), ("L4", 1)])
+def test_decode_run_is_the_sum_of_its_steps(catalog, acc, tp):
+    dep = Deployment(M8, catalog.get(acc), tp=tp)
+    for batch, ctx, k in ((1, 700, 50), (37, 37 * 900, 300), (200, 200 * 3000, 17)):
+        steps = sum(dep.step_seconds(batch, batch, ctx + j * batch) for j in range(k))
+        assert dep.decode_run_seconds(batch, ctx, k) == pytest.approx(steps, rel=1e-12)
+        assert dep.step_seconds(batch, batch, ctx) == pytest.approx(
+            float(dep.step_time(batch, batch, ctx)), rel=1e-12)
+
+
+def test_decode_run_when_attention_turns_compute_bound(catalog):
+    dep = Deployment(M8, catalog.get("A100-80GB"))
+    a_t, a_s, w, f, b, *rest = dep.coefficients
+    dep.__dict__["coefficients"] = (a_t, a_s, w, 3 * b, b, *rest)  # compute branch from ctx B/2
+    for batch, ctx, k in ((8, 0, 40), (8, 3, 5), (64, 64 * 10, 200)):
+        steps = sum(dep.step_seconds(batch, batch, ctx + j * batch) for j in range(k))
+        assert dep.decode_run_seconds(batch, ctx, k) == pytest.approx(steps, rel=1e-12)
+
+
+def test_decode_steps_before_matches_a_scan(catalog):
+    dep = Deployment(M8, catalog.get("L40S"))
+    for batch, ctx in ((1, 500), (30, 30 * 1500), (200, 200 * 400)):
+        for span in (1e-4, 0.013, 0.5, 3.0, 40.0):
+            limit = 2000
+            expect = next((k for k in range(1, limit) if
+                           dep.decode_run_seconds(batch, ctx, k) >= span), limit)
+            assert dep.decode_steps_before(batch, ctx, span, limit) == expect
+
+
+# ---- engine: fast path against the step-by-step reference --------------------------------
+
+
+@pytest.mark.parametrize("kv", [None, 24000])  # 24k tokens of KV: preemptions
+def test_fast_path_matches_step_by_step(catalog, kv):
+    deps = [Deployment(M8, catalog.get("A100-80GB")), Deployment(M8, catalog.get("L40S"))]
+    trace = synthetic(600, 12.0, input_median=600, output_median=150, seed=3)
+    fast, fe = replay(deps, trace, True, kv=kv)
+    slow, se = replay(deps, trace, False, kv=kv)
+    assert all(r.finish == r.finish for r in fast + slow)  # every request finished
+    for a, b in zip(fast, slow, strict=True):
+        assert a.replica == b.replica and a.preemptions == b.preemptions
+        assert a.ttft == pytest.approx(b.ttft, rel=0.01)
+        assert a.latency == pytest.approx(b.latency, rel=0.01)
+    assert [e.steps for e in fe] == [e.steps for e in se]
+    if kv:
+        assert sum(e.preemptions for e in fe) > 0
+    # the fast path really skips: far fewer scheduler calls than steps
+    assert sum(e.steps for e in fe) > 20 * len(trace) / 10
+
+
+def test_preempted_request_recomputes_its_whole_context(catalog):
+    dep = Deployment(M8, catalog.get("A10G"))
+    engine = Engine(dep, kv_tokens=4096)
+    reqs = [Request(i, 0.0, 1000, 900) for i in range(3)]  # 3 x 1900 tokens > 4096
+    for r in reqs:
+        engine.add(r)
+    done = engine.advance(math.inf)
+    assert sorted(r.id for r in done) == [0, 1, 2]
+    assert engine.preemptions > 0 and engine.free_blocks == engine.total_blocks
+    for r in reqs:
+        assert r.generated == r.output_tokens and r.computed == r.input_tokens + 899
+
+
+def test_overloaded_replica_queue_grows_and_attainment_drops(catalog, tmp_path):
+    plan = hetserve.plan("llama-3.1-8b", workload="azure-conv", rate=0.5,
+                         catalog=catalog.only(["L4"]), baselines=False)
+    assert sum(g.replicas for g in plan.groups) == 1
+    light = simulate(plan, requests=400)
+    heavy = simulate(plan, rate=200.0, requests=400)
+    assert light.summary()["slo_attainment"] > 0.95
+    assert heavy.summary()["slo_attainment"] < 0.5
+    q = heavy.queueing
+    assert q[-100:].mean() > 10 * max(q[:100].mean(), 1e-3)  # the queue keeps growing
+    assert heavy.completed.all()  # late, but nothing is lost
+
+
+# ---- routers -------------------------------------------------------------------------------
+
+
+class FakeFleet:
+    def __init__(self, loads, groups, kv=None, deps=None):
+        self.loads, self.groups = loads, groups
+        self.kv = kv or [10**9] * len(loads)
+        self.deps = deps
+
+    def __len__(self):
+        return len(self.loads)
+
+    def load(self, i, now):
+        return self.loads[i]
+
+    def holds(self, i, req):
+        return req.input_tokens + req.output_tokens <= self.kv[i]
+
+    def deployment(self, i):
+        return self.deps[i]
+
+
+def test_plan_router_follows_shares_exactly():
+    fleet = FakeFleet([0, 0, 0], [[0], [1, 2]])
+    router = PlanRouter(fleet, {0: [(0, 0.25), (1, 0.75)], 1: [(1, 1.0)]})
+    picks = [router.pick_group(0) for _ in range(100)]
+    assert picks.count(0) == 25 and picks.count(1) == 75
+    assert max(picks[:4].count(0), 1) == 1  # smooth: spread out, not 25 in a row
+    assert router.pick_group(7) == -1  # unplanned class
+
+
+def test_plan_router_least_loaded_within_group_and_fallbacks():
+    fleet = FakeFleet([5, 3, 1], [[0, 1], [2]], kv=[10**9, 10**9, 1000])
+    router = PlanRouter(fleet, {0: [(0, 1.0)], 1: [(1, 1.0)]})
+    assert router.route(Request(0, 0.0, 100, 10, cls=0), 0.0) == 1  # least loaded in g0
+    assert router.route(Request(1, 0.0, 100, 10, cls=1), 0.0) == 2
+    assert router.route(Request(2, 0.0, 5000, 10, cls=1), 0.0) == 1  # too long for g1
+    assert router.route(Request(3, 0.0, 100, 10, cls=-1), 0.0) == 2  # unplanned: least loaded
+    assert router.route(Request(4, 0.0, 10**10, 10, cls=0), 0.0) == -1  # fits nowhere
+
+
+def test_round_robin_and_least_outstanding():
+    fleet = FakeFleet([4, 0, 2], [[0, 1, 2]])
+    rr = make_router("round-robin", fleet)
+    assert [rr.route(Request(k, 0.0, 10, 10), 0.0) for k in range(6)] == [0, 1, 2, 0, 1, 2]
+    lo = make_router("least-outstanding", fleet)
+    assert lo.route(Request(0, 0.0, 10, 10), 0.0) == 1
+
+
+def test_size_aware_sends_long_prompts_to_the_faster_replica(catalog):
+    deps = [Deployment(M8, catalog.get("L4")), Deployment(M8, catalog.get("H100-SXM"))]
+    fleet = FakeFleet([0, 6], [[0], [1]], deps=deps)
+    router = make_router("size-aware", fleet)
+    assert router.route(Request(0, 0.0, 8000, 50), 0.0) == 1  # the H100 even with 6 in flight
+    fleet.loads[1] = 3000  # H100 queue far past max_num_seqs
+    assert router.route(Request(1, 0.0, 50, 20), 0.0) == 0  # a short one to the idle L4
+
+
+def test_unknown_router_is_a_clear_error():
+    with pytest.raises(hetserve.errors.HetserveError, match="--router 'fastest'"):
+        make_router("fastest", FakeFleet([0], [[0]]))
+
+
+# ---- closed loop and whole-plan results ---------------------------------------------------
+
+
+def test_closed_loop_keeps_exactly_n_in_flight(catalog):
+    dep = Deployment(M8, catalog.get("A100-80GB"))
+    engines = [Engine(dep), Engine(dep)]
+    fleet = SimFleet(engines, [[0, 1]])
+    sent = run_closed(fleet, make_router("least-outstanding", fleet), [(500, 100), (2000, 30)],
+                      clients=8, total=200)
+    assert len(sent) == 200 and len(fleet.done) == 200
+    events = sorted([(r.arrival, 1) for r in sent] + [(r.finish, -1) for r in sent],
+                    key=lambda e: (e[0], e[1]))
+    in_flight = np.cumsum([d for _, d in events])
+    assert in_flight.max() == 8
+    assert {r.replica for r in sent} == {0, 1}
+
+
+def test_simulated_plan_counts_and_money_add_up():
+    cat = load_catalog()
+    plan = hetserve.plan("llama-3.1-8b", workload="azure-code", rate=3.0, baselines=False,
+                         catalog=cat.only(["L4", "A10G", "L40S", "A100-80GB"]))
+    res = simulate(plan, requests=1500)
+    s = res.summary()
+    assert s["requests"] == 1500 == s["completed"] + s["rejected"]
+    assert sum(g["requests"] for g in res.group_rows()) + s["rejected"] == 1500
+    assert sum(c["requests"] for c in res.class_rows()) == 1500
+    assert s["cost_usd"] == pytest.approx(plan.usd_per_hour * s["simulated_seconds"] / 3600)
+    tokens = (res.input_tokens + res.output_tokens)[res.completed].sum()
+    assert s["tokens_per_dollar"] == pytest.approx(tokens / s["cost_usd"])
+    assert 0 < s["utilisation"] <= 1 and 0 < s["kv_usage"] < 1
+    assert s["slo_attainment"] == pytest.approx(res.met.mean())
+    assert s["goodput"] == pytest.approx(res.met.sum() / s["simulated_seconds"])
+    # the plan router respects the shares' support: no class lands in a group without a share
+    names = [c.name for c in plan.models[0].classes]
+    for k, g in enumerate(plan.groups):
+        routed = {names[c] for c in res.cls[res.group == k] if c >= 0}
+        assert routed <= set(g.shares)
