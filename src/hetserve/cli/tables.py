@@ -138,7 +138,9 @@ def _ms(x: float) -> str:
 
 
 def _s(x: float) -> str:
-    return "-" if x != x else f"{x:.2f}"
+    if x != x:
+        return "-"
+    return f"{x:.2f}" if x < 10 else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
 
 
 def _pct(x: float) -> str:
@@ -147,16 +149,15 @@ def _pct(x: float) -> str:
 
 def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
     """One summary row per run (router), then per group and per class of the first run."""
-    head = Table(title=f"Simulation ({slo})", title_justify="left")
-    for col in ("router", "arrivals", "requests", "rejected", "in SLO", "TTFT p50/p90/p99 s",
-                "TPOT p50/p90/p99 ms", "queue p90 s", "preempt", "util", "KV", "cost $",
-                "Mtok/$", "sim s", "wall s"):
-        head.add_column(col, justify="left" if col in ("router", "arrivals") else "right")
+    arrivals = ", ".join(dict.fromkeys(r.arrivals for r in results))
+    head = Table(title=f"Simulation ({slo}; arrivals: {arrivals})", title_justify="left")
+    for col in ("router", "req", "rej", "in SLO", "TTFT s p50/90/99", "TPOT ms p50/90/99",
+                "queue p90 s", "preempt", "util", "KV", "cost $", "Mtok/$", "sim s", "wall s"):
+        head.add_column(col, justify="left" if col == "router" else "right", no_wrap=True)
     for r in results:
         s = r.summary()
         head.add_row(
-            r.router, r.arrivals, str(s["requests"]), str(s["rejected"]),
-            _pct(s["slo_attainment"]),
+            r.router, str(s["requests"]), str(s["rejected"]), _pct(s["slo_attainment"]),
             "/".join(_s(s[f"ttft_p{q}"]) for q in (50, 90, 99)),
             "/".join(_ms(s[f"tpot_p{q}"]) for q in (50, 90, 99)), _s(s["queue_p90"]),
             str(s["preemptions"]), _pct(s["utilisation"]), _pct(s["kv_usage"]),
@@ -164,9 +165,10 @@ def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
             f"{s['simulated_seconds']:.0f}", f"{s['wall_seconds']:.2f}")
     first = results[0]
     groups = Table(title=f"Per replica group (router {first.router})", title_justify="left")
-    for col in ("group", "config", "replicas", "requests", "in SLO", "TTFT p50/p90/p99 s",
-                "TPOT p50/p90/p99 ms", "queue p90 s", "preempt", "util", "KV", "$/h"):
-        groups.add_column(col, justify="left" if col in ("group", "config") else "right")
+    for col in ("group", "config", "replicas", "requests", "in SLO", "TTFT s p50/90/99",
+                "TPOT ms p50/90/99", "queue p90 s", "preempt", "util", "KV", "$/h"):
+        groups.add_column(col, justify="left" if col in ("group", "config") else "right",
+                          no_wrap=True)
     for g in first.group_rows():
         groups.add_row(
             g["group"], g["config"], str(g["replicas"]), str(g["requests"]),

@@ -47,7 +47,7 @@ def plot_latency_cdf(result: SimResult, path: Path | str) -> None:
         ax.set_title(title)
     handles, labels = axes[0].get_legend_handles_labels()
     extra = [(h, la) for h, la in zip(*axes[1].get_legend_handles_labels(), strict=True)
-             if "SLO" in la]
+             if la.startswith("TPOT SLO")]
     fig.legend(handles + [h for h, _ in extra], labels + [la for _, la in extra],
                loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{summary['requests']} requests, router {result.router}, arrivals "
@@ -55,6 +55,6 @@ def plot_latency_cdf(result: SimResult, path: Path | str) -> None:
                  f"${summary['cost_usd']:.2f} over {summary['simulated_seconds']:.0f}s",
                  fontsize=10)
     rows = (len(labels) + len(extra) + 1) // 2
-    fig.tight_layout(rect=(0, 0.06 + 0.045 * rows, 1, 1))
+    fig.tight_layout(rect=(0, 0.01 + 0.04 * rows, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

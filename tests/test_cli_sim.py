@@ -1,0 +1,90 @@
+import csv
+import json
+
+import pytest
+
+from .test_cli import cli
+
+KEYS = {"requests", "completed", "slo_attainment", "ttft_p90", "tpot_p90", "cost_usd",
+        "tokens_per_dollar", "wall_seconds"}
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    rc, _, err = cli("plan", "-m", "llama-3.1-8b", "-w", "azure-code", "--rate", "2",
+                     "--out", str(path))
+    assert rc == 0, err
+    return path
+
+
+def test_simulate_json_plot_and_per_request(plan_file, tmp_path):
+    png, rows = tmp_path / "cdf.png", tmp_path / "requests.csv"
+    rc, out, err = cli("simulate", str(plan_file), "--requests", "800", "--json", "--plot",
+                       str(png), "--per-request", str(rows))
+    assert rc == 0, err
+    data = json.loads(out)
+    assert set(data) >= KEYS
+    assert data["requests"] == 800 == data["completed"] + data["rejected"]
+    assert 0 <= data["slo_attainment"] <= 1 and data["ttft_p90"] > 0 and data["tpot_p90"] > 0
+    assert sum(g["requests"] for g in data["groups"]) == 800 - data["rejected"]
+    assert png.stat().st_size > 10_000
+    with rows.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 800
+    met = sum(r["met_slo"] == "True" for r in table)
+    assert met / 800 == pytest.approx(data["slo_attainment"])
+
+
+def test_simulate_compare_routers_and_closed_loop(plan_file):
+    rc, out, err = cli("simulate", str(plan_file), "--requests", "300", "--compare", "--json")
+    assert rc == 0, err
+    runs = json.loads(out)["compare"]
+    assert [r["router"] for r in runs] == ["plan", "round-robin", "least-outstanding",
+                                           "size-aware"]
+    assert all(r["requests"] == 300 for r in runs)
+    rc, out, err = cli("simulate", str(plan_file), "--clients", "4", "--requests", "60",
+                       "--json", "-w", "azure-conv")
+    data = json.loads(out)
+    assert rc == 0 and data["requests"] == 60 and data["arrivals"] == "closed loop, 4 clients"
+    rc, out, _ = cli("simulate", str(plan_file), "--requests", "200")
+    assert rc == 0 and "Per replica group" in out and "Per request class" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--router", "fastest"], "--router 'fastest': expected one of plan, round-robin"),
+    (["--arrivals", "bursty"], "--arrivals 'bursty': expected one of trace, as-is, poisson"),
+    (["--rate", "-1"], "--rate: expected a rate > 0"),
+    (["--clients", "0"], "--clients: expected at least 1"),
+])
+def test_simulate_bad_options(plan_file, args, message):
+    rc, _, err = cli("simulate", str(plan_file), *args)
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_simulate_bad_plan_file(tmp_path, plan_file):
+    data = json.loads(plan_file.read_text())
+    del data["groups"][0]["replicas"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    rc, _, err = cli("simulate", str(bad))
+    assert rc == 2 and "bad.json: missing field 'groups.0.replicas'" in err
+    data = json.loads(plan_file.read_text())
+    data["groups"][0]["accelerator"] = "TPU-v9"
+    bad.write_text(json.dumps(data))
+    rc, _, err = cli("simulate", str(bad))
+    assert rc == 2 and "plan group g0: accelerator TPU-v9 is not in the catalog" in err
+
+
+def test_plan_verify_prints_rounds_and_records_them(tmp_path):
+    out_file = tmp_path / "verified.json"
+    rc, out, err = cli("plan", "-m", "llama-3.1-8b", "-w", "azure-conv", "--rate", "22",
+                       "--verify", "--rounds", "4", "--out", str(out_file))
+    assert rc == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("verify round")]
+    assert 2 <= len(lines) <= 4 and "lowering" in lines[0]
+    plan = json.loads(out_file.read_text())
+    v = plan["verification"]
+    assert v["rounds"] == len(lines) and v["target"] == 0.99 and v["derate"]
+    assert v["slo_attainment"] >= 0.99  # reached within the rounds on this workload
+    assert all(0 < f < 1 for f in v["derate"].values())
