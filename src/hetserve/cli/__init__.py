@@ -281,7 +281,7 @@ def plan_cmd(
     target: Annotated[float, typer.Option(
         "--target", help="--verify: SLO attainment to reach (share of requests)")] = 0.99,
     rounds: Annotated[int, typer.Option("--rounds", help="--verify: at most this many rounds")]
-    = 4,
+    = 5,
     out_file: Annotated[Path | None, typer.Option("--out", help="write the plan file")] = None,
     as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="cost by accelerator, vs baselines")]
@@ -309,6 +309,9 @@ def plan_cmd(
         log = Console(stderr=True) if as_json else out
         result, _ = verify_plan(demands, cat, objective, budget, target=target, rounds=rounds,
                                 on_round=lambda r: log.print(_round_line(r, target)))
+        v = result.verification
+        log.print(f"verified plan: round {v.chosen} of {v.rounds}, SLO attainment "
+                  f"{v.slo_attainment:.2%} in simulation (target {v.target:.0%})")
     else:
         with out.status("solving", spinner="dots"):
             result = solve_plan(demands, cat, objective, budget)

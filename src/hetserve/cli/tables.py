@@ -114,9 +114,14 @@ def plan_tables(plan) -> list[Table]:
     s = plan.solver
     summary += (f"; HiGHS {s.status}, gap {s.gap:.1e}, {s.seconds:.2f}s over {s.configs} configs "
                 f"x {s.classes} classes")
+    v = plan.verification
+    if v is not None:
+        summary += (f"; simulated: {v.slo_attainment:.2%} of requests within the SLO (target "
+                    f"{v.target:.0%}, round {v.chosen} of {v.rounds})")
     groups.caption = summary
     groups.caption_justify = "left"
-    base = Table(title="Homogeneous baselines (same solver, one accelerator type)",
+    note = "" if v is None else ", capacities lowered as --verify found"
+    base = Table(title=f"Homogeneous baselines (same solver, one accelerator type{note})",
                  title_justify="left")
     for col in ("accelerator", "$/h", "devices", "scale", "vs plan"):
         base.add_column(col, justify="left" if col == "accelerator" else "right")

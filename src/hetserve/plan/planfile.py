@@ -87,6 +87,7 @@ class Verification(_Strict):
     slo_attainment: float = Field(description="share of requests within both SLO limits")
     target: float
     rounds: int
+    chosen: int = Field(description="the round whose plan this is")
     router: str
     derate: dict[str, float] = Field(
         default={}, description="config -> factor its modelled capacity was lowered by")

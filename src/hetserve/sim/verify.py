@@ -2,7 +2,7 @@
 
 Plan, simulate the plan on its own workload, and where a replica group's SLO attainment falls
 below the target, lower the modelled capacity of that group's config (by the attainment over the
-target, between x0.5 and x0.9 a round, compounding), re-solve, and repeat, a bounded number of
+target, squared, between x0.5 and x0.9 a round, compounding), re-solve, and repeat, a bounded number of
 rounds. Configs not yet simulated are lowered by the geometric mean of each round's factors,
 since the closed form errs the same way for all of them (otherwise the solver would only swap in
 the next untried, equally optimistic config). The closed form charges each request class as if
@@ -46,10 +46,11 @@ def config_name(plan: Plan, group_id: str) -> str:
 
 
 def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
-           budget: float | None = None, *, target: float = 0.99, rounds: int = 4,
+           budget: float | None = None, *, target: float = 0.99, rounds: int = 5,
            router: str = "plan", seed: int = 0,
            on_round: Callable[[Round], None] | None = None) -> tuple[Plan, list[Round]]:
-    """The plan after at most `rounds` simulate-and-re-solve rounds, and every round."""
+    """The plan of the best of at most `rounds` simulate-and-re-solve rounds (see best_round),
+    and every round."""
     traces = {d.model.name: d.workload.trace for d in demands}
     derate: dict[str, float] = {}  # config -> factor; "*": configs never simulated
     history: list[Round] = []
@@ -66,7 +67,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
             name = config_name(plan, row["group"])
             a = row["slo_attainment"]
             if row["requests"] >= MIN_SAMPLES and a < target:
-                this.lowered[name] = min(0.9, max(0.5, a / target))
+                this.lowered[name] = min(0.9, max(0.5, (a / target) ** 2))
             derate.setdefault(name, derate.get("*", 1.0))  # simulated: keeps its own factor
         for name, factor in this.lowered.items():
             derate[name] *= factor
@@ -78,8 +79,16 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
         if not this.lowered:  # misses spread too thin to blame a group
             break
         plan = solve_plan(demands, catalog, objective, budget, derate=dict(derate))
-    final = history[-1]
+    final = best_round(history, target)
     plan = final.plan.model_copy(update={"verification": Verification(
-        slo_attainment=final.attainment, target=target, rounds=len(history), router=router,
-        derate=derate)})
+        slo_attainment=final.attainment, target=target, rounds=len(history), chosen=final.number,
+        router=router, derate=derate)})
     return plan, history
+
+
+def best_round(history: Sequence[Round], target: float) -> Round:
+    """The cheapest round that met the target; if none did, the one closest to it."""
+    met = [r for r in history if r.attainment >= target]
+    if met:
+        return min(met, key=lambda r: (r.plan.usd_per_hour, -r.plan.scale, r.number))
+    return max(history, key=lambda r: (r.attainment, -r.number))
