@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: install
-	$(BIN)/hetserve plan --model llama-3.1-70b --workload azure-conv --rate 10 --ttft 2s --tpot 50ms
+	$(BIN)/hetserve plan --model llama-3.1-70b --workload azure-conv --rate 10 --ttft 2s --tpot 50ms --verify
 
 test: install
 	$(BIN)/ruff check src tests benchmarks

@@ -110,3 +110,37 @@ def test_interop_cli():
     assert rc == 0 and res["makespan"] == pytest.approx(28.43, abs=0.01)
     rc, _, err = cli("solve", "README.md")
     assert rc == 2 and "README.md: line 1: not valid JSON" in err
+
+
+def test_derate_lowers_capacity_per_config_and_per_class():
+    from hetserve.models import get_model
+    from hetserve.perf import SLO
+    from hetserve.plan.configs import ModelDemand, enumerate_configs
+    from hetserve.workload import classify, load_trace
+
+    wl = classify(load_trace("azure-code"), rate=2.0)
+    demand = ModelDemand(get_model("llama-3.1-8b"), wl, SLO(2.0, 0.05), max_devices=1)
+    cat = load_catalog().only(["A100-80GB", "L40S"])
+    base = {c.name: c.cap for c in enumerate_configs(demand, cat)}
+    name = "llama-3.1-8b @ A100-80GB TP1"
+    cls = wl.classes[0].name
+    lowered = {c.name: c.cap for c in enumerate_configs(
+        demand, cat, derate={name: 0.5, f"{name}|{cls}": 0.5, "*": 0.8})}
+    assert lowered[name][0] == pytest.approx(base[name][0] * 0.25)
+    assert lowered[name][1:] == pytest.approx(base[name][1:] * 0.5)
+    other = "llama-3.1-8b @ L40S TP1"
+    assert lowered[other] == pytest.approx(base[other] * 0.8)  # never simulated: the default
+
+
+def test_verify_keeps_the_cheapest_round_that_met_the_target():
+    from types import SimpleNamespace
+
+    from hetserve.sim.verify import best_round
+
+    def rnd(n, cost, att):
+        return SimpleNamespace(number=n, attainment=att,
+                               plan=SimpleNamespace(usd_per_hour=cost, scale=1.0))
+
+    rounds = [rnd(1, 3.0, 0.6), rnd(2, 6.0, 0.995), rnd(3, 5.0, 0.992), rnd(4, 5.5, 0.97)]
+    assert best_round(rounds, 0.99).number == 3
+    assert best_round(rounds[:1] + rounds[3:], 0.99).number == 4  # none met: the closest

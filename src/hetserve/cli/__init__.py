@@ -334,6 +334,8 @@ def _round_line(r, target: float) -> str:
             f"{r.attainment:.2%} ({mark} {target:.0%}); groups: {groups}")
     if r.lowered:
         line += "; lowering " + ", ".join(f"{n} x{f:.2f}" for n, f in r.lowered.items())
+    if r.lowered_classes:
+        line += f"; and {len(r.lowered_classes)} classes on their configs"
     return line
 
 

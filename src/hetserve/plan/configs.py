@@ -65,8 +65,8 @@ def _dominated(cfgs: list[Config]) -> list[bool]:
 def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: bool = False,
                       derate: Mapping[str, float] | None = None) -> list[Config]:
     """Every memory-feasible config that serves at least one class of the model, with its
-    capacities times `derate[config name]` (or `derate["*"]`) where given, before dominated configs
-    are dropped."""
+    capacities times `derate[config name]` (or `derate["*"]`) and `derate["config name|class"]`
+    where given, before dominated configs are dropped."""
     inp = np.array([c.mean_input for c in demand.workload.classes])
     out = np.array([c.mean_output for c in demand.workload.classes])
     cfgs = []
@@ -82,8 +82,11 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
                     continue
                 cap = class_capacity(dep, inp, out, demand.slo).rate
                 cfg = Config(demand.model.name, dep, cap)
-                if derate:  # by name, else the "*" entry
-                    cfg = Config(cfg.model, dep, cap * derate.get(cfg.name, derate.get("*", 1)))
+                if derate:  # by name, else the "*" entry; then "name|class" per class
+                    scale = derate.get(cfg.name, derate.get("*", 1.0))
+                    per_class = [derate.get(f"{cfg.name}|{c.name}", 1.0)
+                                 for c in demand.workload.classes]
+                    cfg = Config(cfg.model, dep, cap * scale * np.array(per_class))
                 if cap.max() > 0:
                     cfgs.append(cfg)
     if keep_dominated:

@@ -2,12 +2,13 @@
 
 Plan, simulate the plan on its own workload, and where a replica group's SLO attainment falls
 below the target, lower the modelled capacity of that group's config (by the attainment over the
-target, squared, between x0.5 and x0.9 a round, compounding), re-solve, and repeat, a bounded number of
-rounds. Configs not yet simulated are lowered by the geometric mean of each round's factors,
-since the closed form errs the same way for all of them (otherwise the solver would only swap in
-the next untried, equally optimistic config). The closed form charges each request class as if
-it had the replica to itself; mixed lengths, bursts and prefill interference are what the
-simulation adds.
+target, squared, between x0.5 and x0.9 a round, compounding); likewise for each request class
+that misses the target within a group (its capacity on that config only). Re-solve, and repeat,
+a bounded number of rounds. Configs not yet simulated are lowered by the geometric mean of each
+round's config factors, since the closed form errs the same way for all of them (otherwise the
+solver would only swap in the next untried, equally optimistic config). The closed form charges
+each request class as if it had the replica to itself; mixed lengths, bursts and prefill
+interference are what the simulation adds.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ class Round:
     plan: Plan
     result: SimResult
     lowered: dict[str, float] = field(default_factory=dict)  # config -> factor this round
+    lowered_classes: dict[str, float] = field(default_factory=dict)  # "config|class" -> factor
 
     @property
     def attainment(self) -> float:
         return self.result.summary()["slo_attainment"]
+
+
+def _factor(attainment: float, target: float) -> float:
+    return min(0.9, max(0.5, (attainment / target) ** 2))
 
 
 def config_name(plan: Plan, group_id: str) -> str:
@@ -63,20 +69,28 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
             if on_round:
                 on_round(this)
             break
-        for row in result.group_rows():
+        met = result.met
+        for k, row in enumerate(result.group_rows()):
             name = config_name(plan, row["group"])
-            a = row["slo_attainment"]
-            if row["requests"] >= MIN_SAMPLES and a < target:
-                this.lowered[name] = min(0.9, max(0.5, (a / target) ** 2))
+            if row["requests"] >= MIN_SAMPLES and row["slo_attainment"] < target:
+                this.lowered[name] = _factor(row["slo_attainment"], target)
             derate.setdefault(name, derate.get("*", 1.0))  # simulated: keeps its own factor
+            here = result.group == k
+            for c in np.unique(result.cls[here]):
+                sel = here & (result.cls == c)
+                if c >= 0 and sel.sum() >= MIN_SAMPLES and met[sel].mean() < target:
+                    cls = result.classes[int(result.model[sel][0])][int(c)]
+                    this.lowered_classes[f"{name}|{cls}"] = _factor(met[sel].mean(), target)
         for name, factor in this.lowered.items():
             derate[name] *= factor
+        for key, factor in this.lowered_classes.items():
+            derate[key] = derate.get(key, 1.0) * factor
         if this.lowered:  # the closed form's bias is shared: lower untried configs alike
             mean = float(np.exp(np.mean(np.log(list(this.lowered.values())))))
             derate["*"] = derate.get("*", 1.0) * mean
         if on_round:
             on_round(this)
-        if not this.lowered:  # misses spread too thin to blame a group
+        if not (this.lowered or this.lowered_classes):  # misses too thin to blame anyone
             break
         plan = solve_plan(demands, catalog, objective, budget, derate=dict(derate))
     final = best_round(history, target)
