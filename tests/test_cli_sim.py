@@ -49,6 +49,11 @@ def test_simulate_compare_routers_and_closed_loop(plan_file):
     assert rc == 0 and data["requests"] == 60 and data["arrivals"] == "closed loop, 4 clients"
     rc, out, _ = cli("simulate", str(plan_file), "--requests", "200")
     assert rc == 0 and "Per replica group" in out and "Per request class" in out
+    rc, out, _ = cli("simulate", str(plan_file), "--arrivals", "poisson", "--rate", "1",
+                     "--requests", "200", "--json")
+    data = json.loads(out)
+    assert rc == 0 and data["arrivals"] == "poisson"
+    assert 120 < data["simulated_seconds"] < 400  # 200 Poisson arrivals at 1 req/s
 
 
 @pytest.mark.parametrize("args,message", [
@@ -56,6 +61,7 @@ def test_simulate_compare_routers_and_closed_loop(plan_file):
     (["--arrivals", "bursty"], "--arrivals 'bursty': expected one of trace, as-is, poisson"),
     (["--rate", "-1"], "--rate: expected a rate > 0"),
     (["--clients", "0"], "--clients: expected at least 1"),
+    (["--arrivals", "as-is", "--rate", "3"], "--rate does not apply to --arrivals as-is"),
 ])
 def test_simulate_bad_options(plan_file, args, message):
     rc, _, err = cli("simulate", str(plan_file), *args)

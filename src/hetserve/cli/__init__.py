@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -70,8 +71,19 @@ def build_catalog(path: Path | None, prices: list[str] | None, avail: list[str] 
     return load_catalog(path, parse_assignments(prices or [], "--price"), available)
 
 
+def _finite(data):
+    """NaN and infinities (a percentile of nothing, an unmet limit) become null: strict JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
 def _emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
 @app.command("catalog")

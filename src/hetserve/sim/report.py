@@ -116,6 +116,7 @@ class SimResult:
                 out[f"{name}_p{q}"] = float(np.percentile(picked, q)) if len(picked) else \
                     float("nan")
         out["preemptions"] = int(self.preemptions[mask].sum())
+        out["goodput"] = float((self.met & mask).sum() / self.window)  # req/s within the SLO
         return out
 
     def summary(self) -> dict:
@@ -130,7 +131,6 @@ class SimResult:
             rejected=int((self.group < 0).sum()),
             unplanned=int((self.cls < 0).sum()),
             simulated_seconds=window,
-            goodput=float(self.met.sum() / window),
             output_tokens_per_second=float(self.output_tokens[done].sum() / window),
             utilisation=sum(g.busy_seconds for g in self.groups) / (replicas * window)
             if replicas else 0.0,

@@ -163,7 +163,7 @@ def arrivals_for(trace: Trace, mode: str, rate: float | None, seed: int = 0) -> 
     """The trace with arrivals as asked: scaled to `rate`, as they are, or Poisson at `rate`."""
     if mode not in ARRIVALS:
         raise HetserveError(f"--arrivals '{mode}': expected one of {', '.join(ARRIVALS)}")
-    if mode == "as-is" or rate is None:
+    if mode == "as-is" or rate is None:  # (simulate refuses --rate with as-is)
         return trace
     if mode == "poisson":
         return trace.with_poisson_arrivals(rate, seed)
@@ -191,6 +191,8 @@ def simulate(
     clients: closed loop with this many clients (`requests` in all, default the trace's length)
       instead of open-loop arrivals."""
     catalog = catalog or load_catalog()
+    if arrivals == "as-is" and rate is not None:
+        raise HetserveError("--rate does not apply to --arrivals as-is (the trace's own times)")
     if clients is not None and clients < 1:
         raise HetserveError(f"--clients: expected at least 1, got {clients}")
     started = time.perf_counter()
