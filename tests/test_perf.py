@@ -73,3 +73,19 @@ def test_capacity_rises_with_memory_bandwidth(catalog):
     rates = [class_capacity(Deployment(M8, catalog.get(n)), [1000], [200], slo).rate[0]
              for n in ("A10G", "A100-40GB", "H100-SXM")]
     assert rates[0] < rates[1] < rates[2]
+
+
+def test_pp_does_not_shorten_one_prompts_prefill(catalog):
+    from hetserve.models import get_model
+
+    m = get_model("llama-3.1-70b")
+    one = Deployment(m, catalog.get("A100-80GB"), tp=4)
+    two = Deployment(m, catalog.get("A100-80GB"), tp=4, pp=2)
+    # one 6000-token prompt is one micro-batch: it passes both stages in turn
+    assert float(two.prefill_time(6000)) >= float(one.prefill_time(6000))
+    # many short prompts fill the pipeline: the step's compute halves
+    t1 = float(one.step_time(64 * 200, 64, prefill_pairs=64 * 200 * 100, chunk=200,
+                             chunk_pairs=200 * 100))
+    t2 = float(two.step_time(64 * 200, 64, prefill_pairs=64 * 200 * 100, chunk=200,
+                             chunk_pairs=200 * 100))
+    assert t2 < 0.6 * t1

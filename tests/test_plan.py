@@ -38,12 +38,17 @@ def test_small_8b_plan_is_cheapest_and_feasible():
 def test_multi_model_shares_availability():
     plan = hetserve.plan([ModelRequest("llama-3.1-8b", "azure-code", 5.0),
                           ModelRequest("llama-3.1-70b", "azure-conv", 2.0, tpot=0.1)],
-                         catalog=SMALL, available={"H100-SXM": 2})
+                         catalog=SMALL, available={"H100-SXM": 9, "L40S": 1})
     check_plan(plan)
     assert {g.model for g in plan.groups} == {"llama-3.1-8b", "llama-3.1-70b"}
-    h100 = sum(g.devices_per_replica * g.replicas for g in plan.groups
-               if g.accelerator == "H100-SXM")
-    assert h100 <= 2
+
+    def used(acc):
+        return sum(g.devices_per_replica * g.replicas for g in plan.groups
+                   if g.accelerator == acc)
+
+    assert used("H100-SXM") <= 9 and used("L40S") <= 1
+    # the 70B's long prompts need 8 H100s; with one L40S left the 8B takes the ninth H100
+    assert used("H100-SXM") == 9
     assert plan.models[1].slo.tpot == 0.1
 
 
@@ -66,7 +71,7 @@ def test_infeasibility_names_the_binding_constraint():
         hetserve.plan("llama-3.1-8b", rate=5, catalog=SMALL, tpot=0.003)
     with pytest.raises(HetserveError, match="throughput needs --budget"):
         hetserve.plan("llama-3.1-8b", rate=5, objective="throughput",
-                      catalog=load_catalog().only(["A10G", "c7i.8xlarge"]),
+                      catalog=load_catalog().only(["A100-80GB", "c7i.8xlarge"]),
                       available={"c7i.8xlarge": 1})  # the CPU serves nothing: no bound
     with pytest.raises(HetserveError, match="fits no accelerator in the catalog"):
         hetserve.plan("qwen2.5-72b", rate=5, catalog=load_catalog().only(["T4"]))

@@ -12,7 +12,8 @@ host-side overhead:
 
 with F = eta_compute * dense peak and BW = eta_memory * peak bandwidth of the accelerator.
 Pipeline parallelism splits a step into pp micro-batches: every device streams its weights once
-per micro-batch, so PP adds capacity (memory, compute) but no per-token speed.
+per micro-batch, so PP adds capacity (memory, compute) but no per-token speed; and one sequence's
+prefill chunk is a single micro-batch, so PP does not shorten a prompt's prefill either.
 
 Every function takes plain numbers or numpy arrays (broadcasting), so capacity search and the
 simulator evaluate many batch shapes in one call.
@@ -150,7 +151,8 @@ class Deployment:
 
           step = max(a_t t + a_s s, w) + max(f (x + p), b (x + t)) + c0 + c1 t + h0 + h1 s
 
-        (linear layers, attention, TP/PP communication, host). Returns
+        (linear layers, attention, TP/PP communication, host; under PP the largest prefill chunk
+        bounds the first, second and communication terms, see step_time). Returns
         (a_t, a_s, w, f, b, c0, c1, h0, h1)."""
         m, d = self.model, self.devices
         flops, attn_flops, bw = self._rates
@@ -172,7 +174,8 @@ class Deployment:
         h1 = self.host_us_per_seq * 1e-6
         return a_t, a_s, w, f, b, c0, c1, h0, h1
 
-    def step_time(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0):
+    def step_time(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0, chunk=0.0,
+                  chunk_pairs=0.0):
         """Seconds for one engine step (numbers or numpy arrays, broadcast).
 
         tokens: new tokens computed (prefill chunk tokens + one per decoding sequence)
@@ -180,20 +183,29 @@ class Deployment:
         decode_ctx: sum of the contexts (KV tokens read) of the decoding sequences
         prefill_pairs: attention query-key pairs of prefill chunks, sum of n * (c + n / 2)
                        for a chunk of n tokens after c cached tokens
+        chunk, chunk_pairs: tokens and pairs of the largest prefill chunk. Under PP a step's
+                       sequences split into micro-batches that fill the pipeline, but one
+                       sequence's chunk is one micro-batch and passes the stages in turn: its
+                       compute and communication are not divided by PP.
         """
         tokens = np.asarray(tokens, dtype=np.float64)
         a_t, a_s, w, f, b, c0, c1, h0, h1 = self.coefficients
-        return (np.maximum(a_t * tokens + a_s * seqs, w)
-                + np.maximum(f * (decode_ctx + prefill_pairs), b * (decode_ctx + tokens))
-                + c0 + c1 * tokens + h0 + h1 * seqs)
+        pp = self.pp
+        return (np.maximum(np.maximum(a_t * tokens + a_s * seqs, pp * a_t * chunk), w)
+                + np.maximum(np.maximum(f * (decode_ctx + prefill_pairs), pp * f * chunk_pairs),
+                             b * (decode_ctx + tokens))
+                + c0 + np.maximum(c1 * tokens, pp * c1 * chunk) + h0 + h1 * seqs)
 
     def step_seconds(self, tokens: float, seqs: float, decode_ctx: float = 0.0,
-                     prefill_pairs: float = 0.0) -> float:
+                     prefill_pairs: float = 0.0, chunk: float = 0.0,
+                     chunk_pairs: float = 0.0) -> float:
         """step_time for plain numbers, without numpy (the simulator's inner loop)."""
         a_t, a_s, w, f, b, c0, c1, h0, h1 = self.coefficients
-        return (max(a_t * tokens + a_s * seqs, w)
-                + max(f * (decode_ctx + prefill_pairs), b * (decode_ctx + tokens))
-                + c0 + c1 * tokens + h0 + h1 * seqs)
+        pp = self.pp
+        return (max(a_t * tokens + a_s * seqs, pp * a_t * chunk, w)
+                + max(f * (decode_ctx + prefill_pairs), pp * f * chunk_pairs,
+                      b * (decode_ctx + tokens))
+                + c0 + max(c1 * tokens, pp * c1 * chunk) + h0 + h1 * seqs)
 
     def decode_run_seconds(self, batch: int, context: float, steps: int) -> float:
         """Total time of `steps` consecutive decode steps of the same `batch` sequences whose
@@ -263,8 +275,8 @@ class Deployment:
             left = prompt - k * c
             n = np.clip(left, 0.0, c)
             last = ((left > 0) & (left <= c)).astype(np.float64)  # samples the first token
-            t = self.step_time(
-                n + batch, last + batch, batch * context, prefill_pairs=n * (k * c + n / 2.0)
-            )
+            pairs = n * (k * c + n / 2.0)
+            t = self.step_time(n + batch, last + batch, batch * context, prefill_pairs=pairs,
+                               chunk=n, chunk_pairs=pairs)
             total = total + np.where(n > 0, t, 0.0)
         return total

@@ -278,18 +278,21 @@ class Engine:
         if not plan:
             self.clock = max(self.clock, now)
             return 0.0, []
-        tokens = seqs = 0
-        decode_ctx = pairs = 0.0
+        tokens = seqs = chunk = 0
+        decode_ctx = pairs = chunk_pairs = 0.0
         for req, n in plan:
             tokens += n
             if req.generated and req.target - req.computed == 1:  # decode
                 decode_ctx += req.computed
                 seqs += 1
             else:  # prefill chunk; samples a token when it completes the context
-                pairs += n * (req.computed + n / 2.0)
+                p = n * (req.computed + n / 2.0)
+                pairs += p
+                if n > chunk:
+                    chunk, chunk_pairs = n, p
                 if req.computed + n == req.target:
                     seqs += 1
-        dur = dep.step_seconds(tokens, seqs, decode_ctx, pairs)
+        dur = dep.step_seconds(tokens, seqs, decode_ctx, pairs, chunk, chunk_pairs)
         self.kv_block_seconds += (self.total_blocks - self.free_blocks) * dur
         end = now + dur
         finished = []
