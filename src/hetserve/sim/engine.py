@@ -89,6 +89,7 @@ class Engine:
         self.fast = fast
         self.total_blocks = (kv_tokens or dep.kv_capacity_tokens) // BLOCK_TOKENS
         self.free_blocks = self.total_blocks
+        self.kv_limit = self.total_blocks * BLOCK_TOKENS  # a whole number of blocks
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.clock = 0.0  # when the next step can start
@@ -120,7 +121,7 @@ class Engine:
 
     def holds(self, req: Request) -> bool:
         """Whether the request's prompt and output fit in this replica's KV cache at all."""
-        return _blocks(req.input_tokens + req.output_tokens) <= self.total_blocks
+        return req.input_tokens + req.output_tokens <= self.kv_limit
 
     def add(self, req: Request) -> None:
         if not self.holds(req):

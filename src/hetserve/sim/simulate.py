@@ -43,6 +43,7 @@ class SimFleet:
         self.groups = [list(g) for g in groups]
         self.done: list[Request] = []
 
+
     def __len__(self) -> int:
         return len(self.engines)
 
