@@ -197,11 +197,14 @@ def simulate(
     if clients is not None and clients < 1:
         raise HetserveError(f"--clients: expected at least 1, got {clients}")
     started = time.perf_counter()
+    loading = 0.0  # reading traces is not the simulation's own time
     groups_info: list[GroupInfo] = []
     columns: list[list] = []
     offset = 0
     for m, entry in enumerate(plan.models):
+        mark = time.perf_counter()
         trace = _trace_for(entry, traces)
+        loading += time.perf_counter() - mark
         plan_groups = [g for g in plan.groups if g.model == entry.name]
         if not plan_groups:
             raise HetserveError(f"plan: no replica group serves model {entry.name}")
@@ -261,7 +264,7 @@ def simulate(
         arrival=stacked[4], input_tokens=stacked[5].astype(np.int64),
         output_tokens=stacked[6].astype(np.int64), scheduled=stacked[7],
         first_token=stacked[8], finish=stacked[9], preemptions=stacked[10],
-        router=router, arrivals=mode, wall_seconds=time.perf_counter() - started,
+        router=router, arrivals=mode, wall_seconds=time.perf_counter() - started - loading,
     )
 
 
