@@ -209,3 +209,22 @@ def test_simulated_plan_counts_and_money_add_up():
     for k, g in enumerate(plan.groups):
         routed = {names[c] for c in res.cls[res.group == k] if c >= 0}
         assert routed <= set(g.shares)
+
+
+def test_verify_gives_capacity_back_only_with_slack():
+    from types import SimpleNamespace
+
+    from hetserve.sim.verify import Round, _raise
+
+    result = SimpleNamespace(slo=[(2.0, 0.05)], models=["m"])
+    this = Round(1, None, result)
+    rows = [{"model": "m", "ttft_p90": 0.3, "tpot_p90": 0.010},  # slack: raise
+            {"model": "m", "ttft_p90": 1.5, "tpot_p90": 0.010},  # TTFT near the limit
+            {"model": "m", "ttft_p90": 0.3, "tpot_p90": float("nan")},  # one-token outputs
+            {"model": "m", "ttft_p90": 0.3, "tpot_p90": 0.010},  # settled: raised, then missed
+            {"model": "m", "ttft_p90": 0.3, "tpot_p90": 0.010}]  # already at the closed form
+    names = ["a", "b", "c", "d", "e"]
+    derate = {"a": 0.5, "b": 0.5, "c": 0.9, "d": 0.5, "e": 1.0}
+    _raise(this, rows, names, derate, settled={"d"})
+    assert this.raised == {"a": 1.25, "c": pytest.approx(1 / 0.9)}
+    assert derate == {"a": 0.625, "b": 0.5, "c": pytest.approx(1.0), "d": 0.5, "e": 1.0}

@@ -348,6 +348,9 @@ def _round_line(r, target: float) -> str:
         line += "; lowering " + ", ".join(f"{n} x{f:.2f}" for n, f in r.lowered.items())
     if r.lowered_classes:
         line += f"; and {len(r.lowered_classes)} classes on their configs"
+    if r.raised:
+        line += "; room to spare, raising " + ", ".join(f"{n} x{f:.2f}"
+                                                        for n, f in r.raised.items())
     return line
 
 

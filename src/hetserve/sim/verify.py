@@ -3,12 +3,16 @@
 Plan, simulate the plan on its own workload, and where a replica group's SLO attainment falls
 below the target, lower the modelled capacity of that group's config (by the attainment over the
 target, squared, between x0.5 and x0.9 a round, compounding); likewise for each request class
-that misses the target within a group (its capacity on that config only). Re-solve, and repeat,
-a bounded number of rounds. Configs not yet simulated are lowered by the geometric mean of each
-round's config factors, since the closed form errs the same way for all of them (otherwise the
-solver would only swap in the next untried, equally optimistic config). The closed form charges
-each request class as if it had the replica to itself; mixed lengths, bursts and prefill
-interference are what the simulation adds.
+that misses the target within a group (its capacity on that config only). Configs not yet
+simulated are lowered by the geometric mean of each round's config factors, since the closed
+form errs the same way for all of them (otherwise the solver would only swap in the next
+untried, equally optimistic config). When a plan meets the target, configs whose groups met it
+with both p90 latencies under half their limits get capacity back (x1.25 a round, never past
+the closed form; never again once that led to a miss), in case the plan is over-provisioned.
+Re-solve and repeat, a bounded number of rounds; the cheapest round that met the target wins.
+
+The closed form charges each request class as if it had the replica to itself; mixed lengths,
+bursts and prefill interference are what the simulation adds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from hetserve.sim.report import SimResult
 from hetserve.sim.simulate import simulate
 
 MIN_SAMPLES = 20  # a group judged on fewer requests than this is not derated
+RELAX = 1.25  # capacity given back per round to a config that met the target with slack
+RELAX_SLACK = 0.5  # slack: p90 TTFT and TPOT under this share of their limits
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Round:
     result: SimResult
     lowered: dict[str, float] = field(default_factory=dict)  # config -> factor this round
     lowered_classes: dict[str, float] = field(default_factory=dict)  # "config|class" -> factor
+    raised: dict[str, float] = field(default_factory=dict)  # config -> factor this round
 
     @property
     def attainment(self) -> float:
@@ -59,39 +66,31 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
     and every round."""
     traces = {d.model.name: d.workload.trace for d in demands}
     derate: dict[str, float] = {}  # config -> factor; "*": configs never simulated
+    settled: set[str] = set()  # raised once, then missed: not raised again
     history: list[Round] = []
     plan = solve_plan(demands, catalog, objective, budget)
     for number in range(1, rounds + 1):
-        result = simulate(plan, traces, catalog=catalog, router=router, seed=seed)
+        if history and _same(plan, history[-1].plan):  # nothing changed: same simulation
+            result = history[-1].result
+        else:
+            result = simulate(plan, traces, catalog=catalog, router=router, seed=seed)
         this = Round(number, plan, result)
         history.append(this)
-        if this.attainment >= target or number == rounds:
-            if on_round:
-                on_round(this)
-            break
-        met = result.met
-        for k, row in enumerate(result.group_rows()):
-            name = config_name(plan, row["group"])
-            if row["requests"] >= MIN_SAMPLES and row["slo_attainment"] < target:
-                this.lowered[name] = _factor(row["slo_attainment"], target)
+        rows = result.group_rows()
+        names = [config_name(plan, row["group"]) for row in rows]
+        for name in names:
             derate.setdefault(name, derate.get("*", 1.0))  # simulated: keeps its own factor
-            here = result.group == k
-            for c in np.unique(result.cls[here]):
-                sel = here & (result.cls == c)
-                if c >= 0 and sel.sum() >= MIN_SAMPLES and met[sel].mean() < target:
-                    cls = result.classes[int(result.model[sel][0])][int(c)]
-                    this.lowered_classes[f"{name}|{cls}"] = _factor(met[sel].mean(), target)
-        for name, factor in this.lowered.items():
-            derate[name] *= factor
-        for key, factor in this.lowered_classes.items():
-            derate[key] = derate.get(key, 1.0) * factor
-        if this.lowered:  # the closed form's bias is shared: lower untried configs alike
-            mean = float(np.exp(np.mean(np.log(list(this.lowered.values())))))
-            derate["*"] = derate.get("*", 1.0) * mean
+        if number < rounds:
+            if this.attainment >= target:
+                _raise(this, rows, names, derate, settled)
+            else:
+                _lower(this, rows, names, derate, target)
+                if len(history) > 1:
+                    settled.update(set(history[-2].raised) & set(this.lowered))
         if on_round:
             on_round(this)
-        if not (this.lowered or this.lowered_classes):  # misses too thin to blame anyone
-            break
+        if not (this.lowered or this.lowered_classes or this.raised):
+            break  # met with no slack left, or misses too thin to blame anyone
         plan = solve_plan(demands, catalog, objective, budget, derate=dict(derate))
     final = best_round(history, target)
     plan = final.plan.model_copy(update={"verification": Verification(
@@ -100,9 +99,57 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
     return plan, history
 
 
+def _same(a: Plan, b: Plan) -> bool:
+    def key(p: Plan):
+        return [(g.model, g.accelerator, g.tp, g.pp, g.replicas, g.shares) for g in p.groups]
+
+    return key(a) == key(b)
+
+
+def _lower(this: Round, rows: list[dict], names: list[str], derate: dict[str, float],
+           target: float) -> None:
+    """Lower the configs, and the classes on a config, that missed the target."""
+    result = this.result
+    met = result.met
+    for k, (row, name) in enumerate(zip(rows, names, strict=True)):
+        if row["requests"] >= MIN_SAMPLES and row["slo_attainment"] < target:
+            this.lowered[name] = _factor(row["slo_attainment"], target)
+        here = result.group == k
+        for c in np.unique(result.cls[here]):
+            sel = here & (result.cls == c)
+            if c >= 0 and sel.sum() >= MIN_SAMPLES and met[sel].mean() < target:
+                cls = result.classes[int(result.model[sel][0])][int(c)]
+                this.lowered_classes[f"{name}|{cls}"] = _factor(met[sel].mean(), target)
+    for name, factor in this.lowered.items():
+        derate[name] *= factor
+    for key, factor in this.lowered_classes.items():
+        derate[key] = derate.get(key, 1.0) * factor
+    if this.lowered:  # the closed form's bias is shared: lower untried configs alike
+        mean = float(np.exp(np.mean(np.log(list(this.lowered.values())))))
+        derate["*"] = derate.get("*", 1.0) * mean
+
+
+def _raise(this: Round, rows: list[dict], names: list[str], derate: dict[str, float],
+           settled: set[str]) -> None:
+    """The plan met the target: give back capacity (x1.25, never past the closed form) to
+    configs whose groups met it with both p90 latencies under half their limits."""
+    result = this.result
+    for row, name in zip(rows, names, strict=True):
+        ttft_lim, tpot_lim = result.slo[result.models.index(row["model"])]
+        slack = (row["ttft_p90"] <= RELAX_SLACK * ttft_lim
+                 and not row["tpot_p90"] > RELAX_SLACK * tpot_lim)  # nan: one-token outputs
+        if name in settled or derate[name] >= 1.0 or not slack:
+            continue
+        this.raised[name] = min(RELAX, 1.0 / derate[name])
+        derate[name] *= this.raised[name]
+
+
 def best_round(history: Sequence[Round], target: float) -> Round:
-    """The cheapest round that met the target; if none did, the one closest to it."""
+    """The round that met the target at the least cost (throughput plans: the most scale); if
+    none did, the one closest to it."""
     met = [r for r in history if r.attainment >= target]
     if met:
+        if met[0].plan.objective == "throughput":
+            return min(met, key=lambda r: (-r.plan.scale, r.plan.usd_per_hour, r.number))
         return min(met, key=lambda r: (r.plan.usd_per_hour, -r.plan.scale, r.number))
     return max(history, key=lambda r: (r.attainment, -r.number))
