@@ -170,6 +170,10 @@ def predict(m: Measurement, catalog: Catalog) -> float:
     )
     if not dep.fits:
         raise HetserveError(f"measurement {m.id}: {dep.label} does not fit: {dep.why_not()}")
+    if m.input_tokens + m.output_tokens > dep.kv_capacity_tokens:
+        raise HetserveError(f"measurement {m.id}: a {m.input_tokens + m.output_tokens}-token "
+                            f"request exceeds the KV cache of {dep.label} "
+                            f"({dep.kv_capacity_tokens} tokens)")
     res = closed_loop(dep, m.concurrency, m.input_tokens, m.output_tokens)
     value = getattr(res, m.metric)
     return value * 1e3 if METRICS[m.metric] == "ms" else value

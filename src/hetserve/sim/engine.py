@@ -52,10 +52,6 @@ class Request:
         return self.input_tokens + self.generated
 
     @property
-    def in_prefill(self) -> bool:
-        return self.generated == 0 or self.target - self.computed > 1
-
-    @property
     def ttft(self) -> float:
         return self.first_token - self.arrival
 
@@ -103,16 +99,8 @@ class Engine:
         self._quiet = -1.0  # quiet_until's cache (< 0: stale)
 
     @property
-    def kv_tokens(self) -> int:
-        return self.total_blocks * BLOCK_TOKENS
-
-    @property
     def busy(self) -> bool:
         return bool(self.waiting or self.running)
-
-    @property
-    def outstanding(self) -> int:
-        return len(self.waiting) + len(self.running)
 
     def outstanding_at(self, now: float) -> int:
         """Requests not finished by `now` (those the last step finishes after `now` count)."""
@@ -127,7 +115,7 @@ class Engine:
         if not self.holds(req):
             raise ValueError(
                 f"request {req.id}: {req.input_tokens + req.output_tokens} tokens exceed the "
-                f"KV cache of {self.dep.label} ({self.kv_tokens} tokens)"
+                f"KV cache of {self.dep.label} ({self.kv_limit} tokens)"
             )
         if not self.busy:
             self.clock = max(self.clock, req.arrival)

@@ -18,7 +18,6 @@ import heapq
 import math
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -30,7 +29,7 @@ from hetserve.plan.planfile import ModelEntry, Plan
 from hetserve.sim.engine import Engine, Request
 from hetserve.sim.report import GroupInfo, SimResult
 from hetserve.sim.router import Router, make_router
-from hetserve.workload import BUNDLED, ClassGrid, Trace, load_trace
+from hetserve.workload import ClassGrid, Trace, load_trace
 
 ARRIVALS = ("trace", "as-is", "poisson")
 
@@ -270,11 +269,10 @@ def simulate(
 
 def _trace_for(entry: ModelEntry, traces) -> Trace:
     if traces is None:
-        source = entry.workload
-        if not (source.lower() in BUNDLED or Path(source).exists()):
-            raise HetserveError(f"plan model {entry.name}: workload '{source}' cannot be "
-                                "loaded; pass --workload")
-        return load_trace(source).for_model(entry.name)
+        try:
+            return load_trace(entry.workload).for_model(entry.name)
+        except HetserveError as exc:
+            raise HetserveError(f"plan model {entry.name}: {exc}; pass --workload") from None
     if isinstance(traces, Trace):
         return traces.for_model(entry.name)
     if entry.name not in traces:

@@ -45,17 +45,11 @@ class Round:
 
     @property
     def attainment(self) -> float:
-        return self.result.summary()["slo_attainment"]
+        return float(self.result.met.mean())
 
 
 def _factor(attainment: float, target: float) -> float:
     return min(0.9, max(0.5, (attainment / target) ** 2))
-
-
-def config_name(plan: Plan, group_id: str) -> str:
-    g = next(g for g in plan.groups if g.id == group_id)
-    par = f"TP{g.tp}" + (f"xPP{g.pp}" if g.pp > 1 else "")
-    return f"{g.model} @ {g.accelerator} {par}"
 
 
 def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
@@ -77,7 +71,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
         this = Round(number, plan, result)
         history.append(this)
         rows = result.group_rows()
-        names = [config_name(plan, row["group"]) for row in rows]
+        names = [f"{row['model']} @ {row['config']}" for row in rows]  # as plan.configs names
         for name in names:
             derate.setdefault(name, derate.get("*", 1.0))  # simulated: keeps its own factor
         if number < rounds:
