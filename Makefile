@@ -1,17 +1,20 @@
 # hetserve: every target installs what it needs into .venv (a fresh machine has only Python and make).
+# Installs take the exact versions in requirements.lock (what CI tested); `make lock` refreshes it
+# on purpose from the ranges in pyproject.toml.
 PYTHON ?= python3
+PIP_VERSION := 26.3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q 'pip==$(PIP_VERSION)'
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,5 +29,16 @@ test: install
 bench: install
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+# Resolve the newest versions the ranges in pyproject.toml allow, in a scratch venv, and pin them.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q 'pip==$(PIP_VERSION)'
+	.lock-venv/bin/python -m pip install -q '.[test]'
+	{ echo "# Exact versions CI tested; 'make lock' refreshes this file (see Makefile)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -vi '^hetserve'; } > requirements.lock
+	rm -rf .lock-venv build
+	@echo "wrote requirements.lock; run make test before committing it"
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv build src/*.egg-info .pytest_cache .ruff_cache

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -458,18 +460,92 @@ def solve_cmd(file: Annotated[Path, typer.Argument(help="abstract problem JSON")
               f"{res['solve_seconds'] * 1e3:.1f} ms)")
 
 
-def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except HetserveError as exc:
-        sys.stderr.write(f"error: {exc}\n")  # one line, never wrapped
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
+def _version(value: bool) -> None:
+    if value:
+        import hetserve
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        out.print(f"hetserve {hetserve.__version__}")
+        raise typer.Exit()
+
+
+_DEBUG = False
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an internal "
+                                        "error")] = False,
+) -> None:
+    """hetserve: cost-efficient LLM serving on heterogeneous accelerators."""
+    global _DEBUG
+    _DEBUG = debug
+
+
+def _usage_error_type() -> type[Exception]:
+    """click's ClickException as the installed typer carries it (vendored, or a dependency)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+@contextmanager
+def _stdout_reserved():
+    """Standard output carries hetserve's tables and JSON only: anything a C library writes to
+    file descriptor 1 (a solver banner, a log line) goes to standard error instead."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real stdout (embedded, captured)
+        yield
+        return
+    previous = sys.stdout
+    sys.stdout = os.fdopen(saved, "w", encoding=previous.encoding, errors="replace",
+                           closefd=False)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        sys.stdout = previous
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Exit codes: 0 done, 2 bad input or usage, 3 a verified plan missed its
+    target, 1 an internal error (reported in one line; the traceback with --debug)."""
+    usage_error = _usage_error_type()
+    with _stdout_reserved():
+        try:
+            code = app(args=argv, standalone_mode=False, prog_name="hetserve")
+        except HetserveError as exc:
+            code = _fail(str(exc), 2)
+        except usage_error as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "hetserve"
+            if not _one_line(exc.format_message()):  # no arguments: the help was printed
+                sys.exit(0)
+            code = _fail(f"{where}: {_one_line(exc.format_message())} (see '{where} --help')",
+                         getattr(exc, "exit_code", 2))
+        except (typer.Abort, KeyboardInterrupt):
+            code = _fail("interrupted", 130)
+        except typer.Exit as exc:  # older typer raises it through standalone_mode=False
+            code = exc.exit_code
+        except Exception as exc:
+            if _DEBUG:
+                raise
+            command = " ".join(["hetserve", *(argv if argv is not None else sys.argv[1:])[:1]])
+            code = _fail(f"internal error in '{command}': {type(exc).__name__}: "
+                         f"{_one_line(exc)}. This is a bug: please report it with the command "
+                         "line (run with --debug for the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {message}\n")  # one line, never wrapped
+    return code

@@ -22,7 +22,12 @@ u_cw = lambda * x_cw (exact linearisation of the bilinear makespan model):
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import highspy
@@ -30,6 +35,39 @@ import numpy as np
 
 INF = highspy.kHighsInf
 MIP_GAP = 1e-4  # relative optimality gap at which HiGHS stops (its default); reported per plan
+
+
+_local = threading.local()
+
+
+@contextmanager
+def _stdout_to_devnull() -> Iterator[None]:
+    """File descriptor 1 points at /dev/null inside the block (C code writes there directly)."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no usable fd 1: nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _highs() -> highspy.Highs:
+    """One HiGHS instance per thread, reused. HiGHS >= 1.16 prints a banner on standard output
+    when an instance is created, before output_flag can be set: it goes to /dev/null."""
+    h = getattr(_local, "highs", None)
+    if h is None:
+        with _stdout_to_devnull():
+            h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        _local.highs = h
+    return h
 
 
 @dataclass
@@ -102,8 +140,8 @@ def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, ti
                        for i in integer]
     if maximise:
         lp.sense_ = highspy.ObjSense.kMaximize
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _highs()
+    h.clearModel()
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_rel_gap", float(gap))
     h.setOptionValue("threads", 1)
