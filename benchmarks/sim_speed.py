@@ -27,7 +27,7 @@ CHEAP = ["L4", "A10G", "RTX4090", "L40S", "A100-40GB"]
 
 def main() -> None:
     trace = load_trace("azure-conv")
-    plan = hetserve.plan("llama-3.1-8b", workload="azure-conv", ttft=5.0, tpot=0.05,
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", ttft=5.0, tpot=0.05,
                          objective="throughput", budget=12.0, max_devices=1,
                          catalog=load_catalog().only(CHEAP), baselines=False)
     replicas = sum(g.replicas for g in plan.groups)

@@ -59,7 +59,7 @@ def test_malformed_trace_names_line(tmp_path):
     f = tmp_path / "bad.csv"
     f.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,5\n1,abc,5\n")
     rc, _, err = cli("estimate", "--model", "llama-3.1-8b", "--workload", str(f))
-    assert rc == 2 and "bad.csv: line 3: ContextTokens must be a positive integer" in err
+    assert rc == 2 and "bad.csv: line 3: ContextTokens must be an integer from 1" in err
 
 
 def test_tables_print():

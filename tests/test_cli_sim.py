@@ -59,8 +59,8 @@ def test_simulate_compare_routers_and_closed_loop(plan_file):
 @pytest.mark.parametrize("args,message", [
     (["--router", "fastest"], "--router 'fastest': expected one of plan, round-robin"),
     (["--arrivals", "bursty"], "--arrivals 'bursty': expected one of trace, as-is, poisson"),
-    (["--rate", "-1"], "--rate: expected a rate > 0"),
-    (["--clients", "0"], "--clients: expected at least 1"),
+    (["--rate", "-1"], "--rate: expected a number > 0"),
+    (["--clients", "0"], "--clients: expected an integer >= 1"),
     (["--arrivals", "as-is", "--rate", "3"], "--rate does not apply to --arrivals as-is"),
 ])
 def test_simulate_bad_options(plan_file, args, message):
@@ -79,7 +79,7 @@ def test_simulate_bad_plan_file(tmp_path, plan_file):
     data["groups"][0]["accelerator"] = "TPU-v9"
     bad.write_text(json.dumps(data))
     rc, _, err = cli("simulate", str(bad))
-    assert rc == 2 and "plan group g0: accelerator TPU-v9 is not in the catalog" in err
+    assert rc == 2 and "bad.json: group g0: accelerator 'TPU-v9' is not in the plan's" in err
 
 
 def test_plan_verify_prints_rounds_and_records_them(tmp_path):

@@ -27,7 +27,7 @@ def check_plan(plan):
 
 
 def test_small_8b_plan_is_cheapest_and_feasible():
-    plan = hetserve.plan("llama-3.1-8b", rate=20, catalog=SMALL)
+    plan = hetserve.make_plan("llama-3.1-8b", rate=20, catalog=SMALL)
     check_plan(plan)
     homo = [b.usd_per_hour for b in plan.baselines if b.usd_per_hour is not None]
     assert plan.usd_per_hour <= min(homo) + 1e-9
@@ -36,7 +36,7 @@ def test_small_8b_plan_is_cheapest_and_feasible():
 
 
 def test_multi_model_shares_availability():
-    plan = hetserve.plan([ModelRequest("llama-3.1-8b", "azure-code", 5.0),
+    plan = hetserve.make_plan([ModelRequest("llama-3.1-8b", "azure-code", 5.0),
                           ModelRequest("llama-3.1-70b", "azure-conv", 2.0, tpot=0.1)],
                          catalog=SMALL, available={"H100-SXM": 9, "L40S": 1})
     check_plan(plan)
@@ -53,7 +53,7 @@ def test_multi_model_shares_availability():
 
 
 def test_throughput_objective_within_budget():
-    plan = hetserve.plan("llama-3.1-8b", rate=20, catalog=SMALL, objective="throughput",
+    plan = hetserve.make_plan("llama-3.1-8b", rate=20, catalog=SMALL, objective="throughput",
                          budget=12.0)
     check_plan(plan)
     assert plan.usd_per_hour <= 12.0 and plan.scale > 1.0
@@ -63,26 +63,27 @@ def test_throughput_objective_within_budget():
 
 def test_infeasibility_names_the_binding_constraint():
     with pytest.raises(HetserveError, match=r"budget is short by \$\d+\.\d\d/h"):
-        hetserve.plan("llama-3.1-70b", rate=10, catalog=SMALL, budget=5.0)
-    with pytest.raises(HetserveError, match=r"availability.*short by \d+"):
-        hetserve.plan("llama-3.1-70b", rate=10, catalog=SMALL.only(["H100-SXM"]),
+        hetserve.make_plan("llama-3.1-70b", rate=10, catalog=SMALL, budget=5.0)
+    with pytest.raises(HetserveError, match=r"availability: class .* needs a replica of at least "
+                       r"4 devices \(e.g. H100-SXM TP4\), and --available allows 2 x H100-SXM"):
+        hetserve.make_plan("llama-3.1-70b", rate=10, catalog=SMALL.only(["H100-SXM"]),
                       available={"H100-SXM": 2})
     with pytest.raises(HetserveError, match=r"TPOT limit 3ms, the fastest .* needs"):
-        hetserve.plan("llama-3.1-8b", rate=5, catalog=SMALL, tpot=0.003)
+        hetserve.make_plan("llama-3.1-8b", rate=5, catalog=SMALL, tpot=0.003)
     with pytest.raises(HetserveError, match="throughput needs --budget"):
-        hetserve.plan("llama-3.1-8b", rate=5, objective="throughput",
+        hetserve.make_plan("llama-3.1-8b", rate=5, objective="throughput",
                       catalog=load_catalog().only(["A100-80GB", "c7i.8xlarge"]),
                       available={"c7i.8xlarge": 1})  # the CPU serves nothing: no bound
     with pytest.raises(HetserveError, match="fits no accelerator in the catalog"):
-        hetserve.plan("qwen2.5-72b", rate=5, catalog=load_catalog().only(["T4"]))
+        hetserve.make_plan("qwen2.5-72b", rate=5, catalog=load_catalog().only(["T4"]))
 
 
 def test_plan_file_round_trip_and_validation(tmp_path):
-    plan = hetserve.plan("llama-3.1-8b", rate=20, catalog=SMALL, baselines=False)
+    plan = hetserve.make_plan("llama-3.1-8b", rate=20, catalog=SMALL, baselines=False)
     path = tmp_path / "plan.json"
     plan.save(path)
     again = load_plan(path)
-    assert again == plan and again.version == 1 and again.kind == "hetserve-plan"
+    assert again == plan and again.version == 2 and again.kind == "hetserve-plan"
     data = json.loads(path.read_text())
     data["groups"][0]["replicas"] = 0
     path.write_text(json.dumps(data))
@@ -91,7 +92,7 @@ def test_plan_file_round_trip_and_validation(tmp_path):
     data["groups"][0]["replicas"] = 1
     data["groups"][0]["shares"] = {"nope": 1.0}
     path.write_text(json.dumps(data))
-    with pytest.raises(HetserveError, match="unknown class nope"):
+    with pytest.raises(HetserveError, match="shares: unknown class 'nope'"):
         load_plan(path)
 
 

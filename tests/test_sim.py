@@ -107,7 +107,7 @@ def test_preempted_request_recomputes_its_whole_context(catalog):
 
 
 def test_overloaded_replica_queue_grows_and_attainment_drops(catalog, tmp_path):
-    plan = hetserve.plan("llama-3.1-8b", workload="azure-conv", rate=0.5, ttft=5.0,
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=0.5, ttft=5.0,
                          catalog=catalog.only(["L4"]), baselines=False)
     assert sum(g.replicas for g in plan.groups) == 1
     light = simulate(plan, requests=400)
@@ -201,7 +201,7 @@ def test_closed_loop_keeps_exactly_n_in_flight(catalog):
 
 def test_simulated_plan_counts_and_money_add_up():
     cat = load_catalog()
-    plan = hetserve.plan("llama-3.1-8b", workload="azure-code", rate=3.0, baselines=False,
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=3.0, baselines=False,
                          catalog=cat.only(["L4", "A10G", "L40S", "A100-80GB"]))
     res = simulate(plan, requests=1500)
     s = res.summary()

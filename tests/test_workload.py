@@ -44,11 +44,11 @@ def test_jsonl_and_errors(tmp_path):
     t = read_jsonl(f)
     assert list(t.input_tokens) == [10, 20] and t.for_model("b").input_tokens.tolist() == [20]
     f.write_text('{"timestamp": 0, "input_tokens": 10, "output_tokens": 0}\n')
-    with pytest.raises(HetserveError, match=r"t.jsonl: line 1: output_tokens must be a positive"):
+    with pytest.raises(HetserveError, match=r"t.jsonl: line 1: output_tokens must be an integer"):
         read_jsonl(f)
     c = tmp_path / "t.csv"
     c.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,5\n1,-4,5\n")
-    with pytest.raises(HetserveError, match=r"t.csv: line 3: ContextTokens must be a positive"):
+    with pytest.raises(HetserveError, match=r"t.csv: line 3: ContextTokens must be an integer"):
         load_trace(str(c))
     c.write_text("TIME,ContextTokens\n0,10\n")
     with pytest.raises(HetserveError, match="line 1: expected header"):

@@ -1,18 +1,43 @@
-"""User-facing errors: one line naming the file, line or field and what was expected (exit 2)."""
+"""User-facing errors and validated input: one line naming the file, line, field or option and
+what was expected (the CLI exits with 2). Every file hetserve reads goes through the readers here,
+and every record parsed from one is a `Record` (pydantic: unknown fields and non-finite numbers
+refused)."""
 
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class HetserveError(Exception):
     """Bad input or an impossible request. The CLI prints it as one line and exits with code 2."""
+
+
+class Record(BaseModel):
+    """Base of every validated record: unknown fields, NaN and infinities are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def positive(value: Any, option: str, *, integer: bool = False, allow_inf: bool = False) -> float:
+    """`value` as a finite number > 0 (an integer >= 1 with integer=True), else a HetserveError
+    naming `option`."""
+    kind = "an integer >= 1" if integer else "a number > 0"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (number > 0) or (math.isinf(number) and not allow_inf) \
+            or (integer and number != int(number)):
+        raise HetserveError(f"{option}: expected {kind}, got {value!r}")
+    return int(number) if integer else number
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -35,22 +60,60 @@ def lookup(kind: str, name: str, table: dict[str, Any]) -> Any:
     raise HetserveError(f"unknown {kind} '{name}'{suggest(name, table)}")
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def validation_message(err: ValidationError, where: str) -> str:
     """Compress a pydantic error into one line: where, which field, what was expected."""
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
     loc = ".".join(str(p) for p in first["loc"])
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     if first["type"] == "missing":
-        return f"{where}: missing field '{loc}'"
+        return f"{where}: missing field '{loc}'{more}"
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown field '{loc}'"
-    return f"{where}: field '{loc}': {first['msg']} (got {first.get('input')!r})"
+        return f"{where}: unknown field '{loc}'{more}"
+    msg = " ".join(str(first["msg"]).split()).removeprefix("Value error, ")
+    field = f"field '{loc}': " if loc else ""
+    if first["type"] in ("value_error", "assertion_error") and not loc:
+        return f"{where}: {msg}{more}"
+    return f"{where}: {field}{msg} (got {_short(first.get('input'))}){more}"
 
 
 def read_text(path: Path | str) -> str:
+    """A file's text (UTF-8); a folder, a missing file or binary content is a HetserveError."""
+    path = Path(path)
     try:
-        return Path(path).read_text()
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise HetserveError(f"{path}: is a folder, expected a file") from None
     except OSError as exc:
         raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise HetserveError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def check_output(path: Path | str | None, option: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise HetserveError(f"{option} {path}: is a folder, expected a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise HetserveError(f"{option} {path}: folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK):
+        raise HetserveError(f"{option} {path}: cannot write in folder '{folder}'")
+
+
+def write_text(path: Path | str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise HetserveError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 def load_json(path: Path | str) -> Any:
@@ -59,9 +122,15 @@ def load_json(path: Path | str) -> Any:
 
     text = read_text(path)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, absurdly deep nesting
+        raise HetserveError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def load_yaml(path: Path) -> Any:
@@ -69,6 +138,8 @@ def load_yaml(path: Path) -> Any:
     text = read_text(path)
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise HetserveError(f"{path}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

@@ -7,29 +7,32 @@ accelerator override only the fields they give), override prices, and state avai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
-from hetserve.errors import HetserveError, load_yaml, lookup, validation_message
+from hetserve.errors import HetserveError, Record, load_yaml, lookup, validation_message
 
 __all__ = [
     "Accelerator",
     "Catalog",
     "load_catalog",
     "parse_assignments",
+    "parse_available",
+    "parse_names",
 ]
 
 
-class Accelerator(BaseModel):
+class Accelerator(Record):
     """One accelerator type (a GPU, or a CPU instance) as the planner rents it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True)
 
-    name: str
+    name: str = Field(min_length=1)
     kind: Literal["gpu", "cpu"]
     memory_gb: float = Field(gt=0, description="device memory as sold, GiB")
     memory_bw_gbs: float = Field(gt=0, description="peak memory bandwidth, GB/s")
@@ -39,8 +42,8 @@ class Accelerator(BaseModel):
     link_gbs: float = Field(ge=0, description="intra-node link bandwidth per direction, GB/s")
     allreduce_us: float = Field(ge=0, description="latency of one small all-reduce, us")
     max_per_node: int = Field(ge=1, description="most devices in one node (TP limit)")
-    tdp_watts: float | None = None
-    usd_per_hour: float = Field(ge=0, description="price of one device per hour")
+    tdp_watts: float | None = Field(default=None, gt=0)
+    usd_per_hour: float = Field(gt=0, description="price of one device per hour")
     eta_compute: float = Field(gt=0, le=1)
     eta_memory: float = Field(gt=0, le=1)
     step_overhead_ms: float = Field(ge=0)
@@ -86,8 +89,8 @@ class Catalog:
         updated = dict(self.accelerators)
         for name, price in prices.items():
             acc = self.get(name)
-            if price < 0:
-                raise HetserveError(f"--price {name}: expected a price >= 0, got {price}")
+            if not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
+                raise HetserveError(f"--price {name}: expected a price > 0 in $/h, got {price}")
             updated[acc.name] = acc.model_copy(update={"usd_per_hour": float(price)})
         return Catalog(updated.values(), self.available)
 
@@ -95,14 +98,16 @@ class Catalog:
         """A copy with availability counts set (accelerators not named stay as they were)."""
         merged = dict(self.available)
         for name, count in available.items():
-            if count < 0:
-                raise HetserveError(f"--available {name}: expected a count >= 0, got {count}")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise HetserveError(f"--available {name}: expected a count >= 0, got {count!r}")
             merged[self.get(name).name] = int(count)
         return Catalog(self.accelerators.values(), merged)
 
     def only(self, names: Iterable[str]) -> Catalog:
         """A copy restricted to the named accelerators."""
         keep = {self.get(n).name for n in names}
+        if not keep:
+            raise HetserveError("--only: expected at least one accelerator name")
         return Catalog(
             [a for a in self if a.name in keep],
             {n: c for n, c in self.available.items() if n in keep},
@@ -115,7 +120,7 @@ def _rows_from_file(path: Path) -> list[dict]:
     if not isinstance(rows, list):
         raise HetserveError(f"{path}: expected a list of accelerators (key 'accelerators')")
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "name" not in row:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str) or not row["name"]:
             raise HetserveError(f"{path}: accelerators[{i}]: expected a mapping with a 'name'")
     return rows
 
@@ -140,8 +145,10 @@ def load_catalog(
     extra: Path | str | None = None,
     prices: Mapping[str, float] | None = None,
     available: Mapping[str, int] | None = None,
+    only: Iterable[str] | None = None,
 ) -> Catalog:
-    """The bundled catalog, extended/overridden by `extra`, then prices and availability applied."""
+    """The bundled catalog, extended/overridden by `extra`, then prices and availability applied,
+    then restricted to the accelerators named in `only` (None: all)."""
     rows = {r["name"]: dict(r) for r in bundled_rows()}
     lower = {name.lower(): name for name in rows}
     if extra is not None:
@@ -157,6 +164,8 @@ def load_catalog(
         cat = cat.with_prices(prices)
     if available:
         cat = cat.with_availability(available)
+    if only is not None:
+        cat = cat.only(only)
     return cat
 
 
@@ -171,12 +180,36 @@ def parse_assignments(items: Iterable[str], option: str, cast=float) -> dict[str
             name, sep, value = part.partition("=")
             if not sep or not name.strip():
                 raise HetserveError(f"{option} '{part}': expected NAME=VALUE")
+            kind = "an integer" if cast is int else "a finite number"
             try:
-                out[name.strip()] = cast(value.strip())
+                number = cast(value.strip())
             except ValueError:
-                kind = "an integer" if cast is int else "a number"
-                raise HetserveError(f"{option} '{part}': expected {kind} after '='") from None
+                number = math.nan
+            if not math.isfinite(number):
+                raise HetserveError(f"{option} '{part}': expected {kind} after '='")
+            out[name.strip()] = number
     return out
+
+
+def parse_available(items: Iterable[str]) -> dict[str, int]:
+    """--available values: NAME=COUNT,... or a YAML/JSON file of NAME: COUNT (later ones win)."""
+    out: dict[str, int] = {}
+    for item in items:
+        if "=" not in item and (Path(item).exists() or item.endswith((".yaml", ".yml", ".json"))):
+            out.update(load_availability(item))
+        else:
+            out.update(parse_assignments([item], "--available", int))
+    return out
+
+
+def parse_names(items: Iterable[str] | None, option: str) -> list[str] | None:
+    """Comma-separated or repeated names (e.g. --only A10G,L4); None when none are given."""
+    if not items:
+        return None
+    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    if not names:
+        raise HetserveError(f"{option}: expected at least one name")
+    return names
 
 
 def load_availability(path: Path | str) -> dict[str, int]:

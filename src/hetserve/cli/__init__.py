@@ -15,18 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hetserve.catalog import Catalog, load_availability, load_catalog, parse_assignments
-from hetserve.errors import HetserveError
-from hetserve.models import DTYPE_BYTES, bundled_models, get_model
-from hetserve.perf import SLO
-from hetserve.workload import (
-    DEFAULT_INPUT_EDGES,
-    DEFAULT_OUTPUT_EDGES,
-    ClassGrid,
-    classify,
-    load_trace,
-    parse_edges,
+from hetserve.catalog import (
+    Catalog,
+    load_catalog,
+    parse_assignments,
+    parse_available,
+    parse_names,
 )
+from hetserve.errors import HetserveError, check_output, write_text
+from hetserve.models import bundled_models
+from hetserve.workload import classify, grid_from_options, load_trace
 
 app = typer.Typer(
     add_completion=False,
@@ -46,7 +44,12 @@ PriceOpt = Annotated[
 ]
 AvailOpt = Annotated[
     list[str] | None,
-    typer.Option("--available", help="NAME=COUNT,... or a YAML/JSON file of NAME: COUNT"),
+    typer.Option("--available", help="NAME=COUNT,... or a YAML/JSON file of NAME: COUNT: "
+                 "devices of those types that can be rented (others: no limit)"),
+]
+OnlyOpt = Annotated[
+    list[str] | None,
+    typer.Option("--only", help="NAME,...: consider only these accelerator types"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
 
@@ -63,14 +66,10 @@ def parse_duration(text: str, option: str) -> float:
     return value
 
 
-def build_catalog(path: Path | None, prices: list[str] | None, avail: list[str] | None) -> Catalog:
-    available: dict[str, int] = {}
-    for item in avail or []:
-        if "=" not in item and Path(item).exists():
-            available.update(load_availability(item))
-        else:
-            available.update(parse_assignments([item], "--available", int))
-    return load_catalog(path, parse_assignments(prices or [], "--price"), available)
+def build_catalog(path: Path | None, prices: list[str] | None, avail: list[str] | None,
+                  only: list[str] | None = None) -> Catalog:
+    return load_catalog(path, parse_assignments(prices or [], "--price"),
+                        parse_available(avail or []), parse_names(only, "--only"))
 
 
 def _finite(data):
@@ -90,9 +89,9 @@ def _emit_json(data) -> None:
 
 @app.command("catalog")
 def catalog_cmd(catalog: CatalogOpt = None, price: PriceOpt = None, available: AvailOpt = None,
-                as_json: JsonOpt = False) -> None:
+                only: OnlyOpt = None, as_json: JsonOpt = False) -> None:
     """Print the accelerator catalog."""
-    cat = build_catalog(catalog, price, available)
+    cat = build_catalog(catalog, price, available, only)
     if as_json:
         _emit_json([a.model_dump() | {"available": cat.availability(a.name)} for a in cat])
         return
@@ -127,20 +126,6 @@ def models_cmd(as_json: JsonOpt = False) -> None:
                       str(m.heads), str(m.kv_heads), str(m.head_dim), str(m.intermediate),
                       str(m.vocab), m.default_dtype, f"{m.kv_bytes_per_token() / 1024:g}")
     out.print(table)
-
-
-def _grid(input_edges: str | None, output_edges: str | None) -> ClassGrid:
-    return ClassGrid(parse_edges(input_edges, DEFAULT_INPUT_EDGES, "--input-edges"),
-                     parse_edges(output_edges, DEFAULT_OUTPUT_EDGES, "--output-edges"))
-
-
-def _workload(name: str, rate: float | None, input_edges: str | None, output_edges: str | None):
-    return classify(load_trace(name), _grid(input_edges, output_edges), rate)
-
-
-def _check_dtype(dtype: str | None) -> None:
-    if dtype is not None and dtype not in DTYPE_BYTES:
-        raise HetserveError(f"--dtype '{dtype}': expected one of {', '.join(DTYPE_BYTES)}")
 
 
 def _finish(as_json: bool, data, tables, written) -> None:
@@ -179,7 +164,7 @@ def workload_cmd(workload: Annotated[str, typer.Argument(help="azure-conv, azure
                  rate: RateOpt = None, input_edges: InEdgesOpt = None,
                  output_edges: OutEdgesOpt = None, as_json: JsonOpt = False) -> None:
     """Show a workload's request classes."""
-    wl = _workload(workload, rate, input_edges, output_edges)
+    wl = classify(load_trace(workload), grid_from_options(input_edges, output_edges), rate)
     rows = [
         {"class": c.name, "requests": c.count, "rate": c.rate, "mean_input": c.mean_input,
          "mean_output": c.mean_output} for c in wl.classes
@@ -209,6 +194,7 @@ def estimate_cmd(
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
+    only: OnlyOpt = None,
     input_edges: InEdgesOpt = None,
     output_edges: OutEdgesOpt = None,
     as_json: JsonOpt = False,
@@ -216,14 +202,14 @@ def estimate_cmd(
     = None,
 ) -> None:
     """Per accelerator x TP: sustainable rate and tokens per dollar of every request class."""
-    from hetserve.perf.estimate import estimate
+    import hetserve
 
-    _check_dtype(dtype)
-    slo = SLO(parse_duration(ttft, "--ttft"), parse_duration(tpot, "--tpot"))
-    spec = get_model(model)
-    cat = build_catalog(catalog, price, available)
-    wl = _workload(workload, rate, input_edges, output_edges)
-    est = estimate(spec, wl, cat, slo, dtype)
+    check_output(plot, "--plot")
+    est = hetserve.estimate(model, workload=workload, rate=rate,
+                            ttft=parse_duration(ttft, "--ttft"),
+                            tpot=parse_duration(tpot, "--tpot"),
+                            catalog=build_catalog(catalog, price, available, only), dtype=dtype,
+                            grid=grid_from_options(input_edges, output_edges))
     if plot:
         from hetserve.perf.plot import plot_best_map
 
@@ -285,6 +271,7 @@ def plan_cmd(
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
+    only: OnlyOpt = None,
     input_edges: InEdgesOpt = None,
     output_edges: OutEdgesOpt = None,
     max_devices: Annotated[int | None, typer.Option(
@@ -304,30 +291,29 @@ def plan_cmd(
     """The cheapest heterogeneous plan (or the most throughput within a budget), solved exactly."""
     from hetserve.plan import model_demands, parse_model_request, solve_plan
 
-    _check_dtype(dtype)
-    if max_devices is not None and max_devices < 1:
-        raise HetserveError(f"--max-devices: expected at least 1, got {max_devices}")
-    if not 0 < target <= 1:
-        raise HetserveError(f"--target: expected a share in (0, 1], got {target}")
-    if rounds < 1:
-        raise HetserveError(f"--rounds: expected at least 1, got {rounds}")
+    check_output(out_file, "--out")
+    check_output(plot, "--plot")
     requests = [parse_model_request(m, parse_duration) for m in model]
     demands = model_demands(requests, workload=workload, rate=rate,
                             ttft=parse_duration(ttft, "--ttft"),
                             tpot=parse_duration(tpot, "--tpot"), dtype=dtype,
-                            max_devices=max_devices, grid=_grid(input_edges, output_edges))
-    cat = build_catalog(catalog, price, available)
+                            max_devices=max_devices,
+                            grid=grid_from_options(input_edges, output_edges))
+    cat = build_catalog(catalog, price, available, only)
     if verify:
+        from hetserve.sim.verify import check_verify_options
         from hetserve.sim.verify import verify as verify_plan
 
+        check_verify_options(target, rounds)
         log = Console(stderr=True) if as_json else out
         result, _ = verify_plan(demands, cat, objective, budget, target=target, rounds=rounds,
                                 on_round=lambda r: log.print(_round_line(r, target)))
         v = result.verification
+        verdict = "target met" if v.met else "[red]target not met[/]"
         log.print(f"verified plan: round {v.chosen} of {v.rounds}, SLO attainment "
-                  f"{v.slo_attainment:.2%} in simulation (target {v.target:.0%})")
+                  f"{v.slo_attainment:.2%} in simulation (target {v.target:.0%}): {verdict}")
     else:
-        with out.status("solving", spinner="dots"):
+        with Console(stderr=True).status("solving", spinner="dots"):
             result = solve_plan(demands, cat, objective, budget)
     if out_file:
         result.save(out_file)
@@ -338,6 +324,11 @@ def plan_cmd(
     from hetserve.cli.tables import plan_tables
 
     _finish(as_json, result.to_dict, lambda: plan_tables(result), [out_file, plot])
+    if result.verification is not None and not result.verification.met:
+        raise typer.Exit(VERIFY_MISSED)
+
+
+VERIFY_MISSED = 3  # exit code of plan --verify when no round reached the target
 
 
 def _round_line(r, target: float) -> str:
@@ -388,11 +379,11 @@ def simulate_cmd(
     from hetserve.sim.router import POLICIES
     from hetserve.sim.simulate import simulate
 
+    check_output(plot, "--plot")
+    check_output(per_request, "--per-request")
     plan = load_plan(plan_file)
-    cat = build_catalog(catalog, None, None)
+    cat = build_catalog(catalog, None, None) if catalog else None
     traces = load_trace(workload) if workload else None
-    if requests is not None and requests < 1:
-        raise HetserveError(f"--requests: expected at least 1, got {requests}")
     policies = list(dict.fromkeys([router, *POLICIES])) if compare else [router]
     results = [simulate(plan, traces, catalog=cat, router=p, arrivals=arrivals, rate=rate,
                         clients=clients, requests=requests, seed=seed) for p in policies]
@@ -419,11 +410,13 @@ def simulate_cmd(
 
 def _write_csv(path: Path, columns: dict[str, list]) -> None:
     import csv
+    import io
 
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        writer.writerows(zip(*columns.values(), strict=True))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values(), strict=True))
+    write_text(path, text.getvalue())
 
 
 @app.command("melange")

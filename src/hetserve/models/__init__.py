@@ -8,23 +8,37 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from hetserve.errors import HetserveError, load_json, load_yaml, suggest, validation_message
+from hetserve.errors import (
+    HetserveError,
+    Record,
+    load_json,
+    load_yaml,
+    suggest,
+    validation_message,
+)
 
-__all__ = ["DTYPE_BYTES", "Dtype", "ModelSpec", "bundled_models", "get_model"]
+__all__ = ["DTYPE_BYTES", "Dtype", "ModelSpec", "bundled_models", "check_dtype", "get_model"]
 
 Dtype = Literal["bf16", "fp16", "fp8", "int4"]
 # bytes per weight; int4 carries group scales (group 128, fp16 scale + zero: ~3%)
 DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5 * 1.03}
 
 
-class ModelSpec(BaseModel):
+def check_dtype(dtype: str | None, option: str = "--dtype") -> str | None:
+    """The dtype if it is one of DTYPE_BYTES (or None: the model's default), else an error."""
+    if dtype is not None and dtype not in DTYPE_BYTES:
+        raise HetserveError(f"{option} {dtype!r}: expected one of {', '.join(DTYPE_BYTES)}")
+    return dtype
+
+
+class ModelSpec(Record):
     """A dense decoder-only transformer (Llama-style: gated MLP, GQA, RMSNorm)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True)
 
-    name: str
+    name: str = Field(min_length=1)
     hf_id: str = ""
     aliases: tuple[str, ...] = ()
     layers: int = Field(gt=0)
@@ -95,38 +109,60 @@ def bundled_models() -> tuple[ModelSpec, ...]:
     return tuple(ModelSpec(**row) for row in rows)
 
 
-_HF_KEYS = {
-    "num_hidden_layers": "layers",
-    "hidden_size": "hidden",
-    "num_attention_heads": "heads",
-    "num_key_value_heads": "kv_heads",
-    "head_dim": "head_dim",
-    "intermediate_size": "intermediate",
-    "vocab_size": "vocab",
-    "max_position_embeddings": "max_context",
-    "tie_word_embeddings": "tie_embeddings",
-}
+class HFConfig(Record):
+    """The fields of a Hugging Face config.json that hetserve reads (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    num_hidden_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int | None = Field(default=None, gt=0)
+    head_dim: int | None = Field(default=None, gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    max_position_embeddings: int | None = Field(default=None, gt=0)
+    tie_word_embeddings: bool = False
+    attention_bias: bool | None = None
+    model_type: str = ""
+    torch_dtype: str | None = None
+    name_or_path: str = Field(default="", alias="_name_or_path")
+    num_local_experts: int | None = None
+    num_experts: int | None = None
 
 
 def from_hf_config(path: Path | str) -> ModelSpec:
     """A ModelSpec from a Hugging Face config.json (dense Llama/Mistral/Qwen2-style models)."""
     path = Path(path)
-    cfg = load_json(path)
-    if not isinstance(cfg, dict):
+    raw = load_json(path)
+    if not isinstance(raw, dict):
         raise HetserveError(f"{path}: expected a JSON object")
-    if cfg.get("num_local_experts") or cfg.get("num_experts"):
+    try:
+        cfg = HFConfig.model_validate(raw)
+    except ValidationError as err:
+        raise HetserveError(validation_message(err, str(path))) from None
+    if cfg.num_local_experts or cfg.num_experts:
         raise HetserveError(f"{path}: mixture-of-experts models are not supported yet")
-    row: dict = {v: cfg[k] for k, v in _HF_KEYS.items() if cfg.get(k) is not None}
-    for need in ("num_hidden_layers", "hidden_size", "num_attention_heads",
-                 "intermediate_size", "vocab_size"):
-        if need not in cfg:
-            raise HetserveError(f"{path}: missing field '{need}'")
-    row.setdefault("kv_heads", row["heads"])
-    row.setdefault("head_dim", row["hidden"] // row["heads"])
-    row["name"] = cfg.get("_name_or_path") or path.parent.name or path.stem
-    row["qkv_bias"] = bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2"))
-    dtype = {"bfloat16": "bf16", "float16": "fp16"}.get(str(cfg.get("torch_dtype")), "bf16")
-    row["default_dtype"] = dtype
+    if cfg.hidden_size % cfg.num_attention_heads and cfg.head_dim is None:
+        raise HetserveError(f"{path}: hidden_size {cfg.hidden_size} is not a multiple of "
+                            f"num_attention_heads {cfg.num_attention_heads}; give head_dim")
+    row = {
+        "name": cfg.name_or_path or path.parent.name or path.stem,
+        "layers": cfg.num_hidden_layers,
+        "hidden": cfg.hidden_size,
+        "heads": cfg.num_attention_heads,
+        "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
+        "head_dim": cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads,
+        "intermediate": cfg.intermediate_size,
+        "vocab": cfg.vocab_size,
+        "tie_embeddings": cfg.tie_word_embeddings,
+        "qkv_bias": cfg.attention_bias if cfg.attention_bias is not None
+        else cfg.model_type == "qwen2",
+        "default_dtype": {"bfloat16": "bf16", "float16": "fp16"}.get(str(cfg.torch_dtype),
+                                                                    "bf16"),
+    }
+    if cfg.max_position_embeddings:
+        row["max_context"] = cfg.max_position_embeddings
     try:
         return ModelSpec(**row)
     except ValidationError as err:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hetserve.errors import positive
 from hetserve.perf.model import Deployment
 
 BATCH_Z = 2.33  # headroom for the batch: its 99th percentile under Poisson fluctuation
@@ -32,6 +33,10 @@ class SLO:
     ttft: float = float("inf")
     tpot: float = float("inf")
 
+    def __post_init__(self) -> None:
+        positive(self.ttft, "--ttft", allow_inf=True)
+        positive(self.tpot, "--tpot", allow_inf=True)
+
 
 @dataclass(frozen=True)
 class Capacity:
@@ -41,8 +46,8 @@ class Capacity:
     batch: np.ndarray  # decode batch at that rate
     ttft: np.ndarray  # predicted TTFT at that rate (s)
     tpot: np.ndarray  # predicted mean time per output token at that rate (s)
-    best_ttft: np.ndarray  # TTFT of a request alone (the floor)
-    best_tpot: np.ndarray  # TPOT of a request alone (the floor)
+    best_ttft: np.ndarray  # TTFT of a request alone on an idle replica (the floor)
+    best_tpot: np.ndarray  # TPOT of a request alone (the floor; 0 for one-token outputs)
     reason: tuple[str, ...]  # why the rate is 0 ('' where it is not)
 
 
@@ -76,23 +81,39 @@ def class_capacity(dep: Deployment, mean_input, mean_output, slo: SLO) -> Capaci
     best = np.argmax(masked, axis=0)
     cols = np.arange(n)
     feasible = ok.any(axis=0)
-    reasons = []
-    for j in range(n):
-        if feasible[j]:
-            reasons.append("")
-        elif not one_fits[j]:
-            limit = min(dep.kv_capacity_tokens, dep.model.max_context)
-            reasons.append(f"a {inp[0, j] + out[0, j]:.0f}-token request exceeds {limit} tokens")
-        elif ttft[0, j] > slo.ttft:
-            reasons.append(f"TTFT {ttft[0, j]:.3g}s alone > limit {slo.ttft:.3g}s")
-        else:
-            reasons.append(f"TPOT {itl[0, j] * 1e3:.3g}ms alone > limit {slo.tpot * 1e3:.3g}ms")
+    alone_ttft = np.broadcast_to(dep.prefill_time(inp[0]), (n,))  # a request on an idle replica
+    alone_tpot = dep.decode_step_time(1.0, ctx[0])
+    reasons = tuple("" if feasible[j] else _reason(dep, slo, j, inp[0, j], out[0, j], ctx[0, j],
+                                                   one_fits[j], alone_ttft[j], alone_tpot[j],
+                                                   kv_ok[0, j], ttft[0, j], itl[0, j])
+                    for j in range(n))
     return Capacity(
         rate=np.where(feasible, masked[best, cols], 0.0),
         batch=np.where(feasible, b[best, 0], 0.0),
         ttft=np.where(feasible, ttft[best, cols], np.inf),
         tpot=np.where(feasible, itl[best, cols], np.inf),
-        best_ttft=ttft[0],
-        best_tpot=itl[0],
-        reason=tuple(reasons),
+        best_ttft=np.array(alone_ttft, dtype=np.float64),
+        best_tpot=np.where(out[0] > 1, alone_tpot, 0.0),
+        reason=reasons,
     )
+
+
+def _reason(dep: Deployment, slo: SLO, j: int, inp: float, out: float, ctx: float, fits: bool,
+            alone_ttft: float, alone_tpot: float, kv_ok: bool, ttft1: float, itl1: float) -> str:
+    """Why a class gets no capacity on `dep`: the first limit that binds, with its numbers."""
+    if not fits:
+        limit = min(dep.kv_capacity_tokens, dep.model.max_context)
+        return f"a {inp + out:.0f}-token request exceeds {limit} tokens"
+    if alone_ttft > slo.ttft:
+        return f"TTFT {alone_ttft:.3g}s for a request alone > limit {slo.ttft:.3g}s"
+    if out > 1 and alone_tpot > slo.tpot:
+        return f"TPOT {alone_tpot * 1e3:.3g}ms for a request alone > limit {slo.tpot * 1e3:.3g}ms"
+    if not kv_ok:
+        peak = 1 + BATCH_Z
+        return (f"KV headroom: one running request with burst headroom needs {peak:.2f} x "
+                f"{ctx:.0f} = {peak * ctx:.0f} tokens, the KV cache holds {dep.kv_capacity_tokens}")
+    if ttft1 > slo.ttft:
+        return (f"TTFT {ttft1:.3g}s at the lightest load > limit {slo.ttft:.3g}s (alone: "
+                f"{alone_ttft:.3g}s)")
+    return (f"TPOT {itl1 * 1e3:.3g}ms at the lightest load (prefill interleaved) > limit "
+            f"{slo.tpot * 1e3:.3g}ms (alone: {alone_tpot * 1e3:.3g}ms)")

@@ -16,12 +16,13 @@ from hetserve.workload import Workload
 
 
 def tp_configs(model: ModelSpec, catalog: Catalog, dtype: str | None = None) -> list[Deployment]:
-    """Every accelerator x TP (pp=1) on which the model fits."""
+    """Every accelerator x TP (pp=1) on which the model fits, within the catalog's availability."""
     out = []
     for acc in catalog:
+        available = catalog.availability(acc.name)
         for tp in TP_DEGREES:
             dep = Deployment(model, acc, tp=tp, dtype=dtype)
-            if dep.fits:
+            if dep.fits and (available is None or dep.devices <= available):
                 out.append(dep)
     return out
 
@@ -99,6 +100,9 @@ def estimate(
     dtype: str | None = None,
 ) -> Estimate:
     configs = tp_configs(model, catalog, dtype)
+    if not configs and any(catalog.availability(a.name) is not None for a in catalog):
+        raise HetserveError(f"{model.name} fits none of the available accelerators (--available "
+                            "allows too few devices of the types it fits)")
     if not configs:
         reasons = "; ".join(
             f"{a.name}: {Deployment(model, a, tp=min(8, a.max_per_node), dtype=dtype).why_not()}"

@@ -1,19 +1,17 @@
 """Planning: configs, the cost/throughput MILPs (HiGHS), baselines and the plan file.
 
-`hetserve.plan(...)` (this package is callable) plans one or more models on a workload and returns
-a `Plan`, the object the plan file serialises.
+`plan(...)` (also `hetserve.make_plan`) plans one or more models on a workload and returns a
+`Plan`, the object the plan file serialises.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hetserve.catalog import Catalog, load_catalog
-from hetserve.errors import HetserveError
-from hetserve.models import get_model
+from hetserve.errors import HetserveError, positive
+from hetserve.models import check_dtype, get_model
 from hetserve.perf import SLO
 from hetserve.plan.configs import ModelDemand
 from hetserve.plan.planfile import Plan, load_plan
@@ -66,26 +64,39 @@ def model_demands(
     """What each model must serve: its workload's request classes and its SLO."""
     if isinstance(models, str | ModelRequest):
         models = [models]
+    check_dtype(dtype)
+    if max_devices is not None:
+        positive(max_devices, "--max-devices", integer=True)
+    if not models:
+        raise HetserveError("--model: expected at least one model")
     demands: list[ModelDemand] = []
+    traces: dict[str, object] = {}  # each trace file read once
     for item in models:
         req = item if isinstance(item, ModelRequest) else ModelRequest(item)
         spec = get_model(req.model)
         if any(d.model.name == spec.name for d in demands):
             raise HetserveError(f"--model {spec.name} is given twice")
-        trace = load_trace(req.workload or workload)
+        source = req.workload or workload
+        if source not in traces:
+            traces[source] = load_trace(source)
+        trace = traces[source].for_model(spec.name, spec.matches)  # a model column splits it
         wl = classify(trace, grid, req.rate if req.rate is not None else rate)
-        slo = SLO(req.ttft or ttft, req.tpot or tpot)
+        slo = SLO(req.ttft if req.ttft is not None else ttft,
+                  req.tpot if req.tpot is not None else tpot)
         demands.append(ModelDemand(spec, wl, slo, dtype, max_devices))
     return demands
 
 
 def plan_catalog(catalog: Catalog | None = None, prices: Mapping[str, float] | None = None,
-                 available: Mapping[str, int] | None = None) -> Catalog:
+                 available: Mapping[str, int] | None = None,
+                 only: Iterable[str] | None = None) -> Catalog:
     cat = catalog or load_catalog()
     if prices:
         cat = cat.with_prices(prices)
     if available:
         cat = cat.with_availability(available)
+    if only is not None:
+        cat = cat.only(only)
     return cat
 
 
@@ -101,23 +112,17 @@ def plan(
     catalog: Catalog | None = None,
     prices: Mapping[str, float] | None = None,
     available: Mapping[str, int] | None = None,
+    only: Iterable[str] | None = None,
     dtype: str | None = None,
     max_devices: int | None = None,
     grid: ClassGrid | None = None,
     baselines: bool = True,
 ) -> Plan:
     """The cheapest plan (objective='cost') or the most throughput within budget/availability
-    (objective='throughput') for the models' workloads under their SLOs. `max_devices` caps the
-    devices (TP x PP) of one replica."""
+    (objective='throughput') for the models' workloads under their SLOs. `available` limits the
+    named types (others stay unlimited); `only` restricts planning to the named types;
+    `max_devices` caps the devices (TP x PP) of one replica."""
     demands = model_demands(models, workload=workload, rate=rate, ttft=ttft, tpot=tpot,
                             dtype=dtype, max_devices=max_devices, grid=grid)
-    return solve_plan(demands, plan_catalog(catalog, prices, available), objective, budget,
-                      baselines)
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs) -> Plan:
-        return plan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+    return solve_plan(demands, plan_catalog(catalog, prices, available, only), objective,
+                      budget, baselines)

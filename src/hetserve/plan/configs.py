@@ -71,11 +71,11 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
     out = np.array([c.mean_output for c in demand.workload.classes])
     cfgs = []
     for acc in catalog:
-        if catalog.availability(acc.name) == 0:
-            continue
+        available = catalog.availability(acc.name)
         for tp in TP_DEGREES:
             for pp in pp_degrees(demand.model):
-                if demand.max_devices and tp * pp > demand.max_devices:
+                if (demand.max_devices and tp * pp > demand.max_devices) or \
+                        (available is not None and tp * pp > available):
                     continue
                 dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype)
                 if not dep.fits:

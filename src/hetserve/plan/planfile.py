@@ -1,109 +1,132 @@
 """The plan file: the contract between planning and running (simulator, gateway, deploy).
 
-JSON, versioned (`version`), validated on load. A plan lists models (with their request classes
-and SLOs) and replica groups: one deployment config (accelerator, TP, PP, dtype) with a replica
-count and the share of each of its model's request classes routed to it. Shares of a class
-across the groups of its model add up to 1.
+JSON, versioned (`version`), validated on load (docs/design.md, "The plan file"). A plan lists
+its models (architecture, request classes, SLOs), the catalog rows of the accelerators it uses,
+and replica groups: one deployment config (accelerator, TP, PP, dtype, engine limits) with a
+replica count and the share of each of its model's request classes routed to it. A plan re-reads
+and simulates on its own, without the catalog or model files it was made from.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from hetserve.errors import HetserveError, load_json, validation_message
+from hetserve.catalog import Accelerator
+from hetserve.errors import HetserveError, Record, load_json, validation_message, write_text
+from hetserve.models import Dtype, ModelSpec
+from hetserve.perf import Deployment
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+SHARE_TOLERANCE = 1e-6  # shares of a class may miss 1 by this much (solver round-off)
+PRICE_TOLERANCE = 1e-6  # relative
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(gt=0, le=1 + SHARE_TOLERANCE)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClassSpec(_Strict):
-    name: str
-    input_range: tuple[int, int]
-    output_range: tuple[int, int]
+class ClassSpec(Record):
+    name: str = Field(min_length=1)
+    input_range: tuple[PositiveInt, PositiveInt]
+    output_range: tuple[PositiveInt, PositiveInt]
     rate: float = Field(ge=0, description="req/s the plan is sized for")
-    mean_input: float
-    mean_output: float
+    mean_input: float = Field(gt=0)
+    mean_output: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ClassSpec:
+        for label, (lo, hi) in (("input_range", self.input_range),
+                                ("output_range", self.output_range)):
+            if hi <= lo:
+                raise ValueError(f"class {self.name}: {label} [{lo}, {hi}) is empty")
+        return self
 
 
-class SLOSpec(_Strict):
+class SLOSpec(Record):
     ttft: float = Field(gt=0, description="p90 time to first token, s")
     tpot: float = Field(gt=0, description="p90 time per output token, s")
 
 
-class ModelEntry(_Strict):
-    name: str
+class ModelEntry(Record):
+    name: str = Field(min_length=1)
+    spec: ModelSpec = Field(description="the architecture the plan was made for")
     workload: str
-    rate: float
-    dtype: str
+    rate: float = Field(gt=0)
+    dtype: Dtype
     slo: SLOSpec
-    classes: list[ClassSpec]
+    classes: list[ClassSpec] = Field(min_length=1)
 
 
-class ReplicaGroup(_Strict):
-    id: str
+class ReplicaGroup(Record):
+    id: str = Field(min_length=1)
     model: str
     accelerator: str
-    tp: int = Field(ge=1)
-    pp: int = Field(ge=1)
-    dtype: str
-    devices_per_replica: int = Field(ge=1)
-    replicas: int = Field(ge=1)
-    usd_per_hour: float = Field(ge=0, description="all replicas of the group")
-    kv_tokens: int = Field(ge=0, description="KV cache of one replica, tokens")
-    kv_dtype: str = "bf16"
+    tp: int
+    pp: PositiveInt
+    dtype: Dtype
+    devices_per_replica: PositiveInt
+    replicas: PositiveInt
+    usd_per_hour: float = Field(gt=0, description="all replicas of the group")
+    kv_tokens: PositiveInt = Field(description="KV cache of one replica, tokens")
+    kv_dtype: Dtype = "bf16"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    shares: dict[str, float] = Field(description="class name -> share of the class routed here")
-    capacity: dict[str, float] = Field(description="class name -> req/s of one replica")
+    max_num_seqs: PositiveInt
+    max_num_batched_tokens: PositiveInt
+    shares: dict[str, Share] = Field(description="class name -> share of the class routed here")
+    capacity: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        description="class name -> req/s of one replica")
 
 
-class Baseline(_Strict):
+class Baseline(Record):
     accelerator: str
-    usd_per_hour: float | None = None
-    scale: float | None = None
-    devices: int = 0
+    usd_per_hour: float | None = Field(default=None, gt=0)
+    scale: float | None = Field(default=None, ge=0)
+    devices: int = Field(default=0, ge=0)
     reason: str = ""
 
 
-class SolverInfo(_Strict):
+class SolverInfo(Record):
     status: str
-    gap: float
-    seconds: float
-    configs: int
-    classes: int
+    gap: float = Field(ge=0)
+    seconds: float = Field(ge=0)
+    configs: int = Field(ge=0)
+    classes: int = Field(ge=0)
 
 
-class Verification(_Strict):
+class Verification(Record):
     """Set by `plan --verify`: what simulating the plan on its workload measured."""
 
-    slo_attainment: float = Field(description="share of requests within both SLO limits")
-    target: float
-    rounds: int
-    chosen: int = Field(description="the round whose plan this is")
+    slo_attainment: float = Field(ge=0, le=1, description="share of requests within both SLO "
+                                  "limits")
+    target: float = Field(gt=0, le=1)
+    met: bool = Field(description="slo_attainment reached the target")
+    rounds: PositiveInt
+    chosen: PositiveInt = Field(description="the round whose plan this is")
     router: str
-    derate: dict[str, float] = Field(
+    derate: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default={}, description="config -> factor its modelled capacity was lowered by")
 
 
-class Plan(_Strict):
+class Plan(Record):
     kind: Literal["hetserve-plan"] = "hetserve-plan"
     version: int = PLAN_VERSION
     objective: Literal["cost", "throughput"]
-    budget: float | None = None
-    available: dict[str, int] = {}
-    models: list[ModelEntry]
-    groups: list[ReplicaGroup]
-    usd_per_hour: float
-    scale: float = Field(description="served multiple of the given rates (1 for cost plans)")
-    tokens_per_dollar: float
+    budget: float | None = Field(default=None, gt=0)
+    available: dict[str, Annotated[int, Field(ge=0)]] = {}
+    considered: list[str] = Field(default=[], description="accelerator types planning chose "
+                                  "from (after --only)")
+    models: list[ModelEntry] = Field(min_length=1)
+    accelerators: list[Accelerator] = Field(description="catalog rows of the groups' types")
+    groups: list[ReplicaGroup] = Field(min_length=1)
+    usd_per_hour: float = Field(gt=0)
+    scale: float = Field(gt=0, description="served multiple of the given rates (1 for cost "
+                         "plans)")
+    tokens_per_dollar: float = Field(ge=0)
     baselines: list[Baseline] = []
     best_homogeneous: str | None = None
     savings: float | None = Field(
@@ -113,25 +136,93 @@ class Plan(_Strict):
     solver: SolverInfo
     verification: Verification | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_and_version(cls, data):
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object: a plan file written by hetserve plan --out")
+        if data.get("kind", "hetserve-plan") != "hetserve-plan" or "groups" not in data:
+            raise ValueError(f"not a hetserve plan file (kind {data.get('kind')!r}); write one "
+                             "with hetserve plan --out")
+        version = data.get("version", PLAN_VERSION)
+        if version != PLAN_VERSION:
+            raise ValueError(f"plan file version {version!r} is not supported (this hetserve "
+                             f"reads version {PLAN_VERSION}): re-run hetserve plan to write it "
+                             "again")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
-        if self.version != PLAN_VERSION:
-            raise ValueError(f"plan version {self.version} is not supported (expected "
-                             f"{PLAN_VERSION})")
-        names = {m.name: {c.name for c in m.classes} for m in self.models}
+        _unique("model", [m.name for m in self.models])
+        _unique("group id", [g.id for g in self.groups])
+        _unique("accelerator", [a.name for a in self.accelerators])
+        models = {m.name: m for m in self.models}
+        accs = {a.name: a for a in self.accelerators}
+        for m in self.models:
+            _unique(f"class of model {m.name}", [c.name for c in m.classes])
         for g in self.groups:
-            if g.model not in names:
-                raise ValueError(f"group {g.id} names unknown model {g.model}")
-            extra = set(g.shares) - names[g.model]
-            if extra:
-                raise ValueError(f"group {g.id}: unknown class {sorted(extra)[0]}")
+            where = f"group {g.id}"
+            if g.model not in models:
+                raise ValueError(f"{where}: model {g.model!r} is not in the plan's models")
+            if g.accelerator not in accs:
+                raise ValueError(f"{where}: accelerator {g.accelerator!r} is not in the plan's "
+                                 "accelerators")
+            if g.devices_per_replica != g.tp * g.pp:
+                raise ValueError(f"{where}: devices_per_replica {g.devices_per_replica} is not "
+                                 f"tp x pp = {g.tp * g.pp}")
+            price = g.replicas * g.devices_per_replica * accs[g.accelerator].usd_per_hour
+            if not math.isclose(g.usd_per_hour, price, rel_tol=PRICE_TOLERANCE):
+                raise ValueError(f"{where}: usd_per_hour {g.usd_per_hour:g} is not replicas x "
+                                 f"devices x the {g.accelerator} price = {price:g}")
+            classes = {c.name for c in models[g.model].classes}
+            for field in ("shares", "capacity"):
+                extra = sorted(set(getattr(g, field)) - classes)
+                if extra:
+                    raise ValueError(f"{where}: {field}: unknown class {extra[0]!r} of model "
+                                     f"{g.model}")
+            dep = self.deployment(g)
+            problem = dep.why_not()
+            if problem:
+                raise ValueError(f"{where}: {dep.label} does not fit: {problem}")
+            if g.kv_tokens > dep.kv_capacity_tokens:
+                raise ValueError(f"{where}: kv_tokens {g.kv_tokens} exceed the "
+                                 f"{dep.kv_capacity_tokens} that fit in {dep.label}")
+        total = sum(g.usd_per_hour for g in self.groups)
+        if not math.isclose(self.usd_per_hour, total, rel_tol=PRICE_TOLERANCE):
+            raise ValueError(f"usd_per_hour {self.usd_per_hour:g} is not the sum of the groups' "
+                             f"{total:g}")
+        for m in self.models:
+            for c in m.classes:
+                routed = sum(g.shares.get(c.name, 0.0) for g in self.groups if g.model == m.name)
+                if c.rate > 0 and abs(routed - 1.0) > SHARE_TOLERANCE:
+                    raise ValueError(f"model {m.name} class {c.name}: shares add up to "
+                                     f"{routed:.6g}, expected 1")
         return self
 
+    def model_entry(self, name: str) -> ModelEntry:
+        return next(m for m in self.models if m.name == name)
+
+    def deployment(self, group: ReplicaGroup, accelerator: Accelerator | None = None
+                   ) -> Deployment:
+        """The group's replica as the performance model sees it (on `accelerator` instead of
+        the plan's row for it, when given)."""
+        acc = accelerator or next(a for a in self.accelerators if a.name == group.accelerator)
+        return Deployment(self.model_entry(group.model).spec, acc, tp=group.tp, pp=group.pp,
+                          dtype=group.dtype, kv_dtype=group.kv_dtype,
+                          memory_utilisation=group.gpu_memory_utilization,
+                          max_seqs=group.max_num_seqs, chunk_tokens=group.max_num_batched_tokens)
+
     def save(self, path: Path | str) -> None:
-        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+        write_text(path, self.model_dump_json(indent=2) + "\n")
 
     def to_dict(self) -> dict:
         return json.loads(self.model_dump_json())
+
+
+def _unique(what: str, names: list[str]) -> None:
+    twice = [n for n, k in Counter(names).items() if k > 1]
+    if twice:
+        raise ValueError(f"{what} {twice[0]!r} appears twice")
 
 
 def load_plan(path: Path | str) -> Plan:

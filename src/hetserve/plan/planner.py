@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hetserve.catalog import Catalog
-from hetserve.errors import HetserveError
+from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment, class_capacity
 from hetserve.plan.configs import TP_DEGREES, Config, ModelDemand, enumerate_configs
 from hetserve.plan.milp import Problem, Solution, max_scale, min_cost, min_cost_blocks
@@ -72,7 +72,28 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
     return Space(list(demands), configs, problem, offsets)
 
 
+def _availability_reason(d: ModelDemand, catalog: Catalog, cls=None) -> str | None:
+    """When --available is what leaves the model (or class `cls`) without a config: which
+    replica it would need."""
+    if not catalog.available:
+        return None
+    unlimited = Catalog(list(catalog))
+    serving = [c for c in enumerate_configs(d, unlimited, keep_dominated=True)
+               if cls is None or c.cap[cls.index] > 0]
+    if not serving:
+        return None
+    small = min(serving, key=lambda c: (c.deployment.devices, c.deployment.usd_per_hour))
+    what = f"class {cls.name} of {d.model.name}" if cls is not None else d.model.name
+    limits = ", ".join(f"{n} x {name}" for name, n in catalog.available.items())
+    return (f"no plan fits the availability: {what} needs a replica of at least "
+            f"{small.deployment.devices} devices (e.g. {small.deployment.label}), and "
+            f"--available allows {limits}")
+
+
 def _no_config_reason(d: ModelDemand, catalog: Catalog) -> str:
+    limited = _availability_reason(d, catalog)
+    if limited:
+        return limited
     if d.max_devices:
         unlimited = _no_config_reason(replace(d, max_devices=None), catalog)
         return (f"{d.model.name}: no config of at most {d.max_devices} devices per replica "
@@ -89,6 +110,9 @@ def _no_config_reason(d: ModelDemand, catalog: Catalog) -> str:
 
 def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
     """Why no config serves `cls` (and count - 1 more): the limit missed, and by how much."""
+    limited = _availability_reason(d, catalog, cls)
+    if limited:
+        return limited
     best_ttft, best_tpot, who_ttft, who_tpot, reason = np.inf, np.inf, "", "", ""
     for acc in catalog:
         for tp in TP_DEGREES:
@@ -177,13 +201,17 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
                derate: Mapping[str, float] | None = None) -> Plan:
     if objective not in ("cost", "throughput"):
         raise HetserveError(f"--objective '{objective}': expected cost or throughput")
-    if budget is not None and budget <= 0:
-        raise HetserveError(f"--budget: expected $/h > 0, got {budget}")
+    if budget is not None:
+        budget = positive(budget, "--budget")
     space = build_space(demands, catalog, budget, derate=derate)
     p = space.problem
-    if objective == "throughput" and budget is None and not np.isfinite(p.available).any():
-        raise HetserveError("--objective throughput needs --budget, or --available for an "
-                            "accelerator that can serve the model, to bound it")
+    if objective == "throughput" and budget is None:
+        unbounded = [t for k, t in enumerate(p.types) if not np.isfinite(p.available[k])]
+        if unbounded:
+            raise HetserveError(
+                "--objective throughput needs --budget, or an --available count for every "
+                f"accelerator type that can serve the model (none for {', '.join(unbounded)}; "
+                "--only restricts the types)")
     sol = _solve(p, objective, _blocks(space))
     if not sol.ok:
         raise HetserveError(_explain_infeasible(space))
@@ -192,18 +220,19 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
         raise HetserveError(f"the budget ${budget:.2f}/h buys no replica: the cheapest config "
                             f"costs ${cheapest:.2f}/h")
     base = _baselines(space, objective) if baselines else []
-    return _to_plan(space, sol, objective, budget, base)
+    return _to_plan(space, sol, objective, budget, base, [a.name for a in catalog],
+                    dict(catalog.available))
 
 
 def _to_plan(space: Space, sol: Solution, objective: str, budget,
-             base: list[Baseline]) -> Plan:
+             base: list[Baseline], considered: list[str], avail: dict[str, int]) -> Plan:
     p = space.problem
     models = []
     tokens = 0.0
     for d in space.demands:
         wl = d.workload
         models.append(ModelEntry(
-            name=d.model.name, workload=wl.name, rate=wl.rate,
+            name=d.model.name, spec=d.model, workload=wl.name, rate=wl.rate,
             dtype=d.dtype or d.model.default_dtype,
             slo=SLOSpec(ttft=d.slo.ttft, tpot=d.slo.tpot),
             classes=[ClassSpec(name=c.name, input_range=c.input_range,
@@ -226,8 +255,8 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
             kv_tokens=dep.kv_capacity_tokens, kv_dtype=dep.kv_dtype,
             gpu_memory_utilization=dep.memory_utilisation, max_num_seqs=dep.max_seqs,
             max_num_batched_tokens=dep.chunk_tokens,
-            shares={c.name: float(sol.shares[i, off + j]) for j, c in enumerate(classes)
-                    if sol.shares[i, off + j] > 0},
+            shares={c.name: min(1.0, float(sol.shares[i, off + j]))
+                    for j, c in enumerate(classes) if sol.shares[i, off + j] > 0},
             capacity={c.name: float(cfg.cap[j]) for j, c in enumerate(classes)},
         ))
     feasible = [b for b in base if b.usd_per_hour is not None]
@@ -240,9 +269,12 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
             top = max(feasible, key=lambda b: b.scale)
             savings = sol.scale / top.scale - 1.0
         best = top.accelerator
-    avail = {t: int(a) for t, a in zip(p.types, p.available, strict=True) if np.isfinite(a)}
+    used = dict.fromkeys(c.deployment.accelerator.name for c, y in
+                         zip(space.configs, sol.replicas, strict=True) if y > 0)
+    rows = {c.deployment.accelerator.name: c.deployment.accelerator for c in space.configs}
     return Plan(
-        objective=objective, budget=budget, available=avail, models=models, groups=groups,
+        objective=objective, budget=budget, available=avail, considered=considered,
+        models=models, accelerators=[rows[name] for name in used], groups=groups,
         usd_per_hour=sol.cost, scale=sol.scale,
         tokens_per_dollar=tokens * sol.scale * 3600.0 / sol.cost if sol.cost > 0 else 0.0,
         baselines=base, best_homogeneous=best, savings=savings,

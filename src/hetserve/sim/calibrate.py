@@ -15,37 +15,55 @@ import statistics
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
+
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from hetserve.catalog import Catalog
-from hetserve.errors import HetserveError
-from hetserve.models import DTYPE_BYTES, get_model
+from hetserve.errors import HetserveError, Record, read_text, validation_message
+from hetserve.models import Dtype, get_model
 from hetserve.perf import Deployment
 from hetserve.perf.model import ENGINE_PROFILES
 from hetserve.sim.engine import Engine
 from hetserve.sim.router import make_router
 from hetserve.sim.simulate import SimFleet, run_closed
+from hetserve.workload.trace import MAX_TOKENS
 
 DEFAULT_SHAPE = (512, 256)  # prompt, output tokens where a measurement does not state them
 METRICS = {"ttft": "ms", "itl": "ms", "e2e_latency": "ms", "output_throughput": "tok/s"}
+MAX_CONCURRENCY = 4096  # clients simulated per measurement
 FIELDS = ("id", "gpu", "n_gpus", "tp", "model", "dtype", "input_tokens", "output_tokens",
           "concurrency", "metric", "value", "unit")
 
 
-@dataclass(frozen=True)
-class Measurement:
-    id: str
-    gpu: str
-    n_gpus: int
-    tp: int
-    model: str
-    dtype: str
-    input_tokens: int
-    output_tokens: int
-    concurrency: int
-    engine: str
-    metric: str
-    value: float
+class Measurement(Record):
+    """One row of a measurements CSV (columns FIELDS, plus engine and source)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str = Field(min_length=1)
+    gpu: str = Field(min_length=1)
+    n_gpus: int = Field(ge=1)
+    tp: int = Field(ge=1)
+    model: str = Field(min_length=1)
+    dtype: Dtype
+    input_tokens: int = Field(default=DEFAULT_SHAPE[0], ge=1, le=MAX_TOKENS)
+    output_tokens: int = Field(default=DEFAULT_SHAPE[1], ge=1, le=MAX_TOKENS)
+    concurrency: int = Field(ge=1, le=MAX_CONCURRENCY)
+    engine: str = ""
+    metric: Literal["ttft", "itl", "e2e_latency", "output_throughput"]
+    value: float = Field(gt=0)
+    unit: str
     source: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Measurement:
+        if self.unit != METRICS[self.metric]:
+            raise ValueError(f"{self.metric} must be in {METRICS[self.metric]}, got "
+                             f"'{self.unit}'")
+        if self.n_gpus % self.tp:
+            raise ValueError(f"n_gpus {self.n_gpus} is not a multiple of tp {self.tp}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -67,49 +85,28 @@ def default_data() -> Path:
 
 def read_measurements(path: Path | str | None = None) -> list[Measurement]:
     path = Path(path) if path else default_data()
-    try:
-        handle = path.open(newline="")
-    except OSError as exc:
-        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = read_text(path).splitlines()
     out = []
-    with handle:
-        reader = csv.DictReader(handle)
+    try:
+        reader = csv.DictReader(lines)
         missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
         if missing:
             raise HetserveError(f"{path}: line 1: missing column '{missing[0]}'")
-        for lineno, row in enumerate(reader, start=2):
-            where = f"{path}: line {lineno}"
-            metric = row["metric"].strip()
-            if metric not in METRICS:
-                raise HetserveError(f"{where}: metric '{metric}' is not one of {sorted(METRICS)}")
-            if row["unit"].strip() != METRICS[metric]:
-                raise HetserveError(f"{where}: {metric} must be in {METRICS[metric]}")
-            dtype = row["dtype"].strip().lower()
-            if dtype not in DTYPE_BYTES:
-                raise HetserveError(f"{where}: dtype '{dtype}' is not one of {list(DTYPE_BYTES)}")
+        for row in reader:
+            where = f"{path}: line {reader.line_num}"
+            if None in row or None in row.values():
+                raise HetserveError(f"{where}: expected {len(reader.fieldnames)} fields")
+            cells = {k: v.strip() for k, v in row.items() if v.strip()}
+            if "dtype" in cells:
+                cells["dtype"] = cells["dtype"].lower()
             try:
-                m = Measurement(
-                    id=row["id"].strip(),
-                    gpu=row["gpu"].strip(),
-                    n_gpus=int(row["n_gpus"]),
-                    tp=int(row["tp"]),
-                    model=row["model"].strip(),
-                    dtype=dtype,
-                    input_tokens=int(row["input_tokens"] or DEFAULT_SHAPE[0]),
-                    output_tokens=int(row["output_tokens"] or DEFAULT_SHAPE[1]),
-                    concurrency=int(row["concurrency"]),
-                    engine=row.get("engine", "") or "",
-                    metric=metric,
-                    value=float(row["value"]),
-                    source=row.get("source", "") or "",
-                )
-            except ValueError as exc:
-                raise HetserveError(f"{where}: {exc}") from None
-            if min(m.n_gpus, m.tp, m.input_tokens, m.output_tokens, m.concurrency) <= 0 or \
-                    m.value <= 0 or m.n_gpus % m.tp:
-                raise HetserveError(f"{where}: counts, lengths and value must be positive, "
-                                    "and n_gpus a multiple of tp")
-            out.append(m)
+                out.append(Measurement.model_validate(cells))
+            except ValidationError as err:
+                raise HetserveError(validation_message(err, where)) from None
+    except csv.Error as exc:
+        raise HetserveError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
+    if not out:
+        raise HetserveError(f"{path}: no measurements")
     return out
 
 
@@ -159,9 +156,13 @@ def engine_profile(engine: str) -> str:
 
 def predict(m: Measurement, catalog: Catalog) -> float:
     """The model's value for a measurement, in the measurement's unit."""
+    try:
+        model, acc = get_model(m.model), catalog.get(m.gpu)
+    except HetserveError as exc:
+        raise HetserveError(f"measurement {m.id}: {exc}") from None
     dep = Deployment(
-        get_model(m.model),
-        catalog.get(m.gpu),
+        model,
+        acc,
         tp=m.tp,
         pp=m.n_gpus // m.tp,
         dtype=m.dtype,

@@ -21,9 +21,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from hetserve.catalog import Catalog, load_catalog
-from hetserve.errors import HetserveError
-from hetserve.models import get_model
+from hetserve.catalog import Catalog
+from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment
 from hetserve.plan.planfile import ModelEntry, Plan
 from hetserve.sim.engine import Engine, Request
@@ -127,21 +126,17 @@ def run_closed(fleet: SimFleet, router: Router, sizes: Sequence[tuple[int, int]]
 # ---- plans ---------------------------------------------------------------------------------
 
 
-def _deployment(group, catalog: Catalog) -> Deployment:
-    where = f"plan group {group.id}"
-    if group.accelerator not in {a.name for a in catalog}:
-        raise HetserveError(f"{where}: accelerator {group.accelerator} is not in the catalog "
-                            "(pass --catalog with its specs)")
-    try:
-        model = get_model(group.model)
-    except HetserveError as exc:
-        raise HetserveError(f"{where}: {exc}") from None
-    dep = Deployment(model, catalog.get(group.accelerator), tp=group.tp, pp=group.pp,
-                     dtype=group.dtype, kv_dtype=group.kv_dtype,
-                     memory_utilisation=group.gpu_memory_utilization,
-                     max_seqs=group.max_num_seqs, chunk_tokens=group.max_num_batched_tokens)
+def _deployment(plan: Plan, group, catalog: Catalog | None) -> Deployment:
+    """The group's replica on the plan's own accelerator row, or on `catalog`'s when given."""
+    acc = None
+    if catalog is not None:
+        try:
+            acc = catalog.get(group.accelerator)
+        except HetserveError as exc:
+            raise HetserveError(f"plan group {group.id}: {exc} (in --catalog)") from None
+    dep = plan.deployment(group, acc)
     if not dep.fits:
-        raise HetserveError(f"{where}: {dep.label} does not fit: {dep.why_not()}")
+        raise HetserveError(f"plan group {group.id}: {dep.label} does not fit: {dep.why_not()}")
     return dep
 
 
@@ -190,11 +185,14 @@ def simulate(
     rate: req/s per model; default the rate the plan serves (its models' rates x plan scale).
     clients: closed loop with this many clients (`requests` in all, default the trace's length)
       instead of open-loop arrivals."""
-    catalog = catalog or load_catalog()
     if arrivals == "as-is" and rate is not None:
         raise HetserveError("--rate does not apply to --arrivals as-is (the trace's own times)")
-    if clients is not None and clients < 1:
-        raise HetserveError(f"--clients: expected at least 1, got {clients}")
+    if clients is not None:
+        positive(clients, "--clients", integer=True)
+    if requests is not None:
+        positive(requests, "--requests", integer=True)
+    if rate is not None:
+        positive(rate, "--rate")
     started = time.perf_counter()
     loading = 0.0  # reading traces is not the simulation's own time
     groups_info: list[GroupInfo] = []
@@ -210,7 +208,7 @@ def simulate(
         engines: list[Engine] = []
         members: list[list[int]] = []
         for g in plan_groups:
-            dep = _deployment(g, catalog)
+            dep = _deployment(plan, g, catalog)
             members.append(list(range(len(engines), len(engines) + g.replicas)))
             engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=fast)
                         for _ in range(g.replicas)]
@@ -270,11 +268,11 @@ def simulate(
 def _trace_for(entry: ModelEntry, traces) -> Trace:
     if traces is None:
         try:
-            return load_trace(entry.workload).for_model(entry.name)
+            return load_trace(entry.workload).for_model(entry.name, entry.spec.matches)
         except HetserveError as exc:
             raise HetserveError(f"plan model {entry.name}: {exc}; pass --workload") from None
     if isinstance(traces, Trace):
-        return traces.for_model(entry.name)
+        return traces.for_model(entry.name, entry.spec.matches)
     if entry.name not in traces:
         raise HetserveError(f"no trace given for model {entry.name}")
     return traces[entry.name]

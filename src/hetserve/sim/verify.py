@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hetserve.catalog import Catalog
+from hetserve.errors import HetserveError, positive
 from hetserve.plan import Plan, solve_plan
 from hetserve.plan.configs import ModelDemand
 from hetserve.plan.planfile import Verification
@@ -48,6 +49,12 @@ class Round:
         return float(self.result.met.mean())
 
 
+def check_verify_options(target: float, rounds: int) -> None:
+    if not (isinstance(target, int | float) and 0 < target <= 1):
+        raise HetserveError(f"--target: expected a share in (0, 1], got {target!r}")
+    positive(rounds, "--rounds", integer=True)
+
+
 def _factor(attainment: float, target: float) -> float:
     return min(0.9, max(0.5, (attainment / target) ** 2))
 
@@ -58,6 +65,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
            on_round: Callable[[Round], None] | None = None) -> tuple[Plan, list[Round]]:
     """The plan of the best of at most `rounds` simulate-and-re-solve rounds (see best_round),
     and every round."""
+    check_verify_options(target, rounds)
     traces = {d.model.name: d.workload.trace for d in demands}
     derate: dict[str, float] = {}  # config -> factor; "*": configs never simulated
     settled: set[str] = set()  # raised once, then missed: not raised again
@@ -88,7 +96,8 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
         plan = solve_plan(demands, catalog, objective, budget, derate=dict(derate))
     final = best_round(history, target)
     plan = final.plan.model_copy(update={"verification": Verification(
-        slo_attainment=final.attainment, target=target, rounds=len(history), chosen=final.number,
+        slo_attainment=final.attainment, target=target, met=final.attainment >= target,
+        rounds=len(history), chosen=final.number,
         router=router, derate=derate)})
     return plan, history
 

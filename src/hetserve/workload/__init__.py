@@ -10,6 +10,7 @@ from hetserve.workload.classes import (
     RequestClass,
     Workload,
     classify,
+    grid_from_options,
     parse_edges,
 )
 from hetserve.workload.trace import (
@@ -30,6 +31,7 @@ __all__ = [
     "Trace",
     "Workload",
     "classify",
+    "grid_from_options",
     "load_trace",
     "parse_edges",
     "read_azure_csv",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hetserve.errors import HetserveError
+from hetserve.errors import HetserveError, positive
 from hetserve.workload.trace import Trace
 
 # Bucket i spans [edge[i], edge[i+1]); lengths past the last edge join the last bucket.
@@ -47,7 +47,8 @@ class ClassGrid:
 
     def __post_init__(self) -> None:
         for label, edges in (("input", self.input_edges), ("output", self.output_edges)):
-            if len(edges) < 2 or edges[0] < 1 or any(b <= a for a, b in itertools.pairwise(edges)):
+            if len(edges) < 2 or edges[0] < 1 or edges[-1] > 2**40 \
+                    or any(b <= a for a, b in itertools.pairwise(edges)):
                 raise HetserveError(
                     f"--{label}-edges: expected at least two increasing lengths >= 1, got {edges}"
                 )
@@ -73,6 +74,12 @@ def parse_edges(text: str | None, default: Sequence[int], option: str) -> tuple[
         raise HetserveError(f"{option}: expected comma-separated integers, got '{text}'") from None
 
 
+def grid_from_options(input_edges: str | None, output_edges: str | None) -> ClassGrid:
+    """The class grid from --input-edges / --output-edges text (defaults where not given)."""
+    return ClassGrid(parse_edges(input_edges, DEFAULT_INPUT_EDGES, "--input-edges"),
+                     parse_edges(output_edges, DEFAULT_OUTPUT_EDGES, "--output-edges"))
+
+
 @dataclass(frozen=True)
 class Workload:
     """A trace grouped into request classes; rates scaled to `rate` when one is given."""
@@ -91,9 +98,7 @@ class Workload:
 def classify(trace: Trace, grid: ClassGrid | None = None, rate: float | None = None) -> Workload:
     """Group a trace's requests into the non-empty classes of the grid."""
     grid = grid or ClassGrid()
-    if rate is not None and rate <= 0:
-        raise HetserveError(f"--rate: expected a rate > 0 req/s, got {rate}")
-    total_rate = rate if rate is not None else trace.rate
+    total_rate = positive(rate, "--rate") if rate is not None else trace.rate
     flat = grid.bucket(trace.input_tokens, trace.output_tokens)
     counts = np.bincount(flat, minlength=grid.shape[0] * grid.shape[1])
     sum_in = np.bincount(flat, weights=trace.input_tokens, minlength=len(counts))

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from hetserve.errors import HetserveError, suggest
+from hetserve.errors import HetserveError, positive, read_text, suggest
 
 BUNDLED = {
     "azure-conv": "azure_conv.csv",
     "azure-code": "azure_code.csv",
 }
 AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
+MAX_TOKENS = 10_000_000  # a prompt or output longer than this is a broken row, not a request
 
 
 @dataclass(frozen=True)
@@ -45,21 +48,27 @@ class Trace:
 
     def scaled_to_rate(self, rate: float) -> Trace:
         """The same requests with arrival times compressed or stretched to a mean rate."""
-        if rate <= 0:
-            raise HetserveError(f"--rate: expected a rate > 0 req/s, got {rate}")
+        rate = positive(rate, "--rate")
         return replace(self, arrivals=self.arrivals * (self.rate / rate))
 
     def with_poisson_arrivals(self, rate: float, seed: int = 0) -> Trace:
         """The same requests, in order, arriving as a Poisson process at `rate` req/s."""
-        if rate <= 0:
-            raise HetserveError(f"--rate: expected a rate > 0 req/s, got {rate}")
+        rate = positive(rate, "--rate")
         return replace(self, arrivals=_poisson(np.random.default_rng(seed), rate, len(self)))
 
-    def for_model(self, model: str) -> Trace:
-        """Requests tagged with this model (all of them when the trace has no model column)."""
+    def for_model(self, model: str, match: Callable[[str], bool] | None = None) -> Trace:
+        """Requests whose model label is `model` (or passes `match`, e.g. ModelSpec.matches);
+        all of them when the trace has no model column. A model with no request is an error
+        that lists the labels the trace has."""
         if self.models is None:
             return self
-        keep = self.models == model
+        labels = np.unique(self.models)
+        wanted = [x for x in labels if (match(str(x)) if match else str(x) == model)]
+        if not wanted:
+            shown = ", ".join(str(x) for x in labels[:8]) + (", ..." if len(labels) > 8 else "")
+            raise HetserveError(f"{self.name}: no requests for model {model} (the trace's "
+                                f"model field has: {shown})")
+        keep = np.isin(self.models, wanted)
         return replace(
             self,
             arrivals=self.arrivals[keep] - (self.arrivals[keep][0] if keep.any() else 0.0),
@@ -94,39 +103,41 @@ def _finish(name: str, t: list, i: list, o: list, m: list | None) -> Trace:
 def _positive_int(value, where: str, field: str) -> int:
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise HetserveError(f"{where}: {field} must be a positive integer, got {value!r}") from None
-    if number != int(number) or number <= 0:
-        raise HetserveError(f"{where}: {field} must be a positive integer, got {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not 0 < number <= MAX_TOKENS or number != int(number):
+        raise HetserveError(f"{where}: {field} must be an integer from 1 to {MAX_TOKENS:,}, "
+                            f"got {value!r}")
     return int(number)
 
 
-def _timestamp(value, where: str) -> float:
-    """Seconds: a number, or an ISO-8601 date-time."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        pass
-    try:
-        return np.datetime64(str(value).strip(), "ns").astype(np.int64) / 1e9
-    except ValueError:
-        raise HetserveError(
-            f"{where}: TIMESTAMP must be seconds or an ISO date-time, got {value!r}"
-        ) from None
+def _timestamp(value, where: str, field: str = "TIMESTAMP") -> float:
+    """Seconds: a finite number, or an ISO-8601 date-time."""
+    if isinstance(value, bool):
+        number = math.nan
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            try:
+                number = np.datetime64(str(value).strip(), "ns").astype(np.int64) / 1e9
+            except (ValueError, OverflowError):
+                number = math.nan
+    if not math.isfinite(number) or abs(number) > 1e12:
+        raise HetserveError(f"{where}: {field} must be seconds or an ISO date-time, "
+                            f"got {value!r}")
+    return number
 
 
 def read_azure_csv(path: Path | str, name: str | None = None) -> Trace:
     """A trace in the Azure LLM inference schema: TIMESTAMP,ContextTokens,GeneratedTokens."""
     path = Path(path)
-    try:
-        handle = path.open(newline="")
-    except OSError as exc:
-        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
     t: list[float] = []
     i: list[int] = []
     o: list[int] = []
-    with handle:
-        reader = csv.reader(handle)
+    lines = read_text(path).splitlines()
+    try:
+        reader = csv.reader(lines)
         header = [h.strip() for h in next(reader, [])]
         missing = [h for h in AZURE_HEADER if h not in header]
         if missing:
@@ -143,21 +154,19 @@ def read_azure_csv(path: Path | str, name: str | None = None) -> Trace:
             t.append(_timestamp(row[ct], where))
             i.append(_positive_int(row[ci], where, "ContextTokens"))
             o.append(_positive_int(row[co], where, "GeneratedTokens"))
-    return _finish(name or path.stem, t, i, o, None)
+    except csv.Error as exc:
+        raise HetserveError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
+    return _finish(name or str(path), t, i, o, None)
 
 
 def read_jsonl(path: Path | str, name: str | None = None) -> Trace:
     """A JSONL trace: one object per line with timestamp, input_tokens, output_tokens[, model]."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise HetserveError(f"{path}: cannot read ({exc.strerror})") from None
     t: list[float] = []
     i: list[int] = []
     o: list[int] = []
     m: list[str] = []
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}: line {lineno}"
@@ -165,17 +174,22 @@ def read_jsonl(path: Path | str, name: str | None = None) -> Trace:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise HetserveError(f"{where}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise HetserveError(f"{where}: nested too deeply") from None
         if not isinstance(row, dict):
             raise HetserveError(f"{where}: expected a JSON object")
         for key in ("timestamp", "input_tokens", "output_tokens"):
             if key not in row:
                 raise HetserveError(f"{where}: missing field '{key}'")
-        t.append(_timestamp(row["timestamp"], where))
+        model = row.get("model", "")
+        if not isinstance(model, str):
+            raise HetserveError(f"{where}: model must be a string, got {model!r}")
+        t.append(_timestamp(row["timestamp"], where, "timestamp"))
         i.append(_positive_int(row["input_tokens"], where, "input_tokens"))
         o.append(_positive_int(row["output_tokens"], where, "output_tokens"))
-        m.append(str(row.get("model", "")))
+        m.append(model)
     models = m if any(m) else None
-    return _finish(name or path.stem, t, i, o, models)
+    return _finish(name or str(path), t, i, o, models)
 
 
 def bundled_path(name: str) -> Path:
