@@ -32,9 +32,13 @@ app = typer.Typer(
     no_args_is_help=True,
     help="hetserve: cost-efficient LLM serving on heterogeneous accelerators.",
 )
-out = Console()
-if not out.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
-    out = Console(width=160)
+def _console(stderr: bool = False) -> Console:
+    """Rich console; piped or captured, it does not squeeze tables into 80 columns."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
+
+
+out = _console()
 
 CatalogOpt = Annotated[
     Path | None, typer.Option("--catalog", help="YAML file extending/overriding the catalog")
@@ -305,7 +309,7 @@ def plan_cmd(
         from hetserve.sim.verify import verify as verify_plan
 
         check_verify_options(target, rounds)
-        log = Console(stderr=True) if as_json else out
+        log = _console(stderr=True) if as_json else out
         result, _ = verify_plan(demands, cat, objective, budget, target=target, rounds=rounds,
                                 on_round=lambda r: log.print(_round_line(r, target)))
         v = result.verification
@@ -313,7 +317,7 @@ def plan_cmd(
         log.print(f"verified plan: round {v.chosen} of {v.rounds}, SLO attainment "
                   f"{v.slo_attainment:.2%} in simulation (target {v.target:.0%}): {verdict}")
     else:
-        with Console(stderr=True).status("solving", spinner="dots"):
+        with _console(stderr=True).status("solving", spinner="dots"):
             result = solve_plan(demands, cat, objective, budget)
     if out_file:
         result.save(out_file)

@@ -1,4 +1,4 @@
-"""Step-level physics of one LLM engine on one deployment (PROBLEM.md section 4).
+"""Step-level physics of one LLM engine on one deployment (docs/design.md, section 4).
 
 A deployment is a model on `tp x pp` accelerators of one type. One engine step processes a mix of
 new tokens (prefill chunks and one token per decoding sequence). Its time is a roofline per

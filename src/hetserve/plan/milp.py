@@ -1,4 +1,4 @@
-"""The planning MILPs on plain arrays, solved exactly with HiGHS (PROBLEM.md sections 2-3).
+"""The planning MILPs on plain arrays, solved exactly with HiGHS (docs/design.md, section 3).
 
 A problem has configs c (price per replica, devices of each accelerator type per replica), request
 classes w (demand: req/s, or requests to finish) and cap[c][w] (req/s one replica of c sustains
