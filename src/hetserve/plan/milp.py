@@ -258,7 +258,7 @@ def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
     availability limit): each block solved alone, which is exact and much faster."""
     C, W = p.cap.shape
     y, shares = np.zeros(C, int), np.zeros((C, W))
-    worst_gap, seconds = 0.0, 0.0
+    worst_gap, seconds, status = 0.0, 0.0, "optimal"
     for ci, wi in blocks:
         sub = Problem([p.configs[i] for i in ci], p.price[ci], p.cap[np.ix_(ci, wi)],
                       p.demand[wi])
@@ -266,10 +266,12 @@ def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
         seconds += sol.seconds
         if not sol.ok:
             return Solution(sol.status, y, shares, np.inf, 0.0, sol.gap, seconds)
+        if sol.status != "optimal":  # a block stopped at the time limit: so does the whole
+            status = sol.status
         y[ci] = sol.replicas
         shares[np.ix_(ci, wi)] = sol.shares
         worst_gap = max(worst_gap, sol.gap)
-    return Solution("optimal", y, shares, float(p.price @ y), 1.0, worst_gap, seconds)
+    return Solution(status, y, shares, float(p.price @ y), 1.0, worst_gap, seconds)
 
 
 def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP) -> Solution:

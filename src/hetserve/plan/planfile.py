@@ -109,7 +109,8 @@ class Verification(Record):
     chosen: PositiveInt = Field(description="the round whose plan this is")
     router: str
     derate: dict[str, Annotated[float, Field(gt=0)]] = Field(
-        default={}, description="config -> factor its modelled capacity was lowered by")
+        default={}, description="the factors on modelled capacity this plan was solved with: "
+        "config name, 'config name|class', or '*' (configs never simulated) -> factor")
 
 
 class Plan(Record):

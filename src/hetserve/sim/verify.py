@@ -43,6 +43,7 @@ class Round:
     lowered: dict[str, float] = field(default_factory=dict)  # config -> factor this round
     lowered_classes: dict[str, float] = field(default_factory=dict)  # "config|class" -> factor
     raised: dict[str, float] = field(default_factory=dict)  # config -> factor this round
+    derate: dict[str, float] = field(default_factory=dict)  # the factors this plan was made with
 
     @property
     def attainment(self) -> float:
@@ -76,7 +77,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
             result = history[-1].result
         else:
             result = simulate(plan, traces, catalog=catalog, router=router, seed=seed)
-        this = Round(number, plan, result)
+        this = Round(number, plan, result, derate=dict(derate))
         history.append(this)
         rows = result.group_rows()
         names = [f"{row['model']} @ {row['config']}" for row in rows]  # as plan.configs names
@@ -97,8 +98,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
     final = best_round(history, target)
     plan = final.plan.model_copy(update={"verification": Verification(
         slo_attainment=final.attainment, target=target, met=final.attainment >= target,
-        rounds=len(history), chosen=final.number,
-        router=router, derate=derate)})
+        rounds=len(history), chosen=final.number, router=router, derate=final.derate)})
     return plan, history
 
 
