@@ -22,7 +22,7 @@ __all__ = [
     "Catalog",
     "load_catalog",
     "parse_assignments",
-    "parse_available",
+    "apply_available",
     "parse_names",
 ]
 
@@ -30,7 +30,7 @@ __all__ = [
 class Accelerator(Record):
     """One accelerator type (a GPU, or a CPU instance) as the planner rents it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, strict=True)  # numbers are numbers, not true/"3"
 
     name: str = Field(min_length=1)
     kind: Literal["gpu", "cpu"]
@@ -191,15 +191,19 @@ def parse_assignments(items: Iterable[str], option: str, cast=float) -> dict[str
     return out
 
 
-def parse_available(items: Iterable[str]) -> dict[str, int]:
-    """--available values: NAME=COUNT,... or a YAML/JSON file of NAME: COUNT (later ones win)."""
-    out: dict[str, int] = {}
+def apply_available(catalog: Catalog, items: Iterable[str]) -> Catalog:
+    """The catalog with --available values applied: NAME=COUNT,... or a YAML/JSON file of
+    NAME: COUNT (later ones win); an unknown name is an error naming the file or option."""
     for item in items:
         if "=" not in item and (Path(item).exists() or item.endswith((".yaml", ".yml", ".json"))):
-            out.update(load_availability(item))
+            counts, where = load_availability(item), str(item)
         else:
-            out.update(parse_assignments([item], "--available", int))
-    return out
+            counts, where = parse_assignments([item], "--available", int), f"--available {item}"
+        try:
+            catalog = catalog.with_availability(counts)
+        except HetserveError as exc:
+            raise HetserveError(f"{where}: {exc}") from None
+    return catalog
 
 
 def parse_names(items: Iterable[str] | None, option: str) -> list[str] | None:

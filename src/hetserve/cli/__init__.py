@@ -17,9 +17,9 @@ from rich.table import Table
 
 from hetserve.catalog import (
     Catalog,
+    apply_available,
     load_catalog,
     parse_assignments,
-    parse_available,
     parse_names,
 )
 from hetserve.errors import HetserveError, check_output, write_text
@@ -65,15 +65,17 @@ def parse_duration(text: str, option: str) -> float:
         raise HetserveError(f"{option} '{text}': expected a duration like 2s, 50ms or 0.05")
     scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, "m": 60.0, None: 1.0}[found[2]]
     value = float(found[1]) * scale
-    if value <= 0:
-        raise HetserveError(f"{option} '{text}': expected a duration > 0")
+    if not 0 < value < math.inf:
+        raise HetserveError(f"{option} '{text}': expected a finite duration > 0")
     return value
 
 
 def build_catalog(path: Path | None, prices: list[str] | None, avail: list[str] | None,
                   only: list[str] | None = None) -> Catalog:
-    return load_catalog(path, parse_assignments(prices or [], "--price"),
-                        parse_available(avail or []), parse_names(only, "--only"))
+    cat = apply_available(load_catalog(path, parse_assignments(prices or [], "--price")),
+                          avail or [])
+    names = parse_names(only, "--only")
+    return cat.only(names) if names is not None else cat
 
 
 def _finite(data):

@@ -26,6 +26,12 @@ Dtype = Literal["bf16", "fp16", "fp8", "int4"]
 DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5 * 1.03}
 
 
+# Far beyond any real dense model (the largest have ~130 layers, 16k hidden, 256k vocabulary):
+# bounds that keep a typo from turning into a 10^30-byte model.
+LIMITS = {"layers": 1024, "hidden": 131072, "heads": 4096, "head_dim": 4096,
+          "intermediate": 1 << 20, "vocab": 1 << 24, "max_context": 1 << 24}
+
+
 def check_dtype(dtype: str | None, option: str = "--dtype") -> str | None:
     """The dtype if it is one of DTYPE_BYTES (or None: the model's default), else an error."""
     if dtype is not None and dtype not in DTYPE_BYTES:
@@ -41,14 +47,14 @@ class ModelSpec(Record):
     name: str = Field(min_length=1)
     hf_id: str = ""
     aliases: tuple[str, ...] = ()
-    layers: int = Field(gt=0)
-    hidden: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    kv_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
-    intermediate: int = Field(gt=0)
-    vocab: int = Field(gt=0)
-    max_context: int = Field(default=32768, gt=0)
+    layers: int = Field(gt=0, le=LIMITS["layers"])
+    hidden: int = Field(gt=0, le=LIMITS["hidden"])
+    heads: int = Field(gt=0, le=LIMITS["heads"])
+    kv_heads: int = Field(gt=0, le=LIMITS["heads"])
+    head_dim: int = Field(gt=0, le=LIMITS["head_dim"])
+    intermediate: int = Field(gt=0, le=LIMITS["intermediate"])
+    vocab: int = Field(gt=0, le=LIMITS["vocab"])
+    max_context: int = Field(default=32768, gt=0, le=LIMITS["max_context"])
     tie_embeddings: bool = False
     qkv_bias: bool = False
     default_dtype: Dtype = "bf16"
@@ -114,16 +120,17 @@ class HFConfig(Record):
 
     model_config = ConfigDict(extra="ignore")
 
-    num_hidden_layers: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
-    num_key_value_heads: int | None = Field(default=None, gt=0)
-    head_dim: int | None = Field(default=None, gt=0)
-    intermediate_size: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
-    max_position_embeddings: int | None = Field(default=None, gt=0)
-    tie_word_embeddings: bool = False
-    attention_bias: bool | None = None
+    num_hidden_layers: int = Field(gt=0, le=LIMITS["layers"], strict=True)
+    hidden_size: int = Field(gt=0, le=LIMITS["hidden"], strict=True)
+    num_attention_heads: int = Field(gt=0, le=LIMITS["heads"], strict=True)
+    num_key_value_heads: int | None = Field(default=None, gt=0, le=LIMITS["heads"], strict=True)
+    head_dim: int | None = Field(default=None, gt=0, le=LIMITS["head_dim"], strict=True)
+    intermediate_size: int = Field(gt=0, le=LIMITS["intermediate"], strict=True)
+    vocab_size: int = Field(gt=0, le=LIMITS["vocab"], strict=True)
+    max_position_embeddings: int | None = Field(default=None, gt=0, le=LIMITS["max_context"],
+                                                strict=True)
+    tie_word_embeddings: bool = Field(default=False, strict=True)
+    attention_bias: bool | None = Field(default=None, strict=True)
     model_type: str = ""
     torch_dtype: str | None = None
     name_or_path: str = Field(default="", alias="_name_or_path")

@@ -39,10 +39,7 @@ def parse_model_request(text: str, parse_duration) -> ModelRequest:
     if len(parts) > 5 or not parts[0]:
         raise HetserveError(f"--model '{text}': expected NAME[:workload[:rate[:ttft[:tpot]]]]")
     parts += [""] * (5 - len(parts))
-    try:
-        rate = float(parts[2]) if parts[2] else None
-    except ValueError:
-        raise HetserveError(f"--model '{text}': rate '{parts[2]}' is not a number") from None
+    rate = positive(parts[2], f"--model '{text}': rate") if parts[2] else None
     return ModelRequest(
         parts[0], parts[1] or None, rate,
         parse_duration(parts[3], "--model ttft") if parts[3] else None,

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from hetserve.errors import HetserveError, Record, load_json, validation_message
-from hetserve.plan.milp import Problem, max_scale, min_cost
+from hetserve.plan.milp import MAX_REPLICAS, Problem, max_scale, min_cost, replicas_floor
 
 NonNegative = Annotated[float, Field(ge=0)]
 Grid = list[list[NonNegative]]
@@ -113,6 +113,10 @@ def solve_melange(path: Path | str, continuous: bool = False) -> dict:
     if len(missing):
         bucket = list(np.unravel_index(int(missing[0]), shape))
         raise HetserveError(f"{path}: no GPU type can serve bucket {bucket} (zero throughput)")
+    floor = replicas_floor(cap, demand)
+    if floor > MAX_REPLICAS:
+        raise HetserveError(f"{path}: total_request_rate {data.total_request_rate:g} needs at "
+                            f"least {floor:.3g} GPUs (more than {MAX_REPLICAS:,})")
     slices = None if continuous else data.slice_factor
     p = Problem(names, cost, cap[:, active], demand[active])
     sol = min_cost(p, slices=int(slices) if slices else None)

@@ -8,6 +8,7 @@ x_cw (only where cap > 0).
 min_cost (formulation A): minimise sum price_c y_c
     sum_c x_cw = 1                                 every class fully routed
     sum_w x_cw * demand_w / cap_cw <= y_c           no config over capacity
+    x_cw <= y_c                                     no share without a replica
     sum_c price_c y_c <= budget,  sum_c d_cn y_c <= available_n
   With `slices=S`, shares are multiples of 1/S (Mélange's own formulation: each of S equal
   slices of a class goes wholly to one config), as integer slice counts.
@@ -100,6 +101,16 @@ class Problem:
         return Problem([c for c, k in zip(self.configs, keep, strict=True) if k],
                        self.price[keep], self.cap[keep], self.demand, self.classes,
                        self.usage[keep], self.types, self.available, self.budget)
+
+
+MAX_REPLICAS = 1_000_000  # a load that needs more is a typo, and past HiGHS's numeric range
+
+
+def replicas_floor(cap: np.ndarray, demand: np.ndarray) -> float:
+    """Replicas any plan needs at least: every class on its best config, fractions summed."""
+    best = cap.max(axis=0)
+    served = demand > 0
+    return float(np.sum(demand[served] / best[served]))
 
 
 @dataclass
@@ -198,6 +209,13 @@ def _build(p: Problem, scale_mode: bool, slices: int | None):
     row_lo += [-INF] * C
     row_hi += [0.0] * C
     r += C
+    if not scale_mode:  # (2b) a share needs a replica: x_cw <= y_c (binds only when the load
+        rows += [r + np.arange(K), r + np.arange(K)]  # is below the solver's tolerance)
+        cols += [C + np.arange(K), ci]
+        vals += [np.full(K, step), -np.ones(K)]
+        row_lo += [-INF] * K
+        row_hi += [0.0] * K
+        r += K
     # (3) budget
     if p.budget is not None:
         rows.append(np.full(C, r))

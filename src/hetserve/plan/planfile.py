@@ -27,6 +27,8 @@ SHARE_TOLERANCE = 1e-6  # shares of a class may miss 1 by this much (solver roun
 PRICE_TOLERANCE = 1e-6  # relative
 
 PositiveInt = Annotated[int, Field(ge=1)]
+MAX_REPLICAS = 100_000  # per group
+MAX_ENGINE_LIMIT = 1 << 24  # max_num_seqs, max_num_batched_tokens
 Share = Annotated[float, Field(gt=0, le=1 + SHARE_TOLERANCE)]
 
 
@@ -70,13 +72,13 @@ class ReplicaGroup(Record):
     pp: PositiveInt
     dtype: Dtype
     devices_per_replica: PositiveInt
-    replicas: PositiveInt
+    replicas: int = Field(ge=1, le=MAX_REPLICAS)
     usd_per_hour: float = Field(gt=0, description="all replicas of the group")
     kv_tokens: PositiveInt = Field(description="KV cache of one replica, tokens")
     kv_dtype: Dtype = "bf16"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    max_num_seqs: PositiveInt
-    max_num_batched_tokens: PositiveInt
+    max_num_seqs: int = Field(ge=1, le=MAX_ENGINE_LIMIT)
+    max_num_batched_tokens: int = Field(ge=1, le=MAX_ENGINE_LIMIT)
     shares: dict[str, Share] = Field(description="class name -> share of the class routed here")
     capacity: dict[str, Annotated[float, Field(ge=0)]] = Field(
         description="class name -> req/s of one replica")
@@ -115,7 +117,7 @@ class Verification(Record):
 
 class Plan(Record):
     kind: Literal["hetserve-plan"] = "hetserve-plan"
-    version: int = PLAN_VERSION
+    version: Literal[2] = PLAN_VERSION
     objective: Literal["cost", "throughput"]
     budget: float | None = Field(default=None, gt=0)
     available: dict[str, Annotated[int, Field(ge=0)]] = {}
@@ -136,21 +138,6 @@ class Plan(Record):
     )
     solver: SolverInfo
     verification: Verification | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _kind_and_version(cls, data):
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object: a plan file written by hetserve plan --out")
-        if data.get("kind", "hetserve-plan") != "hetserve-plan" or "groups" not in data:
-            raise ValueError(f"not a hetserve plan file (kind {data.get('kind')!r}); write one "
-                             "with hetserve plan --out")
-        version = data.get("version", PLAN_VERSION)
-        if version != PLAN_VERSION:
-            raise ValueError(f"plan file version {version!r} is not supported (this hetserve "
-                             f"reads version {PLAN_VERSION}): re-run hetserve plan to write it "
-                             "again")
-        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Plan:
@@ -228,6 +215,17 @@ def _unique(what: str, names: list[str]) -> None:
 
 def load_plan(path: Path | str) -> Plan:
     data = load_json(path)
+    if not isinstance(data, dict):
+        raise HetserveError(f"{path}: expected a JSON object: a plan file written by hetserve "
+                            "plan --out")
+    if data.get("kind") != "hetserve-plan":
+        found = f"kind {data['kind']!r}" if "kind" in data else "no 'kind' field"
+        raise HetserveError(f"{path}: not a hetserve plan file ({found}); write one with "
+                            "hetserve plan --out")
+    if data.get("version") != PLAN_VERSION:
+        raise HetserveError(f"{path}: plan file version {data.get('version')!r} is not "
+                            f"supported (this hetserve reads version {PLAN_VERSION}): re-run "
+                            "hetserve plan to write it again")
     try:
         return Plan.model_validate(data)
     except ValidationError as err:

@@ -12,7 +12,15 @@ from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment, class_capacity
 from hetserve.plan.configs import TP_DEGREES, Config, ModelDemand, enumerate_configs
-from hetserve.plan.milp import Problem, Solution, max_scale, min_cost, min_cost_blocks
+from hetserve.plan.milp import (
+    MAX_REPLICAS,
+    Problem,
+    Solution,
+    max_scale,
+    min_cost,
+    min_cost_blocks,
+    replicas_floor,
+)
 from hetserve.plan.planfile import (
     Baseline,
     ClassSpec,
@@ -61,6 +69,10 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
         d = demands[class_model[w]]
         cls = d.workload.classes[w - offsets[class_model[w]]]
         raise HetserveError(_class_reason(d, catalog, cls, len(unserved)))
+    floor = replicas_floor(cap, np.array(demand))
+    if floor > MAX_REPLICAS:
+        raise HetserveError(f"--rate: the load needs at least {floor:.3g} replicas (more than "
+                            f"{MAX_REPLICAS:,}); check the rate")
     types = list(dict.fromkeys(c.deployment.accelerator.name for c in configs))
     usage = np.zeros((len(configs), len(types)))
     for i, c in enumerate(configs):

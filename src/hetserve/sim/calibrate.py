@@ -181,9 +181,13 @@ def predict(m: Measurement, catalog: Catalog) -> float:
 
 
 def calibrate(catalog: Catalog, data: Path | str | None = None) -> list[Point]:
-    return [
-        Point(m.id, m.metric, predict(m, catalog), m.value) for m in read_measurements(data)
-    ]
+    points = []
+    for m in read_measurements(data):
+        try:
+            points.append(Point(m.id, m.metric, predict(m, catalog), m.value))
+        except HetserveError as exc:
+            raise HetserveError(f"{data or default_data()}: {exc}") from None
+    return points
 
 
 def median_abs_error(points: list[Point]) -> float:

@@ -31,6 +31,8 @@ from hetserve.sim.router import Router, make_router
 from hetserve.workload import ClassGrid, Trace, load_trace
 
 ARRIVALS = ("trace", "as-is", "poisson")
+MAX_CLIENTS = 100_000  # closed-loop clients
+MAX_REQUESTS = 100_000_000
 
 
 class SimFleet:
@@ -188,11 +190,17 @@ def simulate(
     if arrivals == "as-is" and rate is not None:
         raise HetserveError("--rate does not apply to --arrivals as-is (the trace's own times)")
     if clients is not None:
-        positive(clients, "--clients", integer=True)
-    if requests is not None:
-        positive(requests, "--requests", integer=True)
+        if positive(clients, "--clients", integer=True) > MAX_CLIENTS:
+            raise HetserveError(f"--clients: at most {MAX_CLIENTS:,}, got {clients}")
+        if rate is not None or arrivals != "trace":
+            raise HetserveError("--clients runs a closed loop: --rate and --arrivals do not "
+                                "apply")
+    if requests is not None and positive(requests, "--requests", integer=True) > MAX_REQUESTS:
+        raise HetserveError(f"--requests: at most {MAX_REQUESTS:,}, got {requests}")
     if rate is not None:
         positive(rate, "--rate")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise HetserveError(f"--seed: expected an integer >= 0, got {seed!r}")
     started = time.perf_counter()
     loading = 0.0  # reading traces is not the simulation's own time
     groups_info: list[GroupInfo] = []
