@@ -70,13 +70,27 @@ def run_cli(capfd):
     return run
 
 
-def run_subprocess(*args, timeout: float = 120) -> CliResult:
+def _address_space_limit(limit: int):
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def run_subprocess(*args, timeout: float = 120, memory_limit: int | None = None) -> CliResult:
     """Run `python -m hetserve ARGS` (the real entry point) in a child process. A run past
-    `timeout` is killed and reported with code None."""
+    `timeout` is killed and reported with code None; `memory_limit` caps the child's address
+    space (bytes; where the platform has RLIMIT_AS), so a runaway allocation ends in a
+    MemoryError instead of exhausting the machine."""
     start = time.perf_counter()
+    limit = None
+    if memory_limit is not None and sys.platform.startswith("linux"):
+        limit = _address_space_limit(memory_limit)
     try:
         proc = subprocess.run([sys.executable, "-m", "hetserve", *map(str, args)],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
     except subprocess.TimeoutExpired as exc:
         def text(data):
             return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
