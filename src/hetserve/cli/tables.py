@@ -112,7 +112,9 @@ def plan_tables(plan) -> list[Table]:
         summary += (f"; {plan.savings:.1%} {word} the best homogeneous plan "
                     f"({plan.best_homogeneous})")
     s = plan.solver
-    summary += (f"; HiGHS {s.status}, gap {s.gap:.1e}, {s.seconds:.2f}s over {s.configs} configs "
+    proof = (f"within ${s.abs_gap:.4f}/h of the optimum" if plan.objective == "cost"
+             else f"gap {s.gap:.1e}")
+    summary += (f"; HiGHS {s.status}, {proof}, {s.seconds:.2f}s over {s.configs} configs "
                 f"x {s.classes} classes")
     v = plan.verification
     if v is not None:

@@ -35,7 +35,8 @@ import highspy
 import numpy as np
 
 INF = highspy.kHighsInf
-MIP_GAP = 1e-4  # relative optimality gap at which HiGHS stops (its default); reported per plan
+MIP_GAP = 1e-4  # relative gap at which HiGHS stops on throughput plans (its default)
+COST_ABS_GAP = 5e-4  # $/h: cost plans are proven optimal to below a tenth of a cent per hour
 
 
 _local = threading.local()
@@ -120,16 +121,29 @@ class Solution:
     shares: np.ndarray  # [C, W]
     cost: float  # $/h
     scale: float  # lambda (max_scale); 1.0 for min_cost
-    gap: float  # relative MIP gap reported by HiGHS
+    bound: float  # proven bound on the objective: the least possible cost, or the largest scale
     seconds: float
+    maximised: bool = False  # the objective is the scale (max_scale), else the cost
 
     @property
     def ok(self) -> bool:
         return self.status in ("optimal", "time_limit") and np.isfinite(self.cost)
 
+    @property
+    def abs_gap(self) -> float:
+        """How far this plan may be from the optimum, in the objective's unit ($/h or scale)."""
+        value = self.scale if self.maximised else self.cost
+        return abs(self.bound - value) if np.isfinite(self.bound) else np.inf
+
+    @property
+    def gap(self) -> float:
+        """The relative gap: abs_gap over the objective's value."""
+        value = self.scale if self.maximised else self.cost
+        return self.abs_gap / abs(value) if value else (0.0 if self.abs_gap == 0 else np.inf)
+
 
 def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, time_limit,
-           gap=MIP_GAP):
+           rel_gap=MIP_GAP, abs_gap=0.0):
     """Solve with HiGHS; rows/cols/vals are the constraint matrix in COO form."""
     n = len(cost)
     order = np.lexsort((rows, cols))
@@ -154,7 +168,8 @@ def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, ti
     h = _highs()
     h.clearModel()
     h.setOptionValue("time_limit", float(time_limit))
-    h.setOptionValue("mip_rel_gap", float(gap))
+    h.setOptionValue("mip_rel_gap", float(rel_gap))
+    h.setOptionValue("mip_abs_gap", float(abs_gap))
     h.setOptionValue("threads", 1)
     h.passModel(lp)
     t0 = time.perf_counter()
@@ -171,8 +186,13 @@ def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, ti
     info = h.getInfo()
     has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
     values = np.asarray(h.getSolution().col_value) if has_solution else None
-    gap = float(info.mip_gap) if any(integer) and has_solution else 0.0
-    return name, values, gap, seconds
+    if not has_solution:
+        bound = np.nan
+    elif any(integer):
+        bound = float(info.mip_dual_bound)
+    else:  # a linear program solved to optimality: its value is the bound
+        bound = float(info.objective_function_value)
+    return name, values, bound, seconds
 
 
 def _build(p: Problem, scale_mode: bool, slices: int | None):
@@ -243,10 +263,11 @@ def _build(p: Problem, scale_mode: bool, slices: int | None):
     return n, (ci, wi), coo, row_lo, row_hi, lo, hi, integer
 
 
-def _unpack(p: Problem, status, values, gap, seconds, idx, step, scale_mode) -> Solution:
+def _unpack(p: Problem, status, values, bound, seconds, idx, step, scale_mode) -> Solution:
     C, W = p.cap.shape
     if values is None:
-        return Solution(status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, gap, seconds)
+        return Solution(status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, bound, seconds,
+                        scale_mode)
     ci, wi = idx
     y = np.round(values[:C]).astype(int)
     shares = np.zeros((C, W))
@@ -255,41 +276,43 @@ def _unpack(p: Problem, status, values, gap, seconds, idx, step, scale_mode) -> 
     if scale_mode and scale > 0:
         shares /= scale
     shares[shares < 1e-12] = 0.0
-    return Solution(status, y, shares, float(p.price @ y), scale, gap, seconds)
+    return Solution(status, y, shares, float(p.price @ y), scale, bound, seconds, scale_mode)
 
 
 def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
-             gap: float = MIP_GAP) -> Solution:
-    """Formulation A: the cheapest replicas and routing that serve every class's demand."""
+             abs_gap: float = COST_ABS_GAP) -> Solution:
+    """Formulation A: the cheapest replicas and routing that serve every class's demand, proven
+    optimal to within `abs_gap` $/h."""
     n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, False, slices)
     cost = np.zeros(n)
     cost[: len(p.configs)] = p.price
-    status, values, gap, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
-                                          row_hi, False, time_limit, gap)
+    status, values, bound, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
+                                            row_hi, False, time_limit, rel_gap=0.0,
+                                            abs_gap=abs_gap)
     step = 1.0 / slices if slices else 1.0
-    return _unpack(p, status, values, gap, seconds, idx, step, False)
+    return _unpack(p, status, values, bound, seconds, idx, step, False)
 
 
 def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
-                    gap: float = MIP_GAP) -> Solution:
+                    abs_gap: float = COST_ABS_GAP) -> Solution:
     """min_cost of a problem whose (config, class) blocks share no constraint (no budget, no
     availability limit): each block solved alone, which is exact and much faster."""
     C, W = p.cap.shape
     y, shares = np.zeros(C, int), np.zeros((C, W))
-    worst_gap, seconds, status = 0.0, 0.0, "optimal"
+    bound, seconds, status = 0.0, 0.0, "optimal"
     for ci, wi in blocks:
         sub = Problem([p.configs[i] for i in ci], p.price[ci], p.cap[np.ix_(ci, wi)],
                       p.demand[wi])
-        sol = min_cost(sub, gap=gap)
+        sol = min_cost(sub, abs_gap=abs_gap / len(blocks))  # the gaps add up
         seconds += sol.seconds
         if not sol.ok:
-            return Solution(sol.status, y, shares, np.inf, 0.0, sol.gap, seconds)
+            return Solution(sol.status, y, shares, np.inf, 0.0, np.nan, seconds)
         if sol.status != "optimal":  # a block stopped at the time limit: so does the whole
             status = sol.status
         y[ci] = sol.replicas
         shares[np.ix_(ci, wi)] = sol.shares
-        worst_gap = max(worst_gap, sol.gap)
-    return Solution(status, y, shares, float(p.price @ y), 1.0, worst_gap, seconds)
+        bound += sol.bound
+    return Solution(status, y, shares, float(p.price @ y), 1.0, bound, seconds)
 
 
 def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP) -> Solution:
@@ -299,6 +322,6 @@ def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP) -> Sol
     cost[-1] = 1.0
     if p.budget is None and not np.isfinite(p.available).any():
         raise ValueError("max_scale needs a budget or availability limits")
-    status, values, gap, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
-                                          row_hi, True, time_limit, gap)
-    return _unpack(p, status, values, gap, seconds, idx, 1.0, True)
+    status, values, bound, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
+                                            row_hi, True, time_limit, rel_gap=gap)
+    return _unpack(p, status, values, bound, seconds, idx, 1.0, True)

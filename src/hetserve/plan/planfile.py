@@ -94,7 +94,10 @@ class Baseline(Record):
 
 class SolverInfo(Record):
     status: str
-    gap: float = Field(ge=0)
+    bound: float = Field(description="proven bound on the objective: the least possible $/h "
+                         "(cost plans) or the largest possible scale (throughput plans)")
+    abs_gap: float = Field(ge=0, description="|objective - bound|, in $/h or scale")
+    gap: float = Field(ge=0, description="abs_gap relative to the objective")
     seconds: float = Field(ge=0)
     configs: int = Field(ge=0)
     classes: int = Field(ge=0)

@@ -290,6 +290,7 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
         usd_per_hour=sol.cost, scale=sol.scale,
         tokens_per_dollar=tokens * sol.scale * 3600.0 / sol.cost if sol.cost > 0 else 0.0,
         baselines=base, best_homogeneous=best, savings=savings,
-        solver=SolverInfo(status=sol.status, gap=sol.gap, seconds=sol.seconds,
+        solver=SolverInfo(status=sol.status, bound=sol.bound, abs_gap=sol.abs_gap, gap=sol.gap,
+                          seconds=sol.seconds,
                           configs=len(space.configs), classes=len(p.classes)),
     )
