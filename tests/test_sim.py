@@ -93,6 +93,38 @@ def test_fast_path_matches_step_by_step(catalog, kv):
     assert plain_steps.count(True) < sum(e.steps for e in fe) / 5
 
 
+def test_fast_path_matches_step_by_step_overloaded_plan(catalog, monkeypatch):
+    """A plan at 2x the rate it was made for: queues grow, every admission's prefill shares a
+    step with a decode batch and small caches preempt. The fast path gives every request the
+    same replica, preemptions and steps as stepping one by one, and the same times but for
+    the rounding of closed-form decode runs."""
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=10.0, baselines=False,
+                              catalog=catalog.only(["L4", "A10G", "RTX4090"]))
+    for g in plan.groups:  # a small cache: preemptions too
+        g.kv_tokens = 12_000
+    mixed = []
+    step_seconds = Deployment.step_seconds
+
+    def counted(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0, chunk=0.0,
+                chunk_pairs=0.0):
+        mixed.append(chunk > 0 and decode_ctx > 0)
+        return step_seconds(self, tokens, seqs, decode_ctx, prefill_pairs, chunk, chunk_pairs)
+
+    monkeypatch.setattr(Deployment, "step_seconds", counted)
+    fast = simulate(plan, rate=20.0, requests=1500)
+    interleaved = sum(mixed)
+    ref = simulate(plan, rate=20.0, requests=1500, fast=False)
+    assert interleaved > 500  # prefill chunks in steps with decodes, in the fast run alone
+    assert fast.summary()["slo_attainment"] < 0.5 and fast.preemptions.sum() > 0
+    assert len(np.unique(fast.replica)) > 1 and (fast.replica == ref.replica).all()
+    assert (fast.preemptions == ref.preemptions).all()
+    assert [(g.busy_seconds > 0, g.preemptions) for g in fast.groups] == \
+        [(g.busy_seconds > 0, g.preemptions) for g in ref.groups]
+    for k in ("ttft", "tpot", "e2e", "queueing"):
+        a, b = getattr(fast, k), getattr(ref, k)
+        assert np.allclose(a, b, rtol=1e-9, atol=1e-9), k
+
+
 def test_preempted_request_recomputes_its_whole_context(catalog):
     dep = Deployment(M8, catalog.get("A10G"))
     engine = Engine(dep, kv_tokens=4096)
@@ -175,6 +207,33 @@ def test_size_aware_sends_long_prompts_to_the_faster_replica(catalog):
     assert router.route(Request(0, 0.0, 8000, 50), 0.0) == 1  # the H100 even with 6 in flight
     fleet.loads[1] = 3000  # H100 queue far past max_num_seqs
     assert router.route(Request(1, 0.0, 50, 20), 0.0) == 0  # a short one to the idle L4
+
+
+def test_simulator_fleet_scan_routes_as_the_router_does(catalog):
+    """SimFleet scans its replicas itself (least_loaded, group_holds); a router that asks each
+    replica through holds() and load() makes the same choices, with the same results."""
+
+    class PerReplica(SimFleet):
+        least_loaded = None  # the router falls back to its own scan
+        group_holds = None
+
+    deps = [Deployment(M8, catalog.get(a)) for a in ("A100-80GB", "L40S", "L4")]
+    trace = synthetic(1500, 40.0, input_median=1500, output_median=150, seed=5)
+    shares = {0: [(0, 0.6), (1, 0.4)], 1: [(1, 0.7), (0, 0.3)]}
+    runs = []
+    for cls in (SimFleet, PerReplica):
+        engines = [Engine(d, kv_tokens=kv) for d, kv in zip(deps * 2, [None, None, 9000] * 2,
+                                                            strict=True)]
+        fleet = cls(engines, [[0, 3, 1, 4], [2, 5]])  # group 1 holds 9k tokens
+        reqs = requests_from(trace)
+        for r in reqs:  # classes by size; -1 unplanned
+            r.cls = 0 if r.input_tokens < 1000 else 1 if r.input_tokens < 12_000 else -1
+        run_open(fleet, PlanRouter(fleet, shares), reqs)
+        runs.append([(r.replica, r.scheduled, r.first_token, r.finish) for r in reqs])
+    assert runs[0] == runs[1]
+    assert {r[0] for r in runs[0]} == set(range(6))
+    # requests too long for group 1 were routed all the same
+    assert any(r.cls == 1 and r.input_tokens + r.output_tokens > 9000 for r in reqs)
 
 
 def test_unknown_router_is_a_clear_error():

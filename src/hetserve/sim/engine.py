@@ -14,17 +14,32 @@ runs of steps whose batch does not change: when every running sequence is decodi
 waiting request can be admitted, the next k steps differ only in their context, so their
 durations add up in closed form (Deployment.decode_run_seconds) and the engine jumps to the
 next arrival, completion or KV block shortage in one move. `fast=False` steps one by one.
+
+Decoding sequences in bulk (fast engines). A decoding sequence gains exactly one token a step,
+so a fast engine does not touch it each step: it counts steps (`_tick`) and keeps a decoding
+sequence's `computed`, `generated` and `blocks` as of the tick it last looked at it (`mark`).
+What a step needs from the decode batch is kept up to date in O(1): the sum of its contexts,
+how many of its sequences take a new KV block at each tick modulo 16 (a sequence with `c`
+tokens cached takes one when `c % 16 == 0`), and a heap of the tick at which each finishes.
+A step then costs O(prefill chunks + admissions + completions + preemptions), not O(batch), and
+schedules exactly what stepping sequence by sequence schedules (same tokens, contexts, pairs,
+blocks, preemption victims and completion order, so the same durations to the last bit). This
+relies on the running list holding its decoding sequences first, then those in prefill (a
+sequence admitted after another means the other got its whole remaining prompt that step); a
+state that breaks this is stepped sequence by sequence until it holds again.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 from hetserve.perf import Deployment
 
 BLOCK_TOKENS = 16
+_MASK = BLOCK_TOKENS - 1  # x % BLOCK_TOKENS == x & _MASK (a power of two)
 
 
 @dataclass(eq=False, slots=True)
@@ -35,7 +50,7 @@ class Request:
     output_tokens: int
     cls: int = -1  # request class (index into the model's classes; -1: none)
     replica: int = -1  # where the router sent it (-1: nowhere could hold it)
-    # progress
+    # progress (in a fast engine, of a decoding sequence: as of engine tick `mark`)
     computed: int = 0  # tokens whose KV is in cache
     generated: int = 0  # output tokens emitted
     blocks: int = 0
@@ -43,6 +58,10 @@ class Request:
     first_token: float = math.nan
     finish: float = math.nan
     preemptions: int = 0
+    # fast-engine bookkeeping: the tick `computed` and `generated` are as of, and the order of
+    # admission (-1: not in a running batch's decode set)
+    mark: int = field(default=0, init=False, repr=False)
+    serial: int = field(default=-1, init=False, repr=False)
 
     @property
     def target(self) -> int:
@@ -78,6 +97,11 @@ def _blocks(tokens: int) -> int:
 class Engine:
     """One replica. `add` requests, then `advance(until)` (virtual time) or `step(now)`."""
 
+    __slots__ = ("dep", "fast", "total_blocks", "free_blocks", "kv_limit", "waiting", "running",
+                 "clock", "steps", "busy_time", "kv_block_seconds", "preemptions",
+                 "last_finished", "_decoding", "_run", "_quiet", "_span", "_tick", "_nd", "_due",
+                 "_ctx", "_ends", "_serial", "_mixed", "_chunk", "_max_seqs")
+
     def __init__(self, dep: Deployment, kv_tokens: int | None = None, fast: bool = True) -> None:
         if not dep.fits:
             raise ValueError(f"{dep.label}: {dep.why_not()}")
@@ -94,9 +118,20 @@ class Engine:
         self.kv_block_seconds = 0.0  # KV blocks held, integrated over time
         self.preemptions = 0
         self.last_finished: list[Request] = []  # finished by the step that ended at `clock`
-        self._decoding = True  # every running sequence is past its prefill
+        self._decoding = True  # every running sequence is past its prefill (fast=False)
         self._run: tuple[int, int, int] | None | bool = False  # _steady's cache (False: stale)
         self._quiet = -1.0  # quiet_until's cache (< 0: stale)
+        self._span = 0.0  # ... and the steady run's duration (quiet_until - clock)
+        self._chunk = dep.chunk_tokens
+        self._max_seqs = dep.max_seqs
+        # the decode set of a fast engine: running[:_nd], every one decoding (module docstring)
+        self._tick = 0  # steps taken by the decode set
+        self._nd = 0
+        self._due = [0] * BLOCK_TOKENS  # [k]: members taking a new block at ticks = k mod 16
+        self._ctx = 0  # sum of (computed - mark) over members: contexts sum to this + nd * tick
+        self._ends: list[tuple[int, int, Request]] = []  # (finishing tick, serial, request)
+        self._serial = 0
+        self._mixed = False  # a prefilling sequence before a decoding one: step one by one
 
     @property
     def busy(self) -> bool:
@@ -112,23 +147,29 @@ class Engine:
         return req.input_tokens + req.output_tokens <= self.kv_limit
 
     def add(self, req: Request) -> None:
-        if not self.holds(req):
+        if req.input_tokens + req.output_tokens > self.kv_limit:
             raise ValueError(
                 f"request {req.id}: {req.input_tokens + req.output_tokens} tokens exceed the "
                 f"KV cache of {self.dep.label} ({self.kv_limit} tokens)"
             )
-        if not self.busy:
-            self.clock = max(self.clock, req.arrival)
+        if not (self.waiting or self.running) and req.arrival > self.clock:
+            self.clock = req.arrival
         self.waiting.append(req)
         self._run, self._quiet = False, -1.0
 
     # ---- virtual time ------------------------------------------------------------------
-    def advance(self, until: float, first_finish: bool = False) -> list[Request]:
+    def advance(self, until: float, first_finish: bool = False,
+                finished_only: bool = False) -> list[Request]:
         """Run every step that starts before `until` (with `first_finish`, stop after the first
-        step that finishes a request); return the requests they finish."""
+        step that finishes a request); return the requests they finish. With `finished_only`
+        (enough to count what is outstanding at `until`), stop short at steady decode steps
+        that finish nothing before `until`: taking them later in one run gives the same steps."""
         done: list[Request] = []
+        fast = self.fast
         while self.clock < until and (self.running or self.waiting):
-            if not (self.fast and self._decoding and self.running
+            if finished_only and fast and self._nd and self.quiet_until() >= until:
+                break
+            if not (fast and self._nd and self._nd == len(self.running)
                     and self._decode_run(until, done)):
                 dur, finished = self.step(self.clock)
                 if dur <= 0.0:
@@ -145,24 +186,29 @@ class Engine:
         if self._run is not False:
             return self._run
         self._run = None
-        running, dep = self.running, self.dep
-        batch = len(running)
-        if not (self.fast and self._decoding and running) or batch > dep.chunk_tokens:
+        batch = self._nd
+        if not (self.fast and batch and batch == len(self.running)) or batch > self._chunk:
             return None
-        if self.waiting and batch < dep.max_seqs:
+        if self.waiting and batch < self._max_seqs:
             head = self.waiting[0]
-            n = min(head.target - head.computed, dep.chunk_tokens - batch)
+            n = min(head.input_tokens + head.generated - head.computed, self._chunk - batch)
             if _blocks(head.computed + n) - head.blocks <= self.free_blocks:
                 return None  # the head could be admitted: a plain step does that
-        steps = min([r.output_tokens - r.generated for r in running])
-        # KV blocks: sequence r takes a new block at each step j with (c_r + j) % 16 == 0,
-        # so every 16 steps take `batch` blocks; within the last cycle, in order of offset.
+        ends, tick = self._ends, self._tick
+        while ends[0][1] != ends[0][2].serial:  # left by a preempted sequence
+            heappop(ends)
+        steps = ends[0][0] - tick  # to the first completion
+        # KV blocks: every 16 steps take `batch` blocks; within the last cycle, tick by tick.
         cycles, left = divmod(self.free_blocks, batch)
         if steps > 16 * cycles:
-            offsets = sorted([-r.computed % BLOCK_TOKENS for r in running])
-            steps = min(steps, 16 * cycles + offsets[left])
+            due = self._due
+            for j in range(BLOCK_TOKENS):
+                left -= due[(tick + j) & _MASK]
+                if left < 0:
+                    steps = min(steps, 16 * cycles + j)
+                    break
         if steps > 0:
-            self._run = (steps, batch, sum([r.computed for r in running]))
+            self._run = (steps, batch, self._ctx + batch * tick)
         return self._run
 
     def quiet_until(self) -> float:
@@ -170,8 +216,11 @@ class Engine:
         step may change the batch)."""
         if self._quiet < 0.0:
             run = self._steady()
-            self._quiet = self.clock if run is None else \
-                self.clock + self.dep.decode_run_seconds(run[1], run[2], run[0])
+            if run is None:
+                self._quiet = self.clock
+            else:
+                self._span = self.dep.decode_run_seconds(run[1], run[2], run[0])
+                self._quiet = self.clock + self._span
         return self._quiet
 
     def _decode_run(self, until: float, done: list[Request]) -> bool:
@@ -180,32 +229,265 @@ class Engine:
         if run is None:
             return False
         steps, batch, context = run
-        dep = self.dep
-        steps = dep.decode_steps_before(batch, context, until - self.clock, steps)
-        dur = dep.decode_run_seconds(batch, context, steps)
+        if 0.0 <= self._quiet <= until:  # the whole run (quiet_until has its duration)
+            dur = self._span
+        else:
+            dep = self.dep
+            steps = dep.decode_steps_before(batch, context, until - self.clock, steps)
+            dur = dep.decode_run_seconds(batch, context, steps)
         end = self.clock + dur
-        used = 0
-        finished = []
-        for r in self.running:
-            r.computed += steps
-            r.generated += steps
-            blocks = -(-r.computed // BLOCK_TOKENS)
-            used += blocks - r.blocks
-            r.blocks = blocks
-            if r.generated >= r.output_tokens:
-                r.finish = end
-                finished.append(r)
+        tick = self._tick
+        due = self._due
+        used = (steps >> 4) * batch
+        for j in range(steps & _MASK):
+            used += due[(tick + j) & _MASK]
         held = self.total_blocks - self.free_blocks
         self.kv_block_seconds += (held + used / 2.0) * dur  # blocks grow evenly over the run
         self.free_blocks -= used
-        self._retire(finished)
+        self._tick = tick = tick + steps
+        self._run, self._quiet = False, -1.0
+        ends = self._ends
+        finished = []
+        while ends and ends[0][0] <= tick:
+            _, serial, req = heappop(ends)
+            if serial == req.serial:
+                self._leave(req)
+                req.finish = end
+                finished.append(req)
+        if finished:
+            self._retire_decoders(finished)
+        self.last_finished = finished
         self.steps += steps
         self.busy_time += dur
         self.clock = end
         done += finished
         return True
 
+    # ---- the decode set of a fast engine --------------------------------------------------
+    def _join(self, req: Request) -> None:
+        """`req` (fields current, appended to the decode set's end) decodes from now on."""
+        tick, c = self._tick, req.computed
+        req.mark = tick
+        self._due[(tick - c) & _MASK] += 1
+        self._ctx += c - tick
+        heappush(self._ends, (tick + req.output_tokens - req.generated, req.serial, req))
+
+    def _leave(self, req: Request) -> None:
+        """Take `req` out of the decode set, its fields brought up to the current tick."""
+        tick = self._tick
+        d = tick - req.mark
+        c = req.computed + d
+        self._due[(req.mark - req.computed) & _MASK] -= 1
+        self._ctx -= req.computed - req.mark
+        req.computed = c
+        req.generated += d
+        req.blocks = -(-c // BLOCK_TOKENS)
+        req.mark = tick
+        req.serial = -1
+
+    def _retire_decoders(self, finished: list[Request]) -> None:
+        """Remove finished members of the decode set from running (their blocks free)."""
+        running = self.running
+        if len(finished) < 8:
+            for req in finished:
+                running.remove(req)
+        else:  # _leave marked them (serial -1); everything else running has a serial
+            running[:] = [r for r in running if r.serial >= 0]
+        freed = 0
+        for req in finished:
+            freed += req.blocks
+            req.blocks = 0
+        self.free_blocks += freed
+        self._nd -= len(finished)
+
+    def _settle(self) -> None:
+        """Bring every member of the decode set up to date and empty it."""
+        for req in self.running[:self._nd]:
+            self._leave(req)
+        self._nd = 0
+        self._ends = []
+
+    def _rebuild(self) -> None:
+        """Form the decode set from the running list (after a step taken one by one)."""
+        self._due = [0] * BLOCK_TOKENS
+        self._ctx = 0
+        self._ends = []
+        self._nd = 0
+        self._mixed = False
+        serial = self._serial
+        for req in self.running:
+            req.serial = serial
+            serial += 1
+        self._serial = serial
+        for k, req in enumerate(self.running):
+            if req.generated and req.input_tokens + req.generated - req.computed == 1:
+                if k == self._nd:
+                    self._join(req)
+                    self._nd += 1
+                else:
+                    self._mixed = True
+
     # ---- one step (both virtual and real time) -------------------------------------------
+    def step(self, now: float) -> tuple[float, list[Request]]:
+        """Schedule and run one step starting at `now`; returns (duration, finished)."""
+        if not self.fast:
+            return self._step_exact(now)
+        if self._mixed or self._nd > self._chunk:  # outside what the decode set represents
+            self._settle()
+            out = self._step_exact(now)
+            self._rebuild()
+            return out
+        return self._step_fast(now)
+
+    def _step_fast(self, now: float) -> tuple[float, list[Request]]:
+        """step() for a fast engine: the same schedule as _step_exact, with the decode set
+        served in bulk."""
+        self._run, self._quiet = False, -1.0
+        running = self.running
+        nd = self._nd
+        tick = self._tick
+        budget = self._chunk - nd  # every decoding sequence takes one token
+        need = self._due[tick & _MASK]  # ... and these a new block each
+        # sequences in prefill (after the decode set), in order, within the budget
+        plan: list[tuple[Request, int, int]] = []
+        for k in range(nd, len(running)):
+            if budget <= 0:
+                break
+            req = running[k]
+            c = req.computed
+            n = min(req.input_tokens + req.generated - c, budget)
+            g = -(-(c + n) // BLOCK_TOKENS) - req.blocks
+            plan.append((req, n, g))
+            need += g
+            budget -= n
+        free = self.free_blocks
+        if need > free:
+            # Not enough blocks: the newest running sequences are preempted, as many as the
+            # sequences before them need (serving in order, each shortage preempts the newest
+            # until the one being served fits or is itself the newest).
+            keep = len(running)
+            while need > free:
+                keep -= 1
+                req = running[keep]
+                if keep >= nd:
+                    free += req.blocks
+                    if keep - nd < len(plan):
+                        need -= plan[keep - nd][2]
+                else:
+                    self._leave(req)  # brings its blocks up to date
+                    free += req.blocks
+                    if not req.computed & _MASK:
+                        need -= 1
+            victims = running[keep:]
+            del running[keep:]
+            del plan[max(keep - nd, 0):]
+            if keep < nd:
+                nd = self._nd = keep
+            for req in victims:
+                req.blocks = 0
+                req.computed = 0
+                req.serial = -1
+                req.preemptions += 1
+            self.preemptions += len(victims)
+            self.waiting.extendleft(reversed(victims))
+            budget = self._chunk - nd
+            for _, n, _ in plan:
+                budget -= n
+        free -= need
+        for req, _, g in plan:
+            req.blocks += g
+        # admit waiting requests, first come first served
+        waiting = self.waiting
+        if waiting and budget > 0:
+            max_seqs = self._max_seqs
+            serial = self._serial
+            while waiting and budget > 0 and len(running) < max_seqs:
+                req = waiting[0]
+                c = req.computed
+                n = min(req.input_tokens + req.generated - c, budget)
+                g = -(-(c + n) // BLOCK_TOKENS) - req.blocks
+                if g > free:
+                    break
+                free -= g
+                req.blocks += g
+                waiting.popleft()
+                running.append(req)
+                req.serial = serial
+                serial += 1
+                if req.scheduled != req.scheduled:  # first admission (nan)
+                    req.scheduled = now
+                plan.append((req, n, g))
+                budget -= n
+            self._serial = serial
+        self.free_blocks = free
+        if not nd and not plan:
+            if now > self.clock:
+                self.clock = now
+            return 0.0, []
+        tokens = seqs = nd
+        decode_ctx = float(self._ctx + nd * tick)
+        pairs = chunk_pairs = 0.0
+        chunk = 0
+        for req, n, _ in plan:
+            tokens += n
+            c = req.computed
+            if req.generated and req.input_tokens + req.generated - c == 1:  # decode
+                decode_ctx += c
+                seqs += 1
+            else:  # prefill chunk; samples a token when it completes the context
+                p = n * (c + n / 2.0)
+                pairs += p
+                if n > chunk:
+                    chunk, chunk_pairs = n, p
+                if c + n == req.input_tokens + req.generated:
+                    seqs += 1
+        dur = self.dep.step_seconds(tokens, seqs, decode_ctx, pairs, chunk, chunk_pairs)
+        self.kv_block_seconds += (self.total_blocks - free) * dur
+        end = now + dur
+        self._tick = tick = tick + 1
+        finished: list[Request] = []
+        ends = self._ends
+        if nd and ends[0][0] <= tick:
+            while ends and ends[0][0] <= tick:
+                _, serial, req = heappop(ends)
+                if serial == req.serial:
+                    self._leave(req)
+                    req.finish = end
+                    finished.append(req)
+            if finished:
+                self._retire_decoders(finished)
+        if plan:
+            done_plan = []
+            prefilling = False
+            for req, n, _ in plan:
+                req.computed += n
+                if req.computed < req.input_tokens + req.generated:
+                    prefilling = True
+                    continue
+                req.generated += 1
+                if req.generated == 1:
+                    req.first_token = end
+                if req.generated >= req.output_tokens:
+                    req.finish = end
+                    done_plan.append(req)
+                elif prefilling:  # a decoding sequence after one in prefill
+                    self._mixed = True
+                else:
+                    self._join(req)
+                    self._nd += 1
+            if done_plan:
+                for req in done_plan:
+                    running.remove(req)
+                    self.free_blocks += req.blocks
+                    req.blocks = 0
+                finished += done_plan
+        self.last_finished = finished
+        self.steps += 1
+        self.busy_time += dur
+        self.clock = end
+        return dur, finished
+
+    # ---- one step, sequence by sequence (the reference) -----------------------------------
     def _preempt(self, victim: Request) -> None:
         self.running.remove(victim)
         self.free_blocks += victim.blocks
@@ -232,8 +514,7 @@ class Engine:
             req.blocks = 0
         self.last_finished = finished
 
-    def step(self, now: float) -> tuple[float, list[Request]]:
-        """Schedule and run one step starting at `now`; returns (duration, finished)."""
+    def _step_exact(self, now: float) -> tuple[float, list[Request]]:
         dep = self.dep
         budget = dep.chunk_tokens
         self._run, self._quiet = False, -1.0

@@ -13,6 +13,10 @@ in flight. Policies:
 - size-aware: needs no plan; the replica where the performance model predicts the request
   finishes first given its size and the replica's current batch.
 
+A fleet may also offer `least_loaded(replicas, req, now, turn)` (the same choice as the scan
+here, the scan starting at position `turn`) and `group_holds(group, req)`; the simulator's fleet
+does, to route without a call per replica.
+
 Each returns the replica index, or -1 when no replica can hold the request at all. Requests
 whose class the plan does not route, or that do not fit the groups the plan gives them, fall back
 to the least loaded replica that holds them.
@@ -46,6 +50,9 @@ class Router:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self._turn = 0
+        # a fleet may scan its replicas itself (the simulator's does, without a call per
+        # replica); the choice is the same
+        self._scan = getattr(fleet, "least_loaded", None)
 
     def route(self, req: Request, now: float) -> int:
         return self.least_loaded(range(len(self.fleet)), req, now)
@@ -53,16 +60,21 @@ class Router:
     def least_loaded(self, replicas: Sequence[int], req: Request, now: float) -> int:
         """The replica with the fewest outstanding requests among those that hold `req`; ties go
         round robin (the scan starts one further each call)."""
-        best, best_load = -1, 0
-        n = len(replicas)
         self._turn += 1
-        for k in range(n):
-            i = replicas[(k + self._turn) % n]
-            if not self.fleet.holds(i, req):
-                continue
-            load = self.fleet.load(i, now)
-            if best < 0 or load < best_load:
-                best, best_load = i, load
+        if self._scan is not None:
+            best = self._scan(replicas, req, now, self._turn)
+        else:
+            best, best_load = -1, 0
+            n = len(replicas)
+            for k in range(n):
+                i = replicas[(k + self._turn) % n]
+                if not self.fleet.holds(i, req):
+                    continue
+                load = self.fleet.load(i, now)
+                if best < 0 or load < best_load:
+                    best, best_load = i, load
+                    if not load:
+                        break  # none can have fewer
         if best < 0 and len(replicas) < len(self.fleet):
             return self.least_loaded(range(len(self.fleet)), req, now)
         return best
@@ -122,6 +134,7 @@ class PlanRouter(Router):
         super().__init__(fleet)
         self.shares = {c: [(g, s) for g, s in gs if s > 0] for c, gs in shares.items()}
         self.current = {c: [0.0] * len(gs) for c, gs in self.shares.items()}
+        self._group_holds = getattr(fleet, "group_holds", None)  # any replica holds it
 
     def pick_group(self, cls: int) -> int:
         """Smooth weighted round robin over the class's groups; -1 if the class is unplanned."""
@@ -139,14 +152,19 @@ class PlanRouter(Router):
         cur[best] -= total
         return groups[best][0]
 
+    def _holds(self, group: int, req: Request) -> bool:
+        if self._group_holds is not None:
+            return self._group_holds(group, req)
+        return any(self.fleet.holds(i, req) for i in self.fleet.groups[group])
+
     def route(self, req: Request, now: float) -> int:
         g = self.pick_group(req.cls)
         if g < 0:
             return super().route(req, now)
         replicas = self.fleet.groups[g]
-        if not any(self.fleet.holds(i, req) for i in replicas):  # too long for the group
+        if not self._holds(g, req):  # too long for the group
             for other, _ in self.shares[req.cls]:
-                if any(self.fleet.holds(i, req) for i in self.fleet.groups[other]):
+                if self._holds(other, req):
                     replicas = self.fleet.groups[other]
                     break
         return self.least_loaded(replicas, req, now)

@@ -42,18 +42,52 @@ class SimFleet:
         self.engines = list(engines)
         self.groups = [list(g) for g in groups]
         self.done: list[Request] = []
-
+        # the longest request (prompt + output tokens) some replica of each (fixed) group holds
+        self._group_limit = [max((self.engines[i].kv_limit for i in g), default=-1)
+                             for g in self.groups]
 
     def __len__(self) -> int:
         return len(self.engines)
 
     def load(self, replica: int, now: float) -> int:
         """Outstanding requests at `now`. An engine is only advanced when a request could
-        finish before `now`: advancing one that is merely decoding would cut its run short."""
+        finish before `now`, and then only past the steps that finish one: cutting a run of
+        steady decode steps at `now` would change nothing but add work."""
         engine = self.engines[replica]
         if engine.clock < now and engine.busy and engine.quiet_until() < now:
-            self.done += engine.advance(now)
+            self.done += engine.advance(now, finished_only=True)
         return engine.outstanding_at(now)
+
+    def least_loaded(self, replicas: Sequence[int], req: Request, now: float, turn: int) -> int:
+        """Router.least_loaded's choice (the scan starts at position `turn`), without a call per
+        replica: the first replica in scan order with the fewest outstanding requests at `now`
+        among those that hold `req`, or -1."""
+        engines = self.engines
+        size = req.input_tokens + req.output_tokens
+        n = len(replicas)
+        best, best_load = -1, 0
+        for k in range(n):
+            i = replicas[(k + turn) % n]
+            engine = engines[i]
+            if size > engine.kv_limit:
+                continue
+            clock = engine.clock
+            if clock < now and (engine.running or engine.waiting) \
+                    and engine.quiet_until() < now:
+                self.done += engine.advance(now, finished_only=True)
+                clock = engine.clock
+            load = len(engine.waiting) + len(engine.running)
+            if clock > now:  # finished by a step that ends after `now`
+                load += len(engine.last_finished)
+            if best < 0 or load < best_load:
+                best, best_load = i, load
+                if not load:
+                    break  # none can have fewer
+        return best
+
+    def group_holds(self, group: int, req: Request) -> bool:
+        """Whether some replica of the group holds the request (any `holds`)."""
+        return req.input_tokens + req.output_tokens <= self._group_limit[group]
 
     def holds(self, replica: int, req: Request) -> bool:
         return self.engines[replica].holds(req)
