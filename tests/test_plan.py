@@ -36,19 +36,24 @@ def test_small_8b_plan_is_cheapest_and_feasible():
 
 
 def test_multi_model_shares_availability():
-    plan = hetserve.make_plan([ModelRequest("llama-3.1-8b", "azure-code", 5.0),
-                          ModelRequest("llama-3.1-70b", "azure-conv", 2.0, tpot=0.1)],
-                         catalog=SMALL, available={"H100-SXM": 9, "L40S": 1})
+    models = [ModelRequest("llama-3.1-8b", "azure-code", 5.0),
+              ModelRequest("llama-3.1-70b", "azure-conv", 2.0, tpot=0.1)]
+    free = hetserve.make_plan(models, catalog=SMALL, baselines=False)
+    plan = hetserve.make_plan(models, catalog=SMALL, available={"H100-SXM": 2, "L40S": 1})
     check_plan(plan)
     assert {g.model for g in plan.groups} == {"llama-3.1-8b", "llama-3.1-70b"}
 
-    def used(acc):
-        return sum(g.devices_per_replica * g.replicas for g in plan.groups
-                   if g.accelerator == acc)
+    def used(p, acc, model=None):
+        return sum(g.devices_per_replica * g.replicas for g in p.groups
+                   if g.accelerator == acc and model in (None, g.model))
 
-    assert used("H100-SXM") <= 9 and used("L40S") <= 1
-    # the 70B's long prompts need 8 H100s; with one L40S left the 8B takes the ninth H100
-    assert used("H100-SXM") == 9
+    # without limits each model takes H100s (3 in all); two H100s go to the 70B, whose TP2
+    # replica they are, and the 8B moves to other types at a higher total cost
+    assert used(free, "H100-SXM") == 3 and used(free, "H100-SXM", "llama-3.1-8b") == 1
+    assert used(plan, "H100-SXM") == 2 and used(plan, "L40S") <= 1
+    assert used(plan, "H100-SXM", "llama-3.1-70b") == 2
+    assert used(plan, "H100-SXM", "llama-3.1-8b") == 0
+    assert plan.usd_per_hour > free.usd_per_hour
     assert plan.models[1].slo.tpot == 0.1
 
 
@@ -64,10 +69,15 @@ def test_throughput_objective_within_budget():
 def test_infeasibility_names_the_binding_constraint():
     with pytest.raises(HetserveError, match=r"budget is short by \$\d+\.\d\d/h"):
         hetserve.make_plan("llama-3.1-70b", rate=10, catalog=SMALL, budget=5.0)
-    with pytest.raises(HetserveError, match=r"availability: class .* needs a replica of at least "
-                       r"4 devices \(e.g. H100-SXM TP4\), and --available allows 2 x H100-SXM"):
+    with pytest.raises(HetserveError, match=r"no plan fits the availability: .* H100-SXM "
+                       r"short by \d+"):
         hetserve.make_plan("llama-3.1-70b", rate=10, catalog=SMALL.only(["H100-SXM"]),
-                      available={"H100-SXM": 2})
+                           available={"H100-SXM": 2})
+    with pytest.raises(HetserveError, match=r"availability: llama-3.1-70b needs a replica of at "
+                       r"least 2 devices \(e.g. H100-SXM TP2\), and --available allows 1 x "
+                       r"H100-SXM"):
+        hetserve.make_plan("llama-3.1-70b", rate=1, catalog=SMALL.only(["H100-SXM"]),
+                           available={"H100-SXM": 1})
     with pytest.raises(HetserveError, match=r"TPOT limit 3ms, the fastest .* needs"):
         hetserve.make_plan("llama-3.1-8b", rate=5, catalog=SMALL, tpot=0.003)
     with pytest.raises(HetserveError, match="throughput needs --budget"):

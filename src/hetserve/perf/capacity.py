@@ -1,29 +1,57 @@
 """Sustainable request rate of one replica per request class under TTFT/TPOT limits.
 
-Closed form for continuous batching with chunked prefill. With B sequences decoding, a decode
-step takes t_d(B) at their mean context (prompt + half the output). A new request's prefill
-rides in those steps and lengthens them by D(B) in total (its marginal cost). At rate X,
-a share X*D of time goes to prefill work, so
+The closed form is the steady state of the engine the simulator runs (hetserve.sim.engine:
+continuous batching, chunked prefill within a token budget C = max_num_batched_tokens). For a
+class with prompt I and output O tokens arriving at X req/s, let tau be the mean step time and
+k = X * tau the mean number of arrivals per step. Then, per step on average,
 
-    ITL(B)  = t_d / (1 - X*D),  and Little's law  B = X * O * ITL   give
-    X(B)    = B / (O * t_d + B * D)           (requests/s)
-    ITL(B)  = t_d + B * D / O                  (mean time per output token)
-    TTFT(B) = t_d (wait for the running step) + prefill steps + rho/(1-rho) * D  (queue, p90-ish)
+    B = k (O - 1)       sequences decode (Little's law: each decodes for O - 1 steps)
+    P = k I             prompt tokens are prefilled, out of a budget C - B left by the decodes
 
-The capacity is the largest X(B) over batch sizes whose ITL and TTFT meet the limits and whose
-KV cache (B * mean context) fits. Queueing tails beyond this are what the simulator checks.
+A prompt spans s = ceil(I / (C - B)) steps, so a share p = min(1, k s) of steps carry prefill,
+n = P / p tokens each. Steps come in two kinds, timed by the same step physics as the simulator
+(Deployment.step_time: compute and memory rooflines per operator, TP/PP communication, host):
+
+    t0 = step(B decodes)          t1 = step(B decodes + n prompt tokens)
+    tau = (1 - p) t0 + p t1        X = k / tau
+
+Prompt tokens are never free: they cost compute in t1 once they exceed what the weight reads of
+the step hide, and every token of every step is bounded by both rooflines, so X never exceeds
+what the hardware can do. What a request sees at rate X:
+
+- TPOT: its O - 1 decode steps are t1 with probability p; its p90 mean step is t0 + (t1 - t0) q
+  with q the 90th percentile of the share of its steps that carry prefill (normal
+  approximation of the binomial, so short outputs see the full swing).
+- TTFT: the step under way when it arrives (length-biased: E[t^2] / E[t]), the wait for prefill
+  budget (an M/M/1 90th percentile at budget utilisation rho = P / (C - B), one prompt holding
+  I / (C - B) of a step), and its own s prefill steps of t1.
+
+Capacity is the largest X over a grid of k whose p90 TTFT and TPOT meet the limits and whose
+decoding batch (with Poisson headroom) and prompts in flight fit max_num_seqs and the KV cache.
+It is monotone in the hardware: a deployment whose every step is no slower and whose KV cache is
+no smaller sustains at least the same rate.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from hetserve.errors import positive
-from hetserve.perf.model import Deployment
+from hetserve.perf.model import Deployment, prompt_compute_time, step_time
 
-BATCH_Z = 2.33  # headroom for the batch: its 99th percentile under Poisson fluctuation
+P90_Z = 1.2816  # the standard normal's 90th percentile
+BATCH_Z = P90_Z  # headroom for the decoding batch: its 90th percentile under Poisson fluctuation
+GRID = 12  # points of the coarse pass over the load
+GRID_SPAN = 1e-6  # the coarse pass spans [GRID_SPAN, 1] x the largest load that fits a step
+WINDOW_ITERATIONS = 3  # of the decode window's fixed point
+BISECTIONS = 16  # halvings of the log-load interval after the coarse pass (to ~2e-5)
+DEPLOYMENT_BATCH = 48  # deployments per vectorised pass (bounds the arrays' memory)
+POISSON_WIDTH = 32  # counts of prompt chunks per step evaluated
+POISSON_EXACT = 12.0  # means up to this use the exact Poisson pmf, larger ones a normal
 
 
 @dataclass(frozen=True)
@@ -43,63 +71,247 @@ class Capacity:
     """Per class (arrays aligned with the classes given)."""
 
     rate: np.ndarray  # req/s one replica sustains within the SLO (0: cannot)
-    batch: np.ndarray  # decode batch at that rate
-    ttft: np.ndarray  # predicted TTFT at that rate (s)
-    tpot: np.ndarray  # predicted mean time per output token at that rate (s)
+    batch: np.ndarray  # mean decoding batch at that rate
+    ttft: np.ndarray  # predicted p90 TTFT at that rate (s)
+    tpot: np.ndarray  # predicted p90 TPOT at that rate (s)
     best_ttft: np.ndarray  # TTFT of a request alone on an idle replica (the floor)
     best_tpot: np.ndarray  # TPOT of a request alone (the floor; 0 for one-token outputs)
     reason: tuple[str, ...]  # why the rate is 0 ('' where it is not)
 
 
+@dataclass(frozen=True)
+class SteadyState:
+    """The engines at a load, per (deployment, load, class) (arrays broadcast)."""
+
+    rate: np.ndarray  # X = k / tau, req/s
+    batch: np.ndarray  # B, mean decoding sequences
+    tpot: np.ndarray  # p90 TPOT, s
+    ttft: np.ndarray  # p90 TTFT, s
+    fits: np.ndarray  # decoding batch, prompts in flight and budget fit the engine
+
+
+@dataclass(frozen=True)
+class Engines:
+    """Deployments side by side: what the steady state needs of each, as arrays over a leading
+    axis (shaped to broadcast against [deployment, ...] arrays)."""
+
+    coefficients: tuple[np.ndarray, ...]
+    pp: np.ndarray
+    budget: np.ndarray  # max_num_batched_tokens
+    max_seqs: np.ndarray
+    kv_tokens: np.ndarray
+
+    @classmethod
+    def of(cls, deps: Sequence[Deployment]) -> Engines:
+        def col(values) -> np.ndarray:
+            return np.asarray(values, dtype=np.float64)
+
+        return cls(tuple(col(c) for c in zip(*(d.coefficients for d in deps), strict=True)),
+                   col([d.pp for d in deps]), col([d.chunk_tokens for d in deps]),
+                   col([d.max_seqs for d in deps]), col([d.kv_capacity_tokens for d in deps]))
+
+    def shaped(self, ndim: int) -> Engines:
+        """Each array as [deployments, 1, ...] with `ndim` axes in all."""
+        def fit(a: np.ndarray) -> np.ndarray:
+            return a.reshape(a.shape[:1] + (1,) * (ndim - 1))
+
+        return Engines(tuple(fit(c) for c in self.coefficients), fit(self.pp),
+                       fit(self.budget), fit(self.max_seqs), fit(self.kv_tokens))
+
+    def step_time(self, *args):
+        return step_time(self.coefficients, self.pp, *args)
+
+
+def steady_state(engines: Engines, load, inp, out) -> SteadyState:
+    """The engines' steady state when `load` prompt chunks arrive per step (the mean of a
+    Poisson count, before the token budget caps a step) for classes of `inp` prompt and `out`
+    output tokens. `load`, `inp` and `out` broadcast to [deployment, ...] arrays."""
+    lam, inp, out = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64)
+                                          for a in (load, inp, out)))
+    eng = engines.shaped(lam.ndim)
+    per_count = engines.shaped(lam.ndim + 1)  # with the Poisson count's axis
+    decode_steps = np.maximum(out - 1.0, 0.0)
+    # the budget left by the decoding batch sets the chunk size, and the batch depends on the
+    # rate: two passes of the fixed point, starting from an empty batch
+    batch = np.zeros_like(lam)
+    counts, pmf = _poisson(lam)  # [..., J]
+    for _ in range(2):
+        free = np.maximum(eng.budget - batch, 1.0)
+        spans = np.ceil(inp / free)  # steps one prompt's prefill spans
+        chunk = inp / spans
+        tokens = np.minimum(counts * chunk[..., None], free[..., None])  # prompt tokens a step
+        k = (pmf * tokens).sum(-1) / inp  # prompts per step: what the steps prefill
+        batch = k * decode_steps
+    room = eng.budget - batch >= 1.0
+    context = batch * (inp + out / 2.0)
+    b_, c_, ctx_, in_ = batch[..., None], chunk[..., None], context[..., None], inp[..., None]
+
+    def timed(tokens):  # step times with `tokens` prompt tokens beside the decoding batch
+        part = np.minimum(tokens, c_)
+        return per_count.step_time(b_ + tokens, b_ + tokens / in_, ctx_, tokens * in_ / 2.0,
+                                   part, part * part / 2.0)
+
+    steps = timed(tokens)
+    tau = (pmf * steps).sum(-1)
+    rate = k / tau
+    idle = eng.step_time(batch, batch, context)  # a step without prompt tokens
+    busy = pmf[..., 1:].sum(-1)
+    prefill_step = np.where(busy > 0, (pmf * steps)[..., 1:].sum(-1) / np.maximum(busy, 1e-300),
+                            steps[..., -1])
+    # prefill as a queue: a prompt holds the engine for the compute its tokens need (what no
+    # weight read hides once steps are compute-bound), a share rho of the time at rate X; its
+    # p90 wait is half the M/M/1 one (service times are nearly fixed)
+    service = prompt_compute_time(eng.coefficients, inp)
+    rho = rate * service
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait = np.where(rho < 1.0, service * np.maximum(0.0, np.log(10.0 * rho))
+                        / (2.0 * (1.0 - rho)), np.inf)
+        typical_wait = idle / 2.0 + np.where(rho < 1.0, rho * service / (2.0 * (1.0 - rho)),
+                                             np.inf)
+    ttft = idle + wait + spans * prefill_step
+    # TPOT: a request's decode window is its m decode steps. The prompts prefilled during it
+    # are those that arrived while it waited and was prefilled (its typical TTFT, not the p90
+    # one) and those arriving during the window; their count is Poisson. At its 90th
+    # percentile, spread over the window's steps as a Poisson count per step, the steps are
+    # timed by the same physics (a fixed point: a longer window gathers more prompts).
+    m = np.maximum(decode_steps, 1.0)
+    window = m * tau
+    for _ in range(WINDOW_ITERATIONS):
+        prompts = _poisson_p90(rate * (typical_wait + spans * prefill_step + window))
+        counts, pmf = _poisson(np.where(np.isfinite(prompts), prompts * spans / m, 0.0))
+        steps = timed(np.minimum(counts * chunk[..., None], free[..., None]))
+        window = np.where(np.isfinite(prompts), m * (pmf * steps).sum(-1), np.inf)
+    tpot = np.where(out > 1.0, window / m, 0.0)
+    rho_budget = k * inp / free  # of the prefill token budget
+    in_flight = batch + BATCH_Z * np.sqrt(batch) + k * spans  # decoding + prompts being filled
+    kv = (batch + BATCH_Z * np.sqrt(batch)) * (inp + out / 2.0) + k * spans * inp
+    fits = room & (rho_budget < 1.0) & (rho < 1.0) & (in_flight <= eng.max_seqs) \
+        & (kv <= eng.kv_tokens)
+    return SteadyState(rate, batch, tpot, ttft, fits)
+
+
+def _p90_thresholds(top: int = 40) -> np.ndarray:
+    """thresholds[n]: the mean above which a Poisson count's 90th percentile exceeds n."""
+    out = []
+    for n in range(top):
+        lo, hi = 0.0, 4.0 * n + 8.0
+        for _ in range(60):  # P(N <= n; mu) falls as mu grows: find where it crosses 0.9
+            mid = (lo + hi) / 2.0
+            term = total = math.exp(-mid)
+            for j in range(1, n + 1):
+                term *= mid / j
+                total += term
+            lo, hi = (mid, hi) if total >= 0.9 else (lo, mid)
+        out.append(lo)
+    return np.array(out)
+
+
+P90_THRESHOLDS = _p90_thresholds()
+
+
+def _poisson_p90(mu: np.ndarray) -> np.ndarray:
+    """The 90th percentile of a Poisson(mu) count (exact up to mu = 30, normal beyond)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    exact = np.searchsorted(P90_THRESHOLDS, mu, side="left").astype(np.float64)
+    return np.where(mu > 30.0, np.ceil(mu + P90_Z * np.sqrt(mu)), exact)
+
+
+def _poisson(lam: np.ndarray, width: int = POISSON_WIDTH) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and probabilities of a Poisson(lam): exact from 0 to width - 1 for a mean up to
+    POISSON_EXACT (4 sigma inside the window), a normal over +-4 sigma beyond."""
+    lam = np.maximum(np.asarray(lam, dtype=np.float64), 0.0)
+    big = (lam > POISSON_EXACT)[..., None]
+    small = np.arange(1.0, float(width))  # counts past zero
+    sigma = np.sqrt(lam)[..., None]
+    counts = np.where(big, lam[..., None] + sigma * np.linspace(-4.0, 4.0, width),
+                      np.arange(float(width)))
+    # exact: each count is lam / count times as likely as the one before
+    ratio = np.minimum(lam[..., None], POISSON_EXACT) / small
+    exact = np.concatenate([np.ones(lam.shape + (1,)), np.cumprod(ratio, -1)], -1)
+    normal = np.exp(-((counts - lam[..., None]) ** 2) / (2.0 * np.maximum(lam[..., None],
+                                                                         1e-300)))
+    pmf = np.where(big, normal, exact)
+    return counts, pmf / pmf.sum(-1, keepdims=True)
+
+
 def class_capacity(dep: Deployment, mean_input, mean_output, slo: SLO) -> Capacity:
-    inp = np.atleast_1d(np.asarray(mean_input, dtype=np.float64))[None, :]
-    out = np.atleast_1d(np.asarray(mean_output, dtype=np.float64))[None, :]
-    n = inp.shape[1]
-    if not dep.fits:
-        zero = np.zeros(n)
-        inf = np.full(n, np.inf)
-        return Capacity(zero, zero, inf, inf, inf, inf, (dep.why_not() or "",) * n)
-    b = np.arange(1, dep.max_seqs + 1, dtype=np.float64)[:, None]
-    ctx = inp + out / 2.0
-    t_d = dep.decode_step_time(b, ctx)
-    chunks = np.ceil(inp / dep.chunk_tokens)
-    prefill_steps = dep.prefill_time(inp, b, ctx)
-    extra = np.maximum(prefill_steps - chunks * t_d, 0.0)
-    rate = b / (out * t_d + b * extra)
-    itl = t_d + b * extra / out
-    rho = np.minimum(rate * extra, 0.999)
-    ttft = t_d + prefill_steps + rho / (1.0 - rho) * extra
-    # the number of requests in flight fluctuates around its mean B (Poisson for independent
-    # arrivals): B + Z sqrt(B) must fit the sequence limit and the KV cache, or the overflow
-    # queues or is preempted
-    peak = b + BATCH_Z * np.sqrt(b)
-    kv_ok = (peak * ctx <= dep.kv_capacity_tokens) & (peak <= dep.max_seqs)
-    one_fits = (inp + out <= min(dep.kv_capacity_tokens, dep.model.max_context))[0]
-    tpot_ok = (itl <= slo.tpot) | (out <= 1)
-    ok = kv_ok & tpot_ok & (ttft <= slo.ttft) & one_fits[None, :]
-    masked = np.where(ok, rate, 0.0)
-    best = np.argmax(masked, axis=0)
-    cols = np.arange(n)
-    feasible = ok.any(axis=0)
-    alone_ttft = np.broadcast_to(dep.prefill_time(inp[0]), (n,))  # a request on an idle replica
-    alone_tpot = dep.decode_step_time(1.0, ctx[0])
-    reasons = tuple("" if feasible[j] else _reason(dep, slo, j, inp[0, j], out[0, j], ctx[0, j],
-                                                   one_fits[j], alone_ttft[j], alone_tpot[j],
-                                                   kv_ok[0, j], ttft[0, j], itl[0, j])
-                    for j in range(n))
-    return Capacity(
-        rate=np.where(feasible, masked[best, cols], 0.0),
-        batch=np.where(feasible, b[best, 0], 0.0),
-        ttft=np.where(feasible, ttft[best, cols], np.inf),
-        tpot=np.where(feasible, itl[best, cols], np.inf),
-        best_ttft=np.array(alone_ttft, dtype=np.float64),
-        best_tpot=np.where(out[0] > 1, alone_tpot, 0.0),
-        reason=reasons,
-    )
+    return class_capacities([dep], mean_input, mean_output, slo)[0]
 
 
-def _reason(dep: Deployment, slo: SLO, j: int, inp: float, out: float, ctx: float, fits: bool,
-            alone_ttft: float, alone_tpot: float, kv_ok: bool, ttft1: float, itl1: float) -> str:
+def class_capacities(deps: Sequence[Deployment], mean_input, mean_output, slo: SLO
+                     ) -> list[Capacity]:
+    """class_capacity of each deployment, computed side by side (one vectorised pass per
+    DEPLOYMENT_BATCH deployments)."""
+    inp = np.atleast_1d(np.asarray(mean_input, dtype=np.float64))
+    out = np.atleast_1d(np.asarray(mean_output, dtype=np.float64))
+    n = len(inp)
+    results: list[Capacity | None] = [None] * len(deps)
+    fitting = []
+    for i, dep in enumerate(deps):
+        if dep.fits:
+            fitting.append(i)
+        else:
+            zero, inf = np.zeros(n), np.full(n, np.inf)
+            results[i] = Capacity(zero, zero, inf, inf, inf, inf, (dep.why_not() or "",) * n)
+    for start in range(0, len(fitting), DEPLOYMENT_BATCH):
+        chosen = fitting[start:start + DEPLOYMENT_BATCH]
+        for i, cap in zip(chosen, _capacities([deps[i] for i in chosen], inp, out, slo),
+                          strict=True):
+            results[i] = cap
+    return results  # type: ignore[return-value]
+
+
+def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: SLO
+                ) -> list[Capacity]:
+    engines = Engines.of(deps)
+    n = len(inp)
+    limit = np.array([min(d.kv_capacity_tokens, d.model.max_context) for d in deps])[:, None]
+    one_fits = inp[None, :] + out[None, :] <= limit  # [D, n]
+
+    def feasible_rates(load):  # load: [D, ..., n]
+        shape = (1,) * (load.ndim - 1)
+        st = steady_state(engines, load, inp.reshape(shape + (n,)), out.reshape(shape + (n,)))
+        fits = one_fits.reshape(one_fits.shape[:1] + (1,) * (load.ndim - 2) + (n,))
+        ok = st.fits & (st.ttft <= slo.ttft) & ((st.tpot <= slo.tpot) | (out <= 1)) & fits
+        return st, np.where(ok, st.rate, 0.0)
+
+    # chunk arrivals per step up to what fills the budget (decodes within max_num_seqs): a
+    # coarse pass over six decades, then bisection to the edge of the feasible loads above the
+    # best coarse point (the rate rises with the load until a limit binds)
+    budget, seqs = engines.budget[:, None], engines.max_seqs[:, None]
+    top = np.minimum(budget / np.minimum(inp, budget), seqs / np.maximum(out - 1.0, 1.0)) \
+        * np.ceil(inp / budget)  # [D, n]
+    coarse = np.geomspace(GRID_SPAN, 1.0, GRID)[None, :, None] * top[:, None, :]  # [D, K, n]
+    _, rates = feasible_rates(coarse)
+    best = np.argmax(rates, axis=1)  # [D, n]
+    pick = np.take_along_axis
+    feasible = pick(rates, best[:, None, :], 1)[:, 0, :] > 0
+    lo = pick(coarse, best[:, None, :], 1)[:, 0, :]
+    hi = pick(coarse, np.minimum(best + 1, GRID - 1)[:, None, :], 1)[:, 0, :]  # top: no more
+    for _ in range(BISECTIONS):
+        mid = np.sqrt(lo * hi)
+        up = feasible_rates(mid)[1] > 0
+        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
+    st, rates = feasible_rates(lo)
+    feasible &= rates > 0
+    light = steady_state(engines, coarse[:, 0, :], inp[None, :], out[None, :])  # lightest load
+    out_list = []
+    for i, dep in enumerate(deps):
+        alone_ttft = np.asarray(dep.prefill_time(inp), dtype=np.float64)
+        alone_tpot = np.where(out > 1, dep.decode_step_time(1.0, inp + out / 2.0), 0.0)
+        reasons = tuple("" if feasible[i, j] else _reason(
+            dep, slo, inp[j], out[j], one_fits[i, j], alone_ttft[j], alone_tpot[j],
+            light.fits[i, j], light.ttft[i, j], light.tpot[i, j]) for j in range(n))
+        ok = feasible[i]
+        out_list.append(Capacity(
+            rate=np.where(ok, rates[i], 0.0), batch=np.where(ok, st.batch[i], 0.0),
+            ttft=np.where(ok, st.ttft[i], np.inf), tpot=np.where(ok, st.tpot[i], np.inf),
+            best_ttft=alone_ttft, best_tpot=alone_tpot, reason=reasons))
+    return out_list
+
+
+def _reason(dep: Deployment, slo: SLO, inp: float, out: float, fits: bool, alone_ttft: float,
+            alone_tpot: float, light_fits: bool, light_ttft: float, light_tpot: float) -> str:
     """Why a class gets no capacity on `dep`: the first limit that binds, with its numbers."""
     if not fits:
         limit = min(dep.kv_capacity_tokens, dep.model.max_context)
@@ -108,12 +320,11 @@ def _reason(dep: Deployment, slo: SLO, j: int, inp: float, out: float, ctx: floa
         return f"TTFT {alone_ttft:.3g}s for a request alone > limit {slo.ttft:.3g}s"
     if out > 1 and alone_tpot > slo.tpot:
         return f"TPOT {alone_tpot * 1e3:.3g}ms for a request alone > limit {slo.tpot * 1e3:.3g}ms"
-    if not kv_ok:
-        peak = 1 + BATCH_Z
-        return (f"KV headroom: one running request with burst headroom needs {peak:.2f} x "
-                f"{ctx:.0f} = {peak * ctx:.0f} tokens, the KV cache holds {dep.kv_capacity_tokens}")
-    if ttft1 > slo.ttft:
-        return (f"TTFT {ttft1:.3g}s at the lightest load > limit {slo.ttft:.3g}s (alone: "
-                f"{alone_ttft:.3g}s)")
-    return (f"TPOT {itl1 * 1e3:.3g}ms at the lightest load (prefill interleaved) > limit "
-            f"{slo.tpot * 1e3:.3g}ms (alone: {alone_tpot * 1e3:.3g}ms)")
+    if not light_fits:
+        return (f"KV cache: {dep.kv_capacity_tokens} tokens hold too few {inp + out:.0f}-token "
+                "requests with headroom for bursts")
+    if light_ttft > slo.ttft:
+        return (f"TTFT {light_ttft:.3g}s at the lightest load > limit {slo.ttft:.3g}s "
+                f"(alone: {alone_ttft:.3g}s)")
+    return (f"TPOT {light_tpot * 1e3:.3g}ms at the lightest load (prefill interleaved) > "
+            f"limit {slo.tpot * 1e3:.3g}ms (alone: {alone_tpot * 1e3:.3g}ms)")

@@ -10,7 +10,7 @@ import numpy as np
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError
 from hetserve.models import ModelSpec
-from hetserve.perf.capacity import SLO, Capacity, class_capacity
+from hetserve.perf.capacity import SLO, Capacity, class_capacities
 from hetserve.perf.model import TP_DEGREES, Deployment
 from hetserve.workload import Workload
 
@@ -111,7 +111,7 @@ def estimate(
         raise HetserveError(f"{model.name} fits no accelerator in the catalog at TP<=8 ({reasons})")
     inp = np.array([c.mean_input for c in workload.classes])
     out = np.array([c.mean_output for c in workload.classes])
-    caps = tuple(class_capacity(d, inp, out, slo) for d in configs)
+    caps = tuple(class_capacities(configs, inp, out, slo))
     rate = np.vstack([c.rate for c in caps])
     price = np.array([d.usd_per_hour for d in configs])[:, None]
     with np.errstate(divide="ignore"):

@@ -46,6 +46,25 @@ MIN_KV_TOKENS = 2048  # a deployment must hold at least this many tokens of KV c
 TP_DEGREES = (1, 2, 4, 8)  # tensor parallelism stays inside one node
 
 
+def step_time(coefficients, pp, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0, chunk=0.0,
+              chunk_pairs=0.0):
+    """Deployment.step_time for its `coefficients` and `pp` (numbers, or arrays over many
+    deployments that broadcast with the step's arrays)."""
+    a_t, a_s, w, f, b, c0, c1, h0, h1 = coefficients
+    return (np.maximum(np.maximum(a_t * tokens + a_s * seqs, pp * a_t * chunk), w)
+            + np.maximum(np.maximum(f * (decode_ctx + prefill_pairs), pp * f * chunk_pairs),
+                         b * (decode_ctx + tokens))
+            + c0 + np.maximum(c1 * tokens, pp * c1 * chunk) + h0 + h1 * seqs)
+
+
+def prompt_compute_time(coefficients, prompt):
+    """Seconds of compute one prompt's prefill needs beyond any step it rides in: its linear
+    layers, attention and TP/PP communication at the compute roofline (no weight read, no step
+    overhead). Never more on a deployment with more FLOPS."""
+    a_t, a_s, w, f, b, c0, c1, h0, h1 = coefficients
+    return a_t * prompt + a_s + f * prompt * prompt / 2.0 + c1 * prompt
+
+
 @dataclass(frozen=True)
 class Deployment:
     """One replica: `model` on tp x pp devices of `accelerator`."""
@@ -188,13 +207,8 @@ class Deployment:
                        sequence's chunk is one micro-batch and passes the stages in turn: its
                        compute and communication are not divided by PP.
         """
-        tokens = np.asarray(tokens, dtype=np.float64)
-        a_t, a_s, w, f, b, c0, c1, h0, h1 = self.coefficients
-        pp = self.pp
-        return (np.maximum(np.maximum(a_t * tokens + a_s * seqs, pp * a_t * chunk), w)
-                + np.maximum(np.maximum(f * (decode_ctx + prefill_pairs), pp * f * chunk_pairs),
-                             b * (decode_ctx + tokens))
-                + c0 + np.maximum(c1 * tokens, pp * c1 * chunk) + h0 + h1 * seqs)
+        return step_time(self.coefficients, self.pp, np.asarray(tokens, dtype=np.float64), seqs,
+                         decode_ctx, prefill_pairs, chunk, chunk_pairs)
 
     def step_seconds(self, tokens: float, seqs: float, decode_ctx: float = 0.0,
                      prefill_pairs: float = 0.0, chunk: float = 0.0,

@@ -10,7 +10,8 @@ import numpy as np
 
 from hetserve.catalog import Catalog
 from hetserve.models import ModelSpec
-from hetserve.perf import SLO, Deployment, class_capacity
+from hetserve.perf import SLO, Deployment
+from hetserve.perf.capacity import class_capacities
 from hetserve.perf.model import TP_DEGREES
 from hetserve.workload import Workload
 
@@ -69,7 +70,7 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
     where given, before dominated configs are dropped."""
     inp = np.array([c.mean_input for c in demand.workload.classes])
     out = np.array([c.mean_output for c in demand.workload.classes])
-    cfgs = []
+    deps = []
     for acc in catalog:
         available = catalog.availability(acc.name)
         for tp in TP_DEGREES:
@@ -78,17 +79,19 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
                         (available is not None and tp * pp > available):
                     continue
                 dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype)
-                if not dep.fits:
-                    continue
-                cap = class_capacity(dep, inp, out, demand.slo).rate
-                cfg = Config(demand.model.name, dep, cap)
-                if derate:  # by name, else the "*" entry; then "name|class" per class
-                    scale = derate.get(cfg.name, derate.get("*", 1.0))
-                    per_class = [derate.get(f"{cfg.name}|{c.name}", 1.0)
-                                 for c in demand.workload.classes]
-                    cfg = Config(cfg.model, dep, cap * scale * np.array(per_class))
-                if cap.max() > 0:
-                    cfgs.append(cfg)
+                if dep.fits:
+                    deps.append(dep)
+    cfgs = []
+    for dep, capacity in zip(deps, class_capacities(deps, inp, out, demand.slo), strict=True):
+        cap = capacity.rate
+        cfg = Config(demand.model.name, dep, cap)
+        if derate:  # by name, else the "*" entry; then "name|class" per class
+            scale = derate.get(cfg.name, derate.get("*", 1.0))
+            per_class = [derate.get(f"{cfg.name}|{c.name}", 1.0)
+                         for c in demand.workload.classes]
+            cfg = Config(cfg.model, dep, cap * scale * np.array(per_class))
+        if cap.max() > 0:
+            cfgs.append(cfg)
     if keep_dominated:
         return cfgs
     return [c for c, dom in zip(cfgs, _dominated(cfgs), strict=True) if not dom]

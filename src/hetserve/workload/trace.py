@@ -37,9 +37,9 @@ class Trace:
 
     @property
     def duration(self) -> float:
-        """Seconds from first to last arrival (a single request counts as one second)."""
+        """Seconds from first to last arrival; a trace shorter than a second counts as one."""
         span = float(self.arrivals[-1] - self.arrivals[0]) if len(self) > 1 else 0.0
-        return span if span > 0 else 1.0
+        return max(span, 1.0)
 
     @property
     def rate(self) -> float:
