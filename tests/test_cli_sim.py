@@ -93,4 +93,4 @@ def test_plan_verify_prints_rounds_and_records_them(tmp_path):
     v = plan["verification"]
     assert v["rounds"] == len(lines) and v["target"] == 0.99 and v["derate"]
     assert v["slo_attainment"] >= 0.99  # reached within the rounds on this workload
-    assert all(0 < f < 1 for f in v["derate"].values())
+    assert all(0 < f <= 1 for f in v["derate"].values())  # never past the closed form

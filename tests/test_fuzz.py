@@ -538,7 +538,8 @@ CASES = [
     Case("plan-file/share-unknown-class", sim_plan(_share_unknown_class), (FILE, "in9-9")),
     Case("plan-file/duplicate-group-ids", sim_plan(lambda d: _second_group(d, _g(d)["id"], 0.5)),
          (FILE, "id")),
-    Case("plan-file/devices-not-tp-x-pp", sim_plan(lambda d: _reshape(d, devices_per_replica=2)),
+    Case("plan-file/devices-not-tp-x-pp", sim_plan(lambda d: _reshape(
+        d, devices_per_replica=_g(d)["tp"] * _g(d)["pp"] + 1)),
          (FILE, "devices_per_replica")),
     Case("plan-file/tp-3", sim_plan(lambda d: _reshape(d, tp=3, devices_per_replica=3)),
          (FILE, "tp")),

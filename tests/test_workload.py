@@ -62,3 +62,20 @@ def test_synthetic_is_poisson_and_lognormal():
     assert t.rate == pytest.approx(10.0, rel=0.03)
     assert np.median(t.input_tokens) == pytest.approx(500, rel=0.05)
     assert np.median(t.output_tokens) == pytest.approx(100, rel=0.05)
+
+
+def test_fluid_queue_and_burst_factor():
+    from hetserve.workload.burst import burst_factor, fluid_waits
+
+    rng = np.random.default_rng(1)
+    arrivals = np.sort(rng.uniform(0, 100, 500))
+    backlog, last, expected = 0.0, arrivals[0], []
+    for t in arrivals:  # the recursion: drain at rate 6 since the last arrival, add one
+        backlog = max(0.0, backlog - 6.0 * (t - last)) + 1.0
+        last = t
+        expected.append((backlog - 1.0) / 6.0)
+    assert fluid_waits(arrivals, 6.0) == pytest.approx(expected, abs=1e-12)
+    poisson = np.cumsum(rng.exponential(0.1, 5000))
+    assert 1.0 <= burst_factor(poisson, 1.0, 0.99, seed=3) < 1.15
+    bunched = np.repeat(np.arange(0.0, 500.0, 10.0), 100)  # 100 at once every 10 s
+    assert burst_factor(bunched, 1.0, 0.99) > 5

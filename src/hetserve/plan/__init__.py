@@ -17,6 +17,12 @@ from hetserve.plan.configs import ModelDemand
 from hetserve.plan.planfile import Plan, load_plan
 from hetserve.plan.planner import solve_plan
 from hetserve.workload import ClassGrid, classify, load_trace
+from hetserve.workload.burst import burst_factor
+
+# Bursts: plan for the service rate at which 99% of requests would wait at most half the TTFT
+# limit in a fluid queue fed by the trace, relative to Poisson arrivals (workload.burst)
+BURST_SLACK = 0.5
+BURST_QUANTILE = 0.99
 
 __all__ = ["ModelRequest", "Plan", "load_plan", "model_demands", "parse_model_request", "plan",
            "plan_catalog", "solve_plan"]
@@ -80,7 +86,9 @@ def model_demands(
         wl = classify(trace, grid, req.rate if req.rate is not None else rate)
         slo = SLO(req.ttft if req.ttft is not None else ttft,
                   req.tpot if req.tpot is not None else tpot)
-        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices))
+        arrivals = trace.arrivals * (trace.rate / wl.rate)  # at the rate planned for
+        burst = burst_factor(arrivals, BURST_SLACK * slo.ttft, BURST_QUANTILE)
+        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, burst))
     return demands
 
 

@@ -27,6 +27,7 @@ class ModelDemand:
     slo: SLO
     dtype: str | None = None
     max_devices: int | None = None  # per replica (tp x pp)
+    burst: float = 1.0  # over-provisioning for arrivals burstier than Poisson (workload.burst)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class ModelEntry(Record):
     spec: ModelSpec = Field(description="the architecture the plan was made for")
     workload: str
     rate: float = Field(gt=0)
+    burst: float = Field(default=1.0, ge=1.0, description="capacity planned per unit of rate "
+                         "for arrivals burstier than Poisson")
     dtype: Dtype
     slo: SLOSpec
     classes: list[ClassSpec] = Field(min_length=1)

@@ -52,7 +52,7 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
         for c in d.workload.classes:
             class_model.append(k)
             names.append(f"{d.model.name}:{c.name}")
-            demand.append(c.rate * rate_scale)
+            demand.append(c.rate * rate_scale * d.burst)
         cfgs = enumerate_configs(d, catalog, derate=derate)
         if not cfgs:
             raise HetserveError(_no_config_reason(d, catalog))
@@ -244,7 +244,7 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
     for d in space.demands:
         wl = d.workload
         models.append(ModelEntry(
-            name=d.model.name, spec=d.model, workload=wl.name, rate=wl.rate,
+            name=d.model.name, spec=d.model, workload=wl.name, rate=wl.rate, burst=d.burst,
             dtype=d.dtype or d.model.default_dtype,
             slo=SLOSpec(ttft=d.slo.ttft, tpot=d.slo.tpot),
             classes=[ClassSpec(name=c.name, input_range=c.input_range,

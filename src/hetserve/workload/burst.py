@@ -1,0 +1,48 @@
+"""How much burstier than Poisson a trace's arrivals are, at the time scale of a latency limit.
+
+The performance model's capacities assume Poisson arrivals. Real traces come in bursts (the
+Azure code trace, time-scaled to 40 req/s, has 1-second counts with 92 times the variance of a
+Poisson process). A fluid queue fed by the trace, one unit of work per request, finds the
+service rate at which a share `quantile` of requests wait at most `slack` seconds; the same on
+a Poisson process of the same rate gives the rate that Poisson already needs. Their ratio, at
+least 1, is the factor by which a plan must over-provision for the trace's bursts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BISECTIONS = 40
+
+
+def fluid_waits(arrivals: np.ndarray, rate: float) -> np.ndarray:
+    """Per request (arrivals sorted): its wait in a fluid queue served at `rate` requests per
+    second, one unit of work each (the reflected walk of arrivals minus service)."""
+    walk = np.arange(1, len(arrivals) + 1) - rate * arrivals
+    floor = np.minimum.accumulate(np.minimum(walk - 1.0, 0.0))  # the queue empties here
+    return (walk - floor - 1.0) / rate
+
+
+def service_rate(arrivals: np.ndarray, slack: float, quantile: float) -> float:
+    """The least fluid service rate at which `quantile` of requests wait at most `slack` s."""
+    span = max(float(arrivals[-1] - arrivals[0]), 1.0)
+    lo, hi = 0.5 * len(arrivals) / span, len(arrivals) / min(slack, span) + 1.0
+    for _ in range(BISECTIONS):
+        mid = np.sqrt(lo * hi)
+        if np.quantile(fluid_waits(arrivals, mid), quantile) <= slack:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def burst_factor(arrivals: np.ndarray, slack: float, quantile: float, seed: int = 0) -> float:
+    """The trace's service rate over a Poisson process's of the same rate and length (>= 1)."""
+    arrivals = np.sort(np.asarray(arrivals, dtype=np.float64))
+    if len(arrivals) < 2 or not np.isfinite(slack):
+        return 1.0
+    rate = len(arrivals) / max(float(arrivals[-1] - arrivals[0]), 1.0)
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(arrivals))
+    poisson = np.cumsum(gaps) - gaps[0]
+    return max(1.0, service_rate(arrivals, slack, quantile)
+               / service_rate(poisson, slack, quantile))
