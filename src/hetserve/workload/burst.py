@@ -42,6 +42,8 @@ def burst_factor(arrivals: np.ndarray, slack: float, quantile: float, seed: int 
     if len(arrivals) < 2 or not np.isfinite(slack):
         return 1.0
     rate = len(arrivals) / max(float(arrivals[-1] - arrivals[0]), 1.0)
+    if not 1e-9 < rate < 1e9:  # past floating point's comfort: no burst to speak of
+        return 1.0
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(arrivals))
     poisson = np.cumsum(gaps) - gaps[0]
     return max(1.0, service_rate(arrivals, slack, quantile)
