@@ -2,6 +2,7 @@
 --version, JSON alone on stdout, options that do what they say (--only, --available, the trace's
 model column, --verify's exit code 3)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -161,3 +162,29 @@ def test_api_refuses_what_the_cli_refuses(run_cli):
         assert_bad_input(res)
         if args[0] != "--price":  # the CLI parses the price text itself
             assert res.err.strip() == f"error: {caught.value}"
+
+
+def test_engine_is_a_plan_decision_recorded_and_simulated(run_cli, tmp_path):
+    from hetserve.models import get_model
+    from hetserve.perf import SLO, Deployment, class_capacity
+    from hetserve.plan import load_plan
+    from hetserve.sim.simulate import simulate
+
+    dep = Deployment(get_model("llama-3.1-8b"), load_catalog().get("A10G"))
+    slo = SLO(2.0, 0.05)
+    # vLLM before 0.6 spends 250 us of host time per sequence per step: less capacity
+    fast = class_capacity(dep, [500], [200], slo).rate[0]
+    slow = class_capacity(dataclasses.replace(dep, engine="vllm-v0"), [500], [200], slo).rate[0]
+    assert 0 < slow < fast
+    path = tmp_path / "p.json"
+    res = run_cli("plan", "-m", "llama-3.1-8b", "-w", "azure-code", "--rate", "2", "--only",
+                  "A10G,L4", "--engine", "vllm-v0", "--out", path)
+    assert res.code == 0, res.summary()
+    plan = load_plan(path)
+    assert {g.engine for g in plan.groups} == {"vllm-v0"}
+    as_planned = simulate(plan, requests=300)
+    on_vllm = simulate(plan, requests=300, engine="vllm")
+    assert on_vllm.summary()["tpot_p50"] < as_planned.summary()["tpot_p50"]
+    res = run_cli("calibrate", "--engine", "vllm-v0", "--json")
+    assert res.code == 0 and 0 < len(json.loads(res.out)["points"]) < 32
+    assert_bad_input(run_cli("simulate", path, "--engine", "tgi"), needs=["--engine", "tgi"])

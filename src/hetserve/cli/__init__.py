@@ -149,6 +149,8 @@ def _finish(as_json: bool, data, tables, written) -> None:
 TtftOpt = Annotated[str, typer.Option("--ttft", help="TTFT limit (p90), e.g. 2s")]
 TpotOpt = Annotated[str, typer.Option("--tpot", help="TPOT limit (p90), e.g. 50ms")]
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="serving engine: vllm, vllm-v0 (before 0.6), sglang or trt-llm")]
 
 
 WorkloadOpt = Annotated[
@@ -197,6 +199,7 @@ def estimate_cmd(
     tpot: TpotOpt = "50ms",
     rate: RateOpt = None,
     dtype: DtypeOpt = None,
+    engine: EngineOpt = "vllm",
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
@@ -215,7 +218,7 @@ def estimate_cmd(
                             ttft=parse_duration(ttft, "--ttft"),
                             tpot=parse_duration(tpot, "--tpot"),
                             catalog=build_catalog(catalog, price, available, only), dtype=dtype,
-                            grid=grid_from_options(input_edges, output_edges))
+                            grid=grid_from_options(input_edges, output_edges), engine=engine)
     if plot:
         from hetserve.perf.plot import plot_best_map
 
@@ -228,6 +231,8 @@ def estimate_cmd(
 @app.command("calibrate")
 def calibrate_cmd(
     data: Annotated[Path | None, typer.Option("--data", help="measurements CSV")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="only the measurements of this engine")] = None,
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     as_json: JsonOpt = False,
@@ -235,7 +240,7 @@ def calibrate_cmd(
     """Compare the performance model with published serving measurements."""
     from hetserve.sim.calibrate import calibrate, median_abs_error
 
-    points = calibrate(build_catalog(catalog, price, None), data)
+    points = calibrate(build_catalog(catalog, price, None), data, engine)
     median = median_abs_error(points)
     if as_json:
         _emit_json({
@@ -274,6 +279,7 @@ def plan_cmd(
     objective: Annotated[str, typer.Option("--objective", help="cost or throughput")] = "cost",
     budget: Annotated[float | None, typer.Option("--budget", help="USD per hour")] = None,
     dtype: DtypeOpt = None,
+    engine: EngineOpt = "vllm",
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
@@ -304,7 +310,7 @@ def plan_cmd(
                             ttft=parse_duration(ttft, "--ttft"),
                             tpot=parse_duration(tpot, "--tpot"), dtype=dtype,
                             max_devices=max_devices,
-                            grid=grid_from_options(input_edges, output_edges))
+                            grid=grid_from_options(input_edges, output_edges), engine=engine)
     cat = build_catalog(catalog, price, available, only)
     if verify:
         from hetserve.sim.verify import check_verify_options
@@ -373,6 +379,8 @@ def simulate_cmd(
     compare: Annotated[bool, typer.Option(
         "--compare", help="run every router policy on the same arrivals")] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed for Poisson arrivals")] = 0,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="run every group on this engine instead of the plan's")] = None,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option(
@@ -392,7 +400,8 @@ def simulate_cmd(
     traces = load_trace(workload) if workload else None
     policies = list(dict.fromkeys([router, *POLICIES])) if compare else [router]
     results = [simulate(plan, traces, catalog=cat, router=p, arrivals=arrivals, rate=rate,
-                        clients=clients, requests=requests, seed=seed) for p in policies]
+                        clients=clients, requests=requests, seed=seed, engine=engine)
+               for p in policies]
     first = results[0]
     if plot:
         from hetserve.sim.plot import plot_latency_cdf

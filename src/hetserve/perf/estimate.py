@@ -15,13 +15,14 @@ from hetserve.perf.model import TP_DEGREES, Deployment
 from hetserve.workload import Workload
 
 
-def tp_configs(model: ModelSpec, catalog: Catalog, dtype: str | None = None) -> list[Deployment]:
+def tp_configs(model: ModelSpec, catalog: Catalog, dtype: str | None = None,
+               engine: str = "vllm") -> list[Deployment]:
     """Every accelerator x TP (pp=1) on which the model fits, within the catalog's availability."""
     out = []
     for acc in catalog:
         available = catalog.availability(acc.name)
         for tp in TP_DEGREES:
-            dep = Deployment(model, acc, tp=tp, dtype=dtype)
+            dep = Deployment(model, acc, tp=tp, dtype=dtype, engine=engine)
             if dep.fits and (available is None or dep.devices <= available):
                 out.append(dep)
     return out
@@ -98,8 +99,9 @@ def estimate(
     catalog: Catalog,
     slo: SLO,
     dtype: str | None = None,
+    engine: str = "vllm",
 ) -> Estimate:
-    configs = tp_configs(model, catalog, dtype)
+    configs = tp_configs(model, catalog, dtype, engine)
     if not configs and any(catalog.availability(a.name) is not None for a in catalog):
         raise HetserveError(f"{model.name} fits none of the available accelerators (--available "
                             "allows too few devices of the types it fits)")

@@ -24,10 +24,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 
 from hetserve.catalog import Accelerator
+from hetserve.errors import HetserveError
 from hetserve.models import DTYPE_BYTES, ModelSpec
 
 GB = 1e9
@@ -39,7 +41,15 @@ NETWORK_US = 30.0
 # and detokenised every sequence in Python between steps (the vLLM v0.6 performance update reports
 # CPU overhead dominating at large batch); C++ runtimes and vLLM >= 0.6 overlap it with the GPU.
 # 250 us is what the published RTX 4090/A10G throughput-vs-concurrency sweeps imply.
-ENGINE_PROFILES = {"vllm-v0": 250.0, "vllm": 0.0, "trt-llm": 0.0, "sglang": 0.0}
+ENGINE_PROFILES = {"vllm": 0.0, "vllm-v0": 250.0, "sglang": 0.0, "trt-llm": 0.0}
+EngineName = Literal["vllm", "vllm-v0", "sglang", "trt-llm"]
+
+
+def check_engine(engine: str, option: str = "--engine") -> str:
+    """The engine name if hetserve has a profile for it, else an error naming the option."""
+    if engine not in ENGINE_PROFILES:
+        raise HetserveError(f"{option} {engine!r}: expected one of {', '.join(ENGINE_PROFILES)}")
+    return engine
 DEFAULT_MAX_SEQS = 256  # vLLM max_num_seqs
 DEFAULT_CHUNK = 8192  # vLLM max_num_batched_tokens with chunked prefill
 MIN_KV_TOKENS = 2048  # a deployment must hold at least this many tokens of KV cache
@@ -78,7 +88,7 @@ class Deployment:
     memory_utilisation: float = 0.9  # vLLM gpu_memory_utilization
     max_seqs: int = DEFAULT_MAX_SEQS
     chunk_tokens: int = DEFAULT_CHUNK
-    host_us_per_seq: float = 0.0  # engine's per-sequence host work per step (see ENGINE_PROFILES)
+    engine: str = "vllm"  # the serving engine; its profile sets the host work per sequence
 
     # ---- identity ----------------------------------------------------------------------
     @property
@@ -190,7 +200,7 @@ class Deployment:
             c0 += (self.pp - 1) * hop_lat
             c1 += (self.pp - 1) * msg / self.pp / hop_bw
         h0 = self.accelerator.step_overhead_ms * 1e-3
-        h1 = self.host_us_per_seq * 1e-6
+        h1 = ENGINE_PROFILES[self.engine] * 1e-6
         return a_t, a_s, w, f, b, c0, c1, h0, h1
 
     def step_time(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0, chunk=0.0,

@@ -13,6 +13,7 @@ from hetserve.catalog import Catalog, load_catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.models import check_dtype, get_model
 from hetserve.perf import SLO
+from hetserve.perf.model import check_engine
 from hetserve.plan.configs import ModelDemand
 from hetserve.plan.planfile import Plan, load_plan
 from hetserve.plan.planner import solve_plan
@@ -63,11 +64,13 @@ def model_demands(
     dtype: str | None = None,
     max_devices: int | None = None,
     grid: ClassGrid | None = None,
+    engine: str = "vllm",
 ) -> list[ModelDemand]:
     """What each model must serve: its workload's request classes and its SLO."""
     if isinstance(models, str | ModelRequest):
         models = [models]
     check_dtype(dtype)
+    check_engine(engine)
     if max_devices is not None:
         positive(max_devices, "--max-devices", integer=True)
     if not models:
@@ -88,7 +91,7 @@ def model_demands(
                   req.tpot if req.tpot is not None else tpot)
         arrivals = trace.arrivals * (trace.rate / wl.rate)  # at the rate planned for
         burst = burst_factor(arrivals, BURST_SLACK * slo.ttft, BURST_QUANTILE)
-        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, burst))
+        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, burst, engine))
     return demands
 
 
@@ -121,6 +124,7 @@ def plan(
     dtype: str | None = None,
     max_devices: int | None = None,
     grid: ClassGrid | None = None,
+    engine: str = "vllm",
     baselines: bool = True,
 ) -> Plan:
     """The cheapest plan (objective='cost') or the most throughput within budget/availability
@@ -128,6 +132,6 @@ def plan(
     named types (others stay unlimited); `only` restricts planning to the named types;
     `max_devices` caps the devices (TP x PP) of one replica."""
     demands = model_demands(models, workload=workload, rate=rate, ttft=ttft, tpot=tpot,
-                            dtype=dtype, max_devices=max_devices, grid=grid)
+                            dtype=dtype, max_devices=max_devices, grid=grid, engine=engine)
     return solve_plan(demands, plan_catalog(catalog, prices, available, only), objective,
                       budget, baselines)

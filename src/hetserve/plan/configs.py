@@ -28,6 +28,7 @@ class ModelDemand:
     dtype: str | None = None
     max_devices: int | None = None  # per replica (tp x pp)
     burst: float = 1.0  # over-provisioning for arrivals burstier than Poisson (workload.burst)
+    engine: str = "vllm"  # the serving engine (perf.model.ENGINE_PROFILES)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
                 if (demand.max_devices and tp * pp > demand.max_devices) or \
                         (available is not None and tp * pp > available):
                     continue
-                dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype)
+                dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype,
+                                 engine=demand.engine)
                 if dep.fits:
                     deps.append(dep)
     cfgs = []

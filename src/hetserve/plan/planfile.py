@@ -21,6 +21,7 @@ from hetserve.catalog import Accelerator
 from hetserve.errors import HetserveError, Record, load_json, validation_message, write_text
 from hetserve.models import Dtype, ModelSpec
 from hetserve.perf import Deployment
+from hetserve.perf.model import EngineName
 
 PLAN_VERSION = 2
 SHARE_TOLERANCE = 1e-6  # shares of a class may miss 1 by this much (solver round-off)
@@ -73,6 +74,7 @@ class ReplicaGroup(Record):
     tp: int
     pp: PositiveInt
     dtype: Dtype
+    engine: EngineName = Field(default="vllm", description="the serving engine planned for")
     devices_per_replica: PositiveInt
     replicas: int = Field(ge=1, le=MAX_REPLICAS)
     usd_per_hour: float = Field(gt=0, description="all replicas of the group")
@@ -203,7 +205,8 @@ class Plan(Record):
         return Deployment(self.model_entry(group.model).spec, acc, tp=group.tp, pp=group.pp,
                           dtype=group.dtype, kv_dtype=group.kv_dtype,
                           memory_utilisation=group.gpu_memory_utilization,
-                          max_seqs=group.max_num_seqs, chunk_tokens=group.max_num_batched_tokens)
+                          max_seqs=group.max_num_seqs, chunk_tokens=group.max_num_batched_tokens,
+                          engine=group.engine)
 
     def save(self, path: Path | str) -> None:
         write_text(path, self.model_dump_json(indent=2) + "\n")

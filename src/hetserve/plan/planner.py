@@ -262,7 +262,8 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
         classes = space.demands[k].workload.classes
         groups.append(ReplicaGroup(
             id=f"g{len(groups)}", model=cfg.model, accelerator=dep.accelerator.name,
-            tp=dep.tp, pp=dep.pp, dtype=dep.weight_dtype, devices_per_replica=dep.devices,
+            tp=dep.tp, pp=dep.pp, dtype=dep.weight_dtype, engine=dep.engine,
+            devices_per_replica=dep.devices,
             replicas=int(sol.replicas[i]), usd_per_hour=float(p.price[i] * sol.replicas[i]),
             kv_tokens=dep.kv_capacity_tokens, kv_dtype=dep.kv_dtype,
             gpu_memory_utilization=dep.memory_utilisation, max_num_seqs=dep.max_seqs,

@@ -23,7 +23,7 @@ from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, Record, read_text, validation_message
 from hetserve.models import Dtype, get_model
 from hetserve.perf import Deployment
-from hetserve.perf.model import ENGINE_PROFILES
+from hetserve.perf.model import check_engine
 from hetserve.sim.engine import Engine
 from hetserve.sim.router import make_router
 from hetserve.sim.simulate import SimFleet, run_closed
@@ -167,7 +167,7 @@ def predict(m: Measurement, catalog: Catalog) -> float:
         pp=m.n_gpus // m.tp,
         dtype=m.dtype,
         kv_dtype="fp8" if m.dtype == "fp8" else "bf16",
-        host_us_per_seq=ENGINE_PROFILES[engine_profile(m.engine)],
+        engine=engine_profile(m.engine),
     )
     if not dep.fits:
         raise HetserveError(f"measurement {m.id}: {dep.label} does not fit: {dep.why_not()}")
@@ -180,9 +180,18 @@ def predict(m: Measurement, catalog: Catalog) -> float:
     return value * 1e3 if METRICS[m.metric] == "ms" else value
 
 
-def calibrate(catalog: Catalog, data: Path | str | None = None) -> list[Point]:
+def calibrate(catalog: Catalog, data: Path | str | None = None,
+              engine: str | None = None) -> list[Point]:
+    """Model against measurement for every row (with `engine`: the rows of that engine)."""
+    rows = read_measurements(data)
+    if engine is not None:
+        check_engine(engine)
+        rows = [m for m in rows if engine_profile(m.engine) == engine]
+        if not rows:
+            raise HetserveError(f"--engine {engine}: no measurement of that engine in "
+                                f"{data or default_data()}")
     points = []
-    for m in read_measurements(data):
+    for m in rows:
         try:
             points.append(Point(m.id, m.metric, predict(m, catalog), m.value))
         except HetserveError as exc:

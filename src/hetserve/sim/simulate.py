@@ -18,12 +18,14 @@ import heapq
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment
+from hetserve.perf.model import check_engine
 from hetserve.plan.planfile import ModelEntry, Plan
 from hetserve.sim.engine import Engine, Request
 from hetserve.sim.report import GroupInfo, SimResult
@@ -162,8 +164,9 @@ def run_closed(fleet: SimFleet, router: Router, sizes: Sequence[tuple[int, int]]
 # ---- plans ---------------------------------------------------------------------------------
 
 
-def _deployment(plan: Plan, group, catalog: Catalog | None) -> Deployment:
-    """The group's replica on the plan's own accelerator row, or on `catalog`'s when given."""
+def _deployment(plan: Plan, group, catalog: Catalog | None, engine: str | None) -> Deployment:
+    """The group's replica on the plan's own accelerator row, or on `catalog`'s when given;
+    run by `engine` instead of the plan's when given."""
     acc = None
     if catalog is not None:
         try:
@@ -171,6 +174,8 @@ def _deployment(plan: Plan, group, catalog: Catalog | None) -> Deployment:
         except HetserveError as exc:
             raise HetserveError(f"plan group {group.id}: {exc} (in --catalog)") from None
     dep = plan.deployment(group, acc)
+    if engine is not None:
+        dep = replace(dep, engine=engine)
     if not dep.fits:
         raise HetserveError(f"plan group {group.id}: {dep.label} does not fit: {dep.why_not()}")
     return dep
@@ -213,6 +218,7 @@ def simulate(
     requests: int | None = None,
     seed: int = 0,
     fast: bool = True,
+    engine: str | None = None,
 ) -> SimResult:
     """Replay each model's trace against the plan's replicas.
 
@@ -221,6 +227,8 @@ def simulate(
     rate: req/s per model; default the rate the plan serves (its models' rates x plan scale).
     clients: closed loop with this many clients (`requests` in all, default the trace's length)
       instead of open-loop arrivals."""
+    if engine is not None:
+        check_engine(engine)
     if arrivals == "as-is" and rate is not None:
         raise HetserveError("--rate does not apply to --arrivals as-is (the trace's own times)")
     if clients is not None:
@@ -250,7 +258,7 @@ def simulate(
         engines: list[Engine] = []
         members: list[list[int]] = []
         for g in plan_groups:
-            dep = _deployment(plan, g, catalog)
+            dep = _deployment(plan, g, catalog, engine)
             members.append(list(range(len(engines), len(engines) + g.replicas)))
             engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=fast)
                         for _ in range(g.replicas)]
