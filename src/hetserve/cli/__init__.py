@@ -280,6 +280,9 @@ def plan_cmd(
     budget: Annotated[float | None, typer.Option("--budget", help="USD per hour")] = None,
     dtype: DtypeOpt = None,
     engine: EngineOpt = "vllm",
+    attainment: Annotated[float, typer.Option(
+        "--attainment", help="share of requests that must meet the SLO; classes holding "
+        "together no more than the rest may be served best effort")] = 0.99,
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
@@ -310,7 +313,8 @@ def plan_cmd(
                             ttft=parse_duration(ttft, "--ttft"),
                             tpot=parse_duration(tpot, "--tpot"), dtype=dtype,
                             max_devices=max_devices,
-                            grid=grid_from_options(input_edges, output_edges), engine=engine)
+                            grid=grid_from_options(input_edges, output_edges), engine=engine,
+                            attainment=attainment)
     cat = build_catalog(catalog, price, available, only)
     if verify:
         from hetserve.sim.verify import check_verify_options

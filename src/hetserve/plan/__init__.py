@@ -24,6 +24,9 @@ from hetserve.workload.burst import burst_factor
 # limit in a fluid queue fed by the trace, relative to Poisson arrivals (workload.burst)
 BURST_SLACK = 0.5
 BURST_QUANTILE = 0.99
+# Share of each model's requests that must meet the SLO; classes holding together no more
+# than the rest may be served best effort
+DEFAULT_ATTAINMENT = 0.99
 
 __all__ = ["ModelRequest", "Plan", "load_plan", "model_demands", "parse_model_request", "plan",
            "plan_catalog", "solve_plan"]
@@ -65,12 +68,15 @@ def model_demands(
     max_devices: int | None = None,
     grid: ClassGrid | None = None,
     engine: str = "vllm",
+    attainment: float = DEFAULT_ATTAINMENT,
 ) -> list[ModelDemand]:
     """What each model must serve: its workload's request classes and its SLO."""
     if isinstance(models, str | ModelRequest):
         models = [models]
     check_dtype(dtype)
     check_engine(engine)
+    if not (isinstance(attainment, int | float) and 0 < attainment <= 1):
+        raise HetserveError(f"--attainment: expected a share in (0, 1], got {attainment!r}")
     if max_devices is not None:
         positive(max_devices, "--max-devices", integer=True)
     if not models:
@@ -91,7 +97,8 @@ def model_demands(
                   req.tpot if req.tpot is not None else tpot)
         arrivals = trace.arrivals * (trace.rate / wl.rate)  # at the rate planned for
         burst = burst_factor(arrivals, BURST_SLACK * slo.ttft, BURST_QUANTILE)
-        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, burst, engine))
+        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, burst, engine,
+                                   attainment))
     return demands
 
 
@@ -125,6 +132,7 @@ def plan(
     max_devices: int | None = None,
     grid: ClassGrid | None = None,
     engine: str = "vllm",
+    attainment: float = DEFAULT_ATTAINMENT,
     baselines: bool = True,
 ) -> Plan:
     """The cheapest plan (objective='cost') or the most throughput within budget/availability
@@ -132,6 +140,7 @@ def plan(
     named types (others stay unlimited); `only` restricts planning to the named types;
     `max_devices` caps the devices (TP x PP) of one replica."""
     demands = model_demands(models, workload=workload, rate=rate, ttft=ttft, tpot=tpot,
-                            dtype=dtype, max_devices=max_devices, grid=grid, engine=engine)
+                            dtype=dtype, max_devices=max_devices, grid=grid, engine=engine,
+                            attainment=attainment)
     return solve_plan(demands, plan_catalog(catalog, prices, available, only), objective,
                       budget, baselines)

@@ -29,6 +29,18 @@ class ModelDemand:
     max_devices: int | None = None  # per replica (tp x pp)
     burst: float = 1.0  # over-provisioning for arrivals burstier than Poisson (workload.burst)
     engine: str = "vllm"  # the serving engine (perf.model.ENGINE_PROFILES)
+    attainment: float = 1.0  # share of requests that must meet the SLO; the rest may not
+
+    @property
+    def tail_share(self) -> np.ndarray:
+        """Per class: its share of the model's requests."""
+        counts = np.array([c.count for c in self.workload.classes], dtype=np.float64)
+        return counts / counts.sum()
+
+    @property
+    def tail_classes(self) -> np.ndarray:
+        """Classes small enough to be served best effort: each within the slack alone."""
+        return np.nonzero(self.tail_share <= 1.0 - self.attainment + 1e-12)[0]
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,7 @@ class Config:
     model: str
     deployment: Deployment
     cap: np.ndarray  # req/s per replica for each class of its model
+    tail: np.ndarray  # req/s per replica without a latency promise (tail classes only, else 0)
 
     @property
     def name(self) -> str:
@@ -55,9 +68,10 @@ def _dominated(cfgs: list[Config]) -> list[bool]:
         for j, d in enumerate(cfgs):
             if i == j or d.deployment.accelerator.name != c.deployment.accelerator.name:
                 continue
-            if d.deployment.devices > c.deployment.devices or np.any(d.cap < c.cap):
+            mine, theirs = np.r_[c.cap, c.tail], np.r_[d.cap, d.tail]
+            if d.deployment.devices > c.deployment.devices or np.any(theirs < mine):
                 continue
-            better = d.deployment.devices < c.deployment.devices or np.any(d.cap > c.cap)
+            better = d.deployment.devices < c.deployment.devices or np.any(theirs > mine)
             if better or j < i:
                 dom = True
                 break
@@ -85,15 +99,20 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
                 if dep.fits:
                     deps.append(dep)
     cfgs = []
-    for dep, capacity in zip(deps, class_capacities(deps, inp, out, demand.slo), strict=True):
-        cap = capacity.rate
-        cfg = Config(demand.model.name, dep, cap)
+    tails = demand.tail_classes
+    free = class_capacities(deps, inp[tails], out[tails], SLO()) if len(tails) else None
+    for k, (dep, capacity) in enumerate(zip(
+            deps, class_capacities(deps, inp, out, demand.slo), strict=True)):
+        cap, tail = capacity.rate, np.zeros(len(inp))
+        if free is not None:
+            tail[tails] = free[k].rate
+        cfg = Config(demand.model.name, dep, cap, tail)
         if derate:  # by name, else the "*" entry; then "name|class" per class
             scale = derate.get(cfg.name, derate.get("*", 1.0))
             per_class = [derate.get(f"{cfg.name}|{c.name}", 1.0)
                          for c in demand.workload.classes]
-            cfg = Config(cfg.model, dep, cap * scale * np.array(per_class))
-        if cap.max() > 0:
+            cfg = Config(cfg.model, dep, cap * scale * np.array(per_class), tail)
+        if cap.max() > 0 or tail.max() > 0:
             cfgs.append(cfg)
     if keep_dominated:
         return cfgs

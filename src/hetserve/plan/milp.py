@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import highspy
 import numpy as np
@@ -83,6 +83,13 @@ class Problem:
     types: list[str] = field(default_factory=list)
     available: np.ndarray | None = None  # [N], inf: no limit
     budget: float | None = None
+    # best effort (min_cost only): tail[c][w] > 0 where class w may be served by c without its
+    # latency promise (req/s per replica), if w is chosen as a tail class; of the class groups
+    # in tail_groups, (class indices, slack) each, the chosen classes' request shares
+    # (tail_share) add up to at most the slack
+    tail: np.ndarray | None = None  # [C, W]
+    tail_share: np.ndarray | None = None  # [W]
+    tail_groups: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.price = np.asarray(self.price, dtype=np.float64)
@@ -96,12 +103,27 @@ class Problem:
         if self.available is None:
             self.available = np.full(len(self.types), np.inf)
         self.available = np.asarray(self.available, dtype=np.float64)
+        if self.tail is None:
+            self.tail = np.zeros_like(self.cap)
+        self.tail = np.where(self.cap > 0, 0.0, np.asarray(self.tail, dtype=np.float64))
+        if self.tail_share is None:
+            self.tail_share = np.zeros(self.cap.shape[1])
 
     def restricted(self, keep: np.ndarray) -> Problem:
         """The same problem with only the configs where keep is True."""
-        return Problem([c for c, k in zip(self.configs, keep, strict=True) if k],
-                       self.price[keep], self.cap[keep], self.demand, self.classes,
-                       self.usage[keep], self.types, self.available, self.budget)
+        return replace(self, configs=[c for c, k in zip(self.configs, keep, strict=True) if k],
+                       price=self.price[keep], cap=self.cap[keep], usage=self.usage[keep],
+                       tail=self.tail[keep])
+
+    def block(self, ci: np.ndarray, wi: np.ndarray) -> Problem:
+        """The configs ci and classes wi alone (no budget or availability rows)."""
+        inside = {int(w): k for k, w in enumerate(wi)}
+        groups = [(np.array([inside[int(w)] for w in g if int(w) in inside]), s)
+                  for g, s in self.tail_groups]
+        return Problem([self.configs[i] for i in ci], self.price[ci],
+                       self.cap[np.ix_(ci, wi)], self.demand[wi], [self.classes[w] for w in wi],
+                       tail=self.tail[np.ix_(ci, wi)], tail_share=self.tail_share[wi],
+                       tail_groups=[(g, s) for g, s in groups if len(g)])
 
 
 MAX_REPLICAS = 1_000_000  # a load that needs more is a typo, and past HiGHS's numeric range
@@ -124,6 +146,7 @@ class Solution:
     bound: float  # proven bound on the objective: the least possible cost, or the largest scale
     seconds: float
     maximised: bool = False  # the objective is the scale (max_scale), else the cost
+    tail: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # best-effort classes
 
     @property
     def ok(self) -> bool:
@@ -196,12 +219,20 @@ def _solve(cost, lo, hi, integer, rows, cols, vals, row_lo, row_hi, maximise, ti
 
 
 def _build(p: Problem, scale_mode: bool, slices: int | None):
-    """Columns: y (C), then one share column per servable (c, w), then lambda if scale_mode."""
+    """Columns: y (C), then one share column per servable (c, w) (within the SLO, then best
+    effort), then a binary per tail class (cost mode), then lambda if scale_mode."""
     C, W = p.cap.shape
     ci, wi = np.nonzero(p.cap > 0)
+    K_slo = len(ci)
+    tails = [] if scale_mode else [(g, s) for g, s in p.tail_groups if len(g)]
+    tail_classes = np.array(sorted({int(w) for g, _ in tails for w in g}), dtype=int)
+    ti, tw = np.nonzero(p.tail[:, tail_classes] > 0) if len(tail_classes) else ([], [])
+    ti, tw = np.asarray(ti, dtype=int), tail_classes[np.asarray(tw, dtype=int)]
+    load = np.concatenate([p.demand[wi] / p.cap[ci, wi], p.demand[tw] / p.tail[ti, tw]])
+    ci, wi = np.concatenate([ci, ti]), np.concatenate([wi, tw])
     K = len(ci)
-    n = C + K + (1 if scale_mode else 0)
-    load = p.demand[wi] / p.cap[ci, wi]  # replica-fraction per unit share
+    Z = len(tail_classes)
+    n = C + K + Z + (1 if scale_mode else 0)
     step = 1.0 / slices if slices else 1.0
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
@@ -236,6 +267,23 @@ def _build(p: Problem, scale_mode: bool, slices: int | None):
         row_lo += [-INF] * K
         row_hi += [0.0] * K
         r += K
+    if Z:  # (2c) best effort only for a chosen tail class: x_cw <= z_w
+        z_of = {int(w): C + K + k for k, w in enumerate(tail_classes)}
+        cols_t = np.arange(K_slo, K)
+        rows += [r + np.arange(len(cols_t)), r + np.arange(len(cols_t))]
+        cols += [C + cols_t, np.array([z_of[int(w)] for w in wi[K_slo:]], dtype=int)]
+        vals += [np.full(len(cols_t), step), -np.ones(len(cols_t))]
+        row_lo += [-INF] * len(cols_t)
+        row_hi += [0.0] * len(cols_t)
+        r += len(cols_t)
+        for group, slack in tails:  # (2d) the tail classes of a model within its slack
+            members = [int(w) for w in group if int(w) in z_of]
+            rows.append(np.full(len(members), r))
+            cols.append(np.array([z_of[w] for w in members], dtype=int))
+            vals.append(p.tail_share[members])
+            row_lo.append(-INF)
+            row_hi.append(slack)
+            r += 1
     # (3) budget
     if p.budget is not None:
         rows.append(np.full(C, r))
@@ -257,10 +305,11 @@ def _build(p: Problem, scale_mode: bool, slices: int | None):
     lo = np.zeros(n)
     # shares are at most 1 (or `slices` slices); in scale mode u = lambda x is unbounded
     share_hi = float(slices) if slices else (INF if scale_mode else 1.0)
-    hi = np.concatenate([np.full(C, INF), np.full(K, share_hi), [INF] if scale_mode else []])
-    integer = [True] * C + [bool(slices)] * K + ([False] if scale_mode else [])
+    hi = np.concatenate([np.full(C, INF), np.full(K, share_hi), np.ones(Z),
+                         [INF] if scale_mode else []])
+    integer = [True] * C + [bool(slices)] * K + [True] * Z + ([False] if scale_mode else [])
     coo = (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
-    return n, (ci, wi), coo, row_lo, row_hi, lo, hi, integer
+    return n, (ci, wi, tail_classes), coo, row_lo, row_hi, lo, hi, integer
 
 
 def _unpack(p: Problem, status, values, bound, seconds, idx, step, scale_mode) -> Solution:
@@ -268,15 +317,18 @@ def _unpack(p: Problem, status, values, bound, seconds, idx, step, scale_mode) -
     if values is None:
         return Solution(status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, bound, seconds,
                         scale_mode)
-    ci, wi = idx
+    ci, wi, tail_classes = idx
     y = np.round(values[:C]).astype(int)
     shares = np.zeros((C, W))
-    shares[ci, wi] = values[C:C + len(ci)] * step
+    np.add.at(shares, (ci, wi), values[C:C + len(ci)] * step)
+    z = values[C + len(ci):C + len(ci) + len(tail_classes)]
+    tail = tail_classes[z > 0.5]
     scale = float(values[-1]) if scale_mode else 1.0
     if scale_mode and scale > 0:
         shares /= scale
     shares[shares < 1e-12] = 0.0
-    return Solution(status, y, shares, float(p.price @ y), scale, bound, seconds, scale_mode)
+    return Solution(status, y, shares, float(p.price @ y), scale, bound, seconds, scale_mode,
+                    tail)
 
 
 def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
@@ -300,10 +352,9 @@ def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
     C, W = p.cap.shape
     y, shares = np.zeros(C, int), np.zeros((C, W))
     bound, seconds, status = 0.0, 0.0, "optimal"
+    tail: list[int] = []
     for ci, wi in blocks:
-        sub = Problem([p.configs[i] for i in ci], p.price[ci], p.cap[np.ix_(ci, wi)],
-                      p.demand[wi])
-        sol = min_cost(sub, abs_gap=abs_gap / len(blocks))  # the gaps add up
+        sol = min_cost(p.block(ci, wi), abs_gap=abs_gap / len(blocks))  # the gaps add up
         seconds += sol.seconds
         if not sol.ok:
             return Solution(sol.status, y, shares, np.inf, 0.0, np.nan, seconds)
@@ -312,7 +363,9 @@ def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
         y[ci] = sol.replicas
         shares[np.ix_(ci, wi)] = sol.shares
         bound += sol.bound
-    return Solution(status, y, shares, float(p.price @ y), 1.0, bound, seconds)
+        tail += [int(wi[w]) for w in sol.tail]
+    return Solution(status, y, shares, float(p.price @ y), 1.0, bound, seconds,
+                    tail=np.array(sorted(tail), dtype=int))
 
 
 def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP) -> Solution:

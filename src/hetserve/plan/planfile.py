@@ -62,6 +62,10 @@ class ModelEntry(Record):
     rate: float = Field(gt=0)
     burst: float = Field(default=1.0, ge=1.0, description="capacity planned per unit of rate "
                          "for arrivals burstier than Poisson")
+    attainment: float = Field(default=1.0, gt=0, le=1, description="share of requests planned "
+                              "to meet the SLO")
+    best_effort: list[str] = Field(default=[], description="classes served without a latency "
+                                   "promise (together at most 1 - attainment of the requests)")
     dtype: Dtype
     slo: SLOSpec
     classes: list[ClassSpec] = Field(min_length=1)
@@ -85,7 +89,8 @@ class ReplicaGroup(Record):
     max_num_batched_tokens: int = Field(ge=1, le=MAX_ENGINE_LIMIT)
     shares: dict[str, Share] = Field(description="class name -> share of the class routed here")
     capacity: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        description="class name -> req/s of one replica")
+        description="class name -> req/s of one replica (within the SLO; for a best-effort "
+        "class, without it)")
 
 
 class Baseline(Record):
@@ -155,6 +160,9 @@ class Plan(Record):
         accs = {a.name: a for a in self.accelerators}
         for m in self.models:
             _unique(f"class of model {m.name}", [c.name for c in m.classes])
+            unknown = sorted(set(m.best_effort) - {c.name for c in m.classes})
+            if unknown:
+                raise ValueError(f"model {m.name}: best_effort: unknown class {unknown[0]!r}")
         for g in self.groups:
             where = f"group {g.id}"
             if g.model not in models:

@@ -3,6 +3,7 @@ explain infeasibility (which constraint binds, by how much)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -11,7 +12,13 @@ import numpy as np
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment, class_capacity
-from hetserve.plan.configs import TP_DEGREES, Config, ModelDemand, enumerate_configs
+from hetserve.plan.configs import (
+    TP_DEGREES,
+    Config,
+    ModelDemand,
+    enumerate_configs,
+    pp_degrees,
+)
 from hetserve.plan.milp import (
     MAX_REPLICAS,
     Problem,
@@ -58,17 +65,22 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
             raise HetserveError(_no_config_reason(d, catalog))
         configs += cfgs
     W = len(names)
-    cap = np.zeros((len(configs), W))
+    cap, tail = np.zeros((len(configs), W)), np.zeros((len(configs), W))
     model_index = {d.model.name: k for k, d in enumerate(demands)}
     for i, c in enumerate(configs):
         k = model_index[c.model]
         cap[i, offsets[k]:offsets[k] + len(c.cap)] = c.cap
+        tail[i, offsets[k]:offsets[k] + len(c.tail)] = c.tail
+    share = np.concatenate([d.tail_share for d in demands])
+    groups = [(offsets[k] + d.tail_classes, 1.0 - d.attainment) for k, d in enumerate(demands)]
     unserved = np.nonzero(cap.max(axis=0) <= 0)[0]
-    if len(unserved):
-        w = int(unserved[0])
-        d = demands[class_model[w]]
-        cls = d.workload.classes[w - offsets[class_model[w]]]
-        raise HetserveError(_class_reason(d, catalog, cls, len(unserved)))
+    for k, d in enumerate(demands):  # classes no config serves within the SLO: best effort
+        end = offsets[k] + len(d.workload.classes)
+        mine = unserved[(unserved >= offsets[k]) & (unserved < end)]
+        if len(mine) and (share[mine].sum() > 1.0 - d.attainment + 1e-12
+                          or (tail[:, mine].max(axis=0) <= 0).any()):
+            cls = d.workload.classes[int(mine[0]) - offsets[k]]
+            raise HetserveError(_class_reason(d, catalog, cls, len(mine)))
     floor = replicas_floor(cap, np.array(demand))
     if floor > MAX_REPLICAS:
         raise HetserveError(f"--rate: the load needs at least {floor:.3g} replicas (more than "
@@ -80,7 +92,8 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
     avail = np.array([catalog.availability(t) if catalog.availability(t) is not None
                       else np.inf for t in types], dtype=np.float64)
     problem = Problem([c.name for c in configs], [c.deployment.usd_per_hour for c in configs],
-                      cap, np.array(demand), names, usage, types, avail, budget)
+                      cap, np.array(demand), names, usage, types, avail, budget, tail, share,
+                      groups)
     return Space(list(demands), configs, problem, offsets)
 
 
@@ -127,10 +140,10 @@ def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
         return limited
     best_ttft, best_tpot, who_ttft, who_tpot, reason = np.inf, np.inf, "", "", ""
     for acc in catalog:
-        for tp in TP_DEGREES:
-            if d.max_devices and tp > d.max_devices:
+        for tp, pp in itertools.product(TP_DEGREES, pp_degrees(d.model)):
+            if d.max_devices and tp * pp > d.max_devices:
                 continue
-            dep = Deployment(d.model, acc, tp=tp, dtype=d.dtype)
+            dep = Deployment(d.model, acc, tp=tp, pp=pp, dtype=d.dtype, engine=d.engine)
             if not dep.fits:
                 continue
             cap = class_capacity(dep, [cls.mean_input], [cls.mean_output], d.slo)
@@ -243,8 +256,12 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
     tokens = 0.0
     for d in space.demands:
         wl = d.workload
+        off = space.class_offset[len(models)]
+        best_effort = [wl.classes[int(w) - off].name for w in sol.tail
+                       if off <= w < off + len(wl.classes)]
         models.append(ModelEntry(
             name=d.model.name, spec=d.model, workload=wl.name, rate=wl.rate, burst=d.burst,
+            attainment=d.attainment, best_effort=best_effort,
             dtype=d.dtype or d.model.default_dtype,
             slo=SLOSpec(ttft=d.slo.ttft, tpot=d.slo.tpot),
             classes=[ClassSpec(name=c.name, input_range=c.input_range,
@@ -270,7 +287,8 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
             max_num_batched_tokens=dep.chunk_tokens,
             shares={c.name: min(1.0, float(sol.shares[i, off + j]))
                     for j, c in enumerate(classes) if sol.shares[i, off + j] > 0},
-            capacity={c.name: float(cfg.cap[j]) for j, c in enumerate(classes)},
+            capacity={c.name: float(cfg.cap[j] if cfg.cap[j] > 0 else cfg.tail[j])
+                      for j, c in enumerate(classes)},
         ))
     feasible = [b for b in base if b.usd_per_hour is not None]
     best, savings = None, None
