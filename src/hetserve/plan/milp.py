@@ -37,6 +37,7 @@ import numpy as np
 INF = highspy.kHighsInf
 MIP_GAP = 1e-4  # relative gap at which HiGHS stops on throughput plans (its default)
 COST_ABS_GAP = 5e-4  # $/h: cost plans are proven optimal to below a tenth of a cent per hour
+TAIL_PENALTY = 2e-3  # $/h per best-effort class: a class loses its promise only to save more
 
 
 _local = threading.local()
@@ -153,15 +154,19 @@ class Solution:
         return self.status in ("optimal", "time_limit") and np.isfinite(self.cost)
 
     @property
+    def objective(self) -> float:
+        """What was optimised: the scale, or the cost plus TAIL_PENALTY per best-effort class."""
+        return self.scale if self.maximised else self.cost + TAIL_PENALTY * len(self.tail)
+
+    @property
     def abs_gap(self) -> float:
         """How far this plan may be from the optimum, in the objective's unit ($/h or scale)."""
-        value = self.scale if self.maximised else self.cost
-        return abs(self.bound - value) if np.isfinite(self.bound) else np.inf
+        return abs(self.bound - self.objective) if np.isfinite(self.bound) else np.inf
 
     @property
     def gap(self) -> float:
         """The relative gap: abs_gap over the objective's value."""
-        value = self.scale if self.maximised else self.cost
+        value = self.objective
         return self.abs_gap / abs(value) if value else (0.0 if self.abs_gap == 0 else np.inf)
 
 
@@ -338,6 +343,8 @@ def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
     n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, False, slices)
     cost = np.zeros(n)
     cost[: len(p.configs)] = p.price
+    tails = len(idx[2])
+    cost[n - tails:] = TAIL_PENALTY
     status, values, bound, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
                                             row_hi, False, time_limit, rel_gap=0.0,
                                             abs_gap=abs_gap)
