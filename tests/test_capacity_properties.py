@@ -78,3 +78,20 @@ def test_capacity_never_drops_on_a_dominating_accelerator(acc, model, tp, shapes
     _, _, _, up = _capacity(model, better, tp, shapes, slo)
     # the search bisects to the edge of the feasible loads
     assert np.all(up.rate >= cap.rate * (1 - 1e-6))
+
+
+@SETTINGS
+@given(acc=accelerators(), model=st.sampled_from(MODELS), tp=st.sampled_from([1, 2]),
+       shapes=classes)
+def test_a_class_that_meets_the_slo_alone_has_capacity(acc, model, tp, shapes):
+    dep = Deployment(model, acc, tp=tp)
+    if not dep.fits:
+        return
+    inp = np.array([s[0] for s in shapes], dtype=float)
+    out = np.array([s[1] for s in shapes], dtype=float)
+    alone = class_capacity(dep, inp, out, SLO())
+    # limits 5% above what a request alone needs: a light enough load meets them
+    slo = SLO(float(alone.best_ttft.max()) * 1.05, float(alone.best_tpot.max()) * 1.05 + 1e-9)
+    cap = class_capacity(dep, inp, out, slo)
+    fits = inp + out <= min(dep.kv_capacity_tokens, model.max_context)
+    assert np.all(cap.rate[fits] > 0)

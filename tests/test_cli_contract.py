@@ -154,6 +154,7 @@ def test_api_refuses_what_the_cli_refuses(run_cli):
         (dict(objective="speed"), ["--objective", "speed"], "--objective 'speed': expected"),
         (dict(max_devices=0), ["--max-devices", "0"], "--max-devices: expected an integer"),
         (dict(prices={"A10G": float("nan")}), ["--price", "A10G=nan"], "--price"),
+        (dict(rate=3e7), ["--rate", "3e7"], "--rate: the load needs at least"),
     ]
     for kwargs, args, message in cases:
         with pytest.raises(HetserveError, match="^" + message.replace("(", r"\(")) as caught:
@@ -188,3 +189,15 @@ def test_engine_is_a_plan_decision_recorded_and_simulated(run_cli, tmp_path):
     res = run_cli("calibrate", "--engine", "vllm-v0", "--json")
     assert res.code == 0 and 0 < len(json.loads(res.out)["points"]) < 32
     assert_bad_input(run_cli("simulate", path, "--engine", "tgi"), needs=["--engine", "tgi"])
+
+
+def test_api_refuses_an_infinite_slo():
+    with pytest.raises(HetserveError, match=r"^--tpot: expected a number > 0, got inf"):
+        hetserve.make_plan("llama-3.1-8b", tpot=float("inf"))
+
+
+def test_throughput_with_a_huge_budget_stays_within_the_replica_limit(run_cli):
+    res = run_cli("plan", "-m", "llama-3.1-8b", "--objective", "throughput", "--budget", "1e9",
+                  "--only", "A10G", "--json")
+    assert res.code == 0, res.summary()
+    assert all(g["replicas"] <= 100_000 for g in json.loads(res.out)["groups"])

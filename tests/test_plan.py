@@ -84,7 +84,8 @@ def test_infeasibility_names_the_binding_constraint():
         hetserve.make_plan("llama-3.1-8b", rate=5, objective="throughput",
                       catalog=load_catalog().only(["A100-80GB", "c7i.8xlarge"]),
                       available={"c7i.8xlarge": 1})  # the CPU serves nothing: no bound
-    with pytest.raises(HetserveError, match="fits no accelerator in the catalog"):
+    with pytest.raises(HetserveError, match=r"no config of at most 8 devices per replica serves "
+                       r"any class \(raise --max-devices\); without the limit: .* TPOT limit"):
         hetserve.make_plan("qwen2.5-72b", rate=5, catalog=load_catalog().only(["T4"]),
                            max_devices=8)
     with pytest.raises(HetserveError, match=r"TPOT limit 50ms, the fastest \(T4 TP8xPP\d\) "):

@@ -1,35 +1,24 @@
-"""Sustainable request rate of one replica per request class under TTFT/TPOT limits.
+"""Sustainable request rate of one replica per request class under p90 TTFT/TPOT limits.
 
 The closed form is the steady state of the engine the simulator runs (hetserve.sim.engine:
-continuous batching, chunked prefill within a token budget C = max_num_batched_tokens). For a
-class with prompt I and output O tokens arriving at X req/s, let tau be the mean step time and
-k = X * tau the mean number of arrivals per step. Then, per step on average,
+continuous batching, chunked prefill within the token budget max_num_batched_tokens), at the
+90th percentile of latencies, without simulating. docs/design.md section 4.3 derives it; in
+short, at a load of `lambda` prompt chunks arriving per step (a Poisson count):
 
-    B = k (O - 1)       sequences decode (Little's law: each decodes for O - 1 steps)
-    P = k I             prompt tokens are prefilled, out of a budget C - B left by the decodes
+- B = k (O - 1) sequences decode (Little's law), k prompts per step are prefilled within the
+  budget left by the decodes; every step is timed by Deployment's step physics (rooflines per
+  operator, TP/PP communication, host overhead), so prompt tokens ride free only while weight
+  reads hide them, and tau = E[step] over the Poisson count; X = k / tau req/s.
+- TTFT: the step under way (none on an idle engine), the wait for prefill (a queue whose service
+  is the prompt's own compute, p90 of M/D/1-like waits), and the prompt's own prefill steps.
+- TPOT: a request's decode window carries every prompt prefilled while it decodes (those that
+  queued behind it and those arriving meanwhile; their Poisson count at p90), timed by the same
+  physics, as a fixed point (a longer window gathers more prompts).
+- The decoding batch at its p90 and the prompts in flight fit max_num_seqs and the KV cache.
 
-A prompt spans s = ceil(I / (C - B)) steps, so a share p = min(1, k s) of steps carry prefill,
-n = P / p tokens each. Steps come in two kinds, timed by the same step physics as the simulator
-(Deployment.step_time: compute and memory rooflines per operator, TP/PP communication, host):
-
-    t0 = step(B decodes)          t1 = step(B decodes + n prompt tokens)
-    tau = (1 - p) t0 + p t1        X = k / tau
-
-Prompt tokens are never free: they cost compute in t1 once they exceed what the weight reads of
-the step hide, and every token of every step is bounded by both rooflines, so X never exceeds
-what the hardware can do. What a request sees at rate X:
-
-- TPOT: its O - 1 decode steps are t1 with probability p; its p90 mean step is t0 + (t1 - t0) q
-  with q the 90th percentile of the share of its steps that carry prefill (normal
-  approximation of the binomial, so short outputs see the full swing).
-- TTFT: the step under way when it arrives (length-biased: E[t^2] / E[t]), the wait for prefill
-  budget (an M/M/1 90th percentile at budget utilisation rho = P / (C - B), one prompt holding
-  I / (C - B) of a step), and its own s prefill steps of t1.
-
-Capacity is the largest X over a grid of k whose p90 TTFT and TPOT meet the limits and whose
-decoding batch (with Poisson headroom) and prompts in flight fit max_num_seqs and the KV cache.
-It is monotone in the hardware: a deployment whose every step is no slower and whose KV cache is
-no smaller sustains at least the same rate.
+The capacity is X at the edge of the feasible loads: a coarse pass over six decades, then
+bisection. It never exceeds the compute or bandwidth roofline and never drops on hardware with
+more FLOPS, bandwidth and memory (tests/test_capacity_properties.py).
 """
 
 from __future__ import annotations
@@ -51,7 +40,7 @@ WINDOW_ITERATIONS = 3  # of the decode window's fixed point
 BISECTIONS = 16  # halvings of the log-load interval after the coarse pass (to ~2e-5)
 DEPLOYMENT_BATCH = 48  # deployments per vectorised pass (bounds the arrays' memory)
 POISSON_WIDTH = 32  # counts of prompt chunks per step evaluated
-POISSON_EXACT = 12.0  # means up to this use the exact Poisson pmf, larger ones a normal
+POISSON_EXACT = 16.0  # means up to this use the exact Poisson pmf, larger ones a normal
 
 
 @dataclass(frozen=True)
@@ -161,14 +150,16 @@ def steady_state(engines: Engines, load, inp, out) -> SteadyState:
     # prefill as a queue: a prompt holds the engine for the compute its tokens need (what no
     # weight read hides once steps are compute-bound), a share rho of the time at rate X; its
     # p90 wait is half the M/M/1 one (service times are nearly fixed)
-    service = prompt_compute_time(eng.coefficients, inp)
+    service = prompt_compute_time(eng.coefficients, eng.pp, inp)
     rho = rate * service
     with np.errstate(divide="ignore", invalid="ignore"):
         wait = np.where(rho < 1.0, service * np.maximum(0.0, np.log(10.0 * rho))
                         / (2.0 * (1.0 - rho)), np.inf)
         typical_wait = idle / 2.0 + np.where(rho < 1.0, rho * service / (2.0 * (1.0 - rho)),
                                              np.inf)
-    ttft = idle + wait + spans * prefill_step
+    # the step under way when a request arrives: none on an idle engine
+    busy_now = np.minimum(1.0, batch + k * spans)
+    ttft = busy_now * idle + wait + spans * prefill_step
     # TPOT: a request's decode window is its m decode steps. The prompts prefilled during it
     # are those that arrived while it waited and was prefilled (its typical TTFT, not the p90
     # one) and those arriving during the window; their count is Poisson. At its 90th
@@ -182,10 +173,9 @@ def steady_state(engines: Engines, load, inp, out) -> SteadyState:
         steps = timed(np.minimum(counts * chunk[..., None], free[..., None]))
         window = np.where(np.isfinite(prompts), m * (pmf * steps).sum(-1), np.inf)
     tpot = np.where(out > 1.0, window / m, 0.0)
-    rho_budget = k * inp / free  # of the prefill token budget
     in_flight = batch + BATCH_Z * np.sqrt(batch) + k * spans  # decoding + prompts being filled
     kv = (batch + BATCH_Z * np.sqrt(batch)) * (inp + out / 2.0) + k * spans * inp
-    fits = room & (rho_budget < 1.0) & (rho < 1.0) & (in_flight <= eng.max_seqs) \
+    fits = room & (rho < 1.0) & (in_flight <= eng.max_seqs) \
         & (kv <= eng.kv_tokens)
     return SteadyState(rate, batch, tpot, ttft, fits)
 
@@ -223,8 +213,8 @@ def _poisson(lam: np.ndarray, width: int = POISSON_WIDTH) -> tuple[np.ndarray, n
     big = (lam > POISSON_EXACT)[..., None]
     small = np.arange(1.0, float(width))  # counts past zero
     sigma = np.sqrt(lam)[..., None]
-    counts = np.where(big, lam[..., None] + sigma * np.linspace(-4.0, 4.0, width),
-                      np.arange(float(width)))
+    counts = np.where(big, np.maximum(lam[..., None] + sigma * np.linspace(-4.0, 4.0, width),
+                                      0.0), np.arange(float(width)))
     # exact: each count is lam / count times as likely as the one before
     ratio = np.minimum(lam[..., None], POISSON_EXACT) / small
     exact = np.concatenate([np.ones(lam.shape + (1,)), np.cumprod(ratio, -1)], -1)

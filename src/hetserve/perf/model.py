@@ -67,12 +67,13 @@ def step_time(coefficients, pp, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0,
             + c0 + np.maximum(c1 * tokens, pp * c1 * chunk) + h0 + h1 * seqs)
 
 
-def prompt_compute_time(coefficients, prompt):
+def prompt_compute_time(coefficients, pp, prompt):
     """Seconds of compute one prompt's prefill needs beyond any step it rides in: its linear
     layers, attention and TP/PP communication at the compute roofline (no weight read, no step
-    overhead). Never more on a deployment with more FLOPS."""
+    overhead). One prompt's chunks pass the pipeline's stages in turn, as in step_time. Never
+    more on a deployment with more FLOPS."""
     a_t, a_s, w, f, b, c0, c1, h0, h1 = coefficients
-    return a_t * prompt + a_s + f * prompt * prompt / 2.0 + c1 * prompt
+    return pp * (a_t * prompt + f * prompt * prompt / 2.0 + c1 * prompt) + a_s
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,8 @@ def model_demands(
             traces[source] = load_trace(source)
         trace = traces[source].for_model(spec.name, spec.matches)  # a model column splits it
         wl = classify(trace, grid, req.rate if req.rate is not None else rate)
-        slo = SLO(req.ttft if req.ttft is not None else ttft,
-                  req.tpot if req.tpot is not None else tpot)
+        slo = SLO(positive(req.ttft if req.ttft is not None else ttft, "--ttft"),
+                  positive(req.tpot if req.tpot is not None else tpot, "--tpot"))
         arrivals = trace.arrivals * (trace.rate / wl.rate)  # at the rate planned for
         burst = burst_factor(arrivals, BURST_SLACK * slo.ttft, BURST_QUANTILE)
         demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, burst, engine,

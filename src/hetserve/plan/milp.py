@@ -127,7 +127,7 @@ class Problem:
                        tail_groups=[(g, s) for g, s in groups if len(g)])
 
 
-MAX_REPLICAS = 1_000_000  # a load that needs more is a typo, and past HiGHS's numeric range
+MAX_REPLICAS = 100_000  # per config, and for a whole load: more is a typo, past HiGHS's range
 
 
 def replicas_floor(cap: np.ndarray, demand: np.ndarray) -> float:
@@ -310,7 +310,7 @@ def _build(p: Problem, scale_mode: bool, slices: int | None):
     lo = np.zeros(n)
     # shares are at most 1 (or `slices` slices); in scale mode u = lambda x is unbounded
     share_hi = float(slices) if slices else (INF if scale_mode else 1.0)
-    hi = np.concatenate([np.full(C, INF), np.full(K, share_hi), np.ones(Z),
+    hi = np.concatenate([np.full(C, float(MAX_REPLICAS)), np.full(K, share_hi), np.ones(Z),
                          [INF] if scale_mode else []])
     integer = [True] * C + [bool(slices)] * K + [True] * Z + ([False] if scale_mode else [])
     coo = (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))

@@ -22,13 +22,13 @@ from hetserve.errors import HetserveError, Record, load_json, validation_message
 from hetserve.models import Dtype, ModelSpec
 from hetserve.perf import Deployment
 from hetserve.perf.model import EngineName
+from hetserve.plan.milp import MAX_REPLICAS
 
 PLAN_VERSION = 2
 SHARE_TOLERANCE = 1e-6  # shares of a class may miss 1 by this much (solver round-off)
 PRICE_TOLERANCE = 1e-6  # relative
 
 PositiveInt = Annotated[int, Field(ge=1)]
-MAX_REPLICAS = 100_000  # per group
 MAX_ENGINE_LIMIT = 1 << 24  # max_num_seqs, max_num_batched_tokens
 Share = Annotated[float, Field(gt=0, le=1 + SHARE_TOLERANCE)]
 

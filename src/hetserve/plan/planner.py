@@ -123,7 +123,8 @@ def _no_config_reason(d: ModelDemand, catalog: Catalog) -> str:
         unlimited = _no_config_reason(replace(d, max_devices=None), catalog)
         return (f"{d.model.name}: no config of at most {d.max_devices} devices per replica "
                 f"serves any class (raise --max-devices); without the limit: {unlimited}")
-    fits = [Deployment(d.model, a, tp=min(8, a.max_per_node), dtype=d.dtype) for a in catalog]
+    fits = [Deployment(d.model, a, tp=min(8, a.max_per_node), pp=pp, dtype=d.dtype)
+            for a in catalog for pp in pp_degrees(d.model)]
     if not any(dep.fits for dep in fits):
         biggest = max(catalog, key=lambda a: a.memory_gb * min(8, a.max_per_node))
         dep = Deployment(d.model, biggest, tp=min(8, biggest.max_per_node), dtype=d.dtype)

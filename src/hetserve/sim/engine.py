@@ -99,7 +99,7 @@ class Engine:
 
     __slots__ = ("dep", "fast", "total_blocks", "free_blocks", "kv_limit", "waiting", "running",
                  "clock", "steps", "busy_time", "kv_block_seconds", "preemptions",
-                 "last_finished", "_decoding", "_run", "_quiet", "_span", "_tick", "_nd", "_due",
+                 "last_finished", "_run", "_quiet", "_span", "_tick", "_nd", "_due",
                  "_ctx", "_ends", "_serial", "_mixed", "_chunk", "_max_seqs")
 
     def __init__(self, dep: Deployment, kv_tokens: int | None = None, fast: bool = True) -> None:
@@ -118,7 +118,6 @@ class Engine:
         self.kv_block_seconds = 0.0  # KV blocks held, integrated over time
         self.preemptions = 0
         self.last_finished: list[Request] = []  # finished by the step that ended at `clock`
-        self._decoding = True  # every running sequence is past its prefill (fast=False)
         self._run: tuple[int, int, int] | None | bool = False  # _steady's cache (False: stale)
         self._quiet = -1.0  # quiet_until's cache (< 0: stale)
         self._span = 0.0  # ... and the steady run's duration (quiet_until - clock)
@@ -566,11 +565,9 @@ class Engine:
         self.kv_block_seconds += (self.total_blocks - self.free_blocks) * dur
         end = now + dur
         finished = []
-        decoding = True
         for req, n in plan:
             req.computed += n
             if req.computed < req.target:
-                decoding = False
                 continue
             req.generated += 1
             if req.generated == 1:
@@ -580,7 +577,6 @@ class Engine:
                 finished.append(req)
         self._retire(finished)
         # sequences left unscheduled by the budget may still be mid-prefill
-        self._decoding = decoding and len(plan) >= len(self.running) + len(finished)
         self.steps += 1
         self.busy_time += dur
         self.clock = end
