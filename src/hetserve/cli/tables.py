@@ -112,6 +112,13 @@ def plan_tables(plan) -> list[Table]:
         word = "cheaper than" if plan.objective == "cost" else "more throughput than"
         summary += (f"; {plan.savings:.1%} {word} the best homogeneous plan "
                     f"({plan.best_homogeneous})")
+    for m in plan.models:
+        if m.best_effort:
+            held = sum(c.rate for c in m.classes if c.name in m.best_effort) / sum(
+                c.rate for c in m.classes)
+            summary += (f"; {m.name} serves {', '.join(m.best_effort)} best effort ({held:.2%} "
+                        f"of its requests, no latency promise; attainment target "
+                        f"{m.attainment:.0%})")
     s = plan.solver
     proof = (f"within ${s.abs_gap:.4f}/h of the optimum" if plan.objective == "cost"
              else f"gap {s.gap:.1e}")
