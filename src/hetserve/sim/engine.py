@@ -245,16 +245,7 @@ class Engine:
         self.free_blocks -= used
         self._tick = tick = tick + steps
         self._run, self._quiet = False, -1.0
-        ends = self._ends
-        finished = []
-        while ends and ends[0][0] <= tick:
-            _, serial, req = heappop(ends)
-            if serial == req.serial:
-                self._leave(req)
-                req.finish = end
-                finished.append(req)
-        if finished:
-            self._retire_decoders(finished)
+        finished = self._finish_decoders(tick, end)
         self.last_finished = finished
         self.steps += steps
         self.busy_time += dur
@@ -283,6 +274,20 @@ class Engine:
         req.blocks = -(-c // BLOCK_TOKENS)
         req.mark = tick
         req.serial = -1
+
+    def _finish_decoders(self, tick: int, end: float) -> list[Request]:
+        """Decoding sequences whose last token comes by step `tick`: they finish at `end`."""
+        ends = self._ends
+        finished: list[Request] = []
+        while ends and ends[0][0] <= tick:
+            _, serial, req = heappop(ends)
+            if serial == req.serial:  # not a stale entry of a preempted sequence
+                self._leave(req)
+                req.finish = end
+                finished.append(req)
+        if finished:
+            self._retire_decoders(finished)
+        return finished
 
     def _retire_decoders(self, finished: list[Request]) -> None:
         """Remove finished members of the decode set from running (their blocks free)."""
@@ -444,17 +449,7 @@ class Engine:
         self.kv_block_seconds += (self.total_blocks - free) * dur
         end = now + dur
         self._tick = tick = tick + 1
-        finished: list[Request] = []
-        ends = self._ends
-        if nd and ends[0][0] <= tick:
-            while ends and ends[0][0] <= tick:
-                _, serial, req = heappop(ends)
-                if serial == req.serial:
-                    self._leave(req)
-                    req.finish = end
-                    finished.append(req)
-            if finished:
-                self._retire_decoders(finished)
+        finished = self._finish_decoders(tick, end) if nd and self._ends[0][0] <= tick else []
         if plan:
             done_plan = []
             prefilling = False
