@@ -297,3 +297,28 @@ def test_verify_gives_capacity_back_only_with_slack():
     _raise(this, rows, names, derate, settled={"d"})
     assert this.raised == {"a": 1.25, "c": pytest.approx(1 / 0.9)}
     assert derate == {"a": 0.625, "b": 0.5, "c": pytest.approx(1.0), "d": 0.5, "e": 1.0}
+
+
+def test_prove_quotes_savings_only_between_plans_that_hold():
+    from hetserve.catalog import load_catalog
+    from hetserve.sim.verify import prove
+
+    cat = load_catalog().only(["L4", "A10G", "L40S", "A100-80GB", "H100-SXM"])
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=5, catalog=cat)
+    proven = prove(plan)
+    assert proven.slo_attainment == pytest.approx(float(simulate(plan).met.mean()))
+    for b in proven.baselines:
+        if b.usd_per_hour is not None:  # every feasible baseline simulated on the same trace
+            assert b.slo_attainment == pytest.approx(
+                float(simulate(plan.baseline_plans[b.accelerator]).met.mean()))
+    assert proven.slo_attainment < 0.99 and proven.savings is None  # it misses: no saving
+    assert plan.savings is not None  # the unproven figure the closed form alone would quote
+    # with a target every plan here reaches, the saving is against the cheapest that holds
+    loose = prove(hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=5,
+                                     catalog=cat, attainment=0.5))
+    holding = [b for b in loose.baselines
+               if b.slo_attainment is not None and b.slo_attainment >= 0.5]
+    assert loose.slo_attainment >= 0.5 and holding
+    cheapest = min(holding, key=lambda b: b.usd_per_hour)
+    assert loose.best_homogeneous == cheapest.accelerator
+    assert loose.savings == pytest.approx(1 - loose.usd_per_hour / cheapest.usd_per_hour)

@@ -298,6 +298,9 @@ def plan_cmd(
         "--target", help="--verify: SLO attainment to reach (share of requests)")] = 0.99,
     rounds: Annotated[int, typer.Option("--rounds", help="--verify: at most this many rounds")]
     = 5,
+    prove: Annotated[bool, typer.Option(
+        "--prove/--no-prove", help="simulate the plan and every homogeneous baseline on the "
+        "trace; quote savings only between plans that reach the attainment target")] = True,
     out_file: Annotated[Path | None, typer.Option("--out", help="write the plan file")] = None,
     as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="cost by accelerator, vs baselines")]
@@ -331,6 +334,12 @@ def plan_cmd(
     else:
         with _console(stderr=True).status("solving", spinner="dots"):
             result = solve_plan(demands, cat, objective, budget)
+    if prove:
+        from hetserve.sim.verify import prove as prove_plan
+
+        with _console(stderr=True).status("simulating the plan and its baselines",
+                                          spinner="dots"):
+            result = prove_plan(result)
     if out_file:
         result.save(out_file)
     if plot:

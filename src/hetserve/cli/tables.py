@@ -108,10 +108,18 @@ def plan_tables(plan) -> list[Table]:
                f"per dollar")
     if plan.objective == "throughput":
         summary += f", {plan.scale:.3g}x the given rate"
+    target = min(m.attainment for m in plan.models)
+    if plan.slo_attainment is not None:
+        mark = "meets" if plan.slo_attainment >= target else "[red]misses[/]"
+        summary += (f"; simulated on its trace: {plan.slo_attainment:.2%} of requests within "
+                    f"the SLO ({mark} the {target:.0%} target)")
     if plan.savings is not None:
         word = "cheaper than" if plan.objective == "cost" else "more throughput than"
+        proven = ", both proven in simulation" if plan.slo_attainment is not None else ""
         summary += (f"; {plan.savings:.1%} {word} the best homogeneous plan "
-                    f"({plan.best_homogeneous})")
+                    f"({plan.best_homogeneous}{proven})")
+    elif plan.slo_attainment is not None and plan.baselines:
+        summary += "; no saving quoted: that needs this plan and a baseline to meet the target"
     for m in plan.models:
         if m.best_effort:
             held = sum(c.rate for c in m.classes if c.name in m.best_effort) / sum(
@@ -133,18 +141,20 @@ def plan_tables(plan) -> list[Table]:
     note = "" if v is None else ", capacities lowered as --verify found"
     base = Table(title=f"Homogeneous baselines (same solver, one accelerator type{note})",
                  title_justify="left")
-    for col in ("accelerator", "$/h", "devices", "scale", "vs plan"):
+    for col in ("accelerator", "$/h", "devices", "scale", "in SLO", "vs plan"):
         base.add_column(col, justify="left" if col == "accelerator" else "right")
     rows = sorted(plan.baselines, key=lambda b: (b.usd_per_hour is None, b.usd_per_hour or 0))
     for b in rows:
         if b.usd_per_hour is None:
-            base.add_row(b.accelerator, "-", "-", "-", b.reason)
+            base.add_row(b.accelerator, "-", "-", "-", "-", b.reason)
             continue
+        held = "-" if b.slo_attainment is None else f"{b.slo_attainment:.1%}"
         if plan.objective == "cost":
             vs = f"{b.usd_per_hour / plan.usd_per_hour - 1:+.1%} cost"
         else:
             vs = f"{plan.scale / b.scale - 1:+.1%} throughput"
-        base.add_row(b.accelerator, f"{b.usd_per_hour:.2f}", str(b.devices), f"{b.scale:.3g}", vs)
+        base.add_row(b.accelerator, f"{b.usd_per_hour:.2f}", str(b.devices), f"{b.scale:.3g}",
+                     held, vs)
     return [groups, base]
 
 

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from hetserve.catalog import Accelerator
 from hetserve.errors import HetserveError, Record, load_json, validation_message, write_text
@@ -95,6 +95,8 @@ class ReplicaGroup(Record):
 
 class Baseline(Record):
     accelerator: str
+    slo_attainment: float | None = Field(default=None, ge=0, le=1, description="simulated "
+                                         "share of requests within the SLO (when proven)")
     usd_per_hour: float | None = Field(default=None, gt=0)
     scale: float | None = Field(default=None, ge=0)
     devices: int = Field(default=0, ge=0)
@@ -146,8 +148,18 @@ class Plan(Record):
     best_homogeneous: str | None = None
     savings: float | None = Field(
         default=None,
-        description="cost: 1 - cost / best homogeneous cost; throughput: scale / best - 1",
+        description="cost: 1 - cost / best homogeneous cost; throughput: scale / best - 1. "
+        "When slo_attainment is set, only between plans that reach the attainment target in "
+        "simulation (else null)",
     )
+    slo_attainment: float | None = Field(default=None, ge=0, le=1, description="simulated "
+                                         "share of requests within the SLO (when proven)")
+    _baseline_plans: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def baseline_plans(self) -> dict[str, Plan]:
+        """The homogeneous plans of `baselines`, by accelerator (kept in memory, not saved)."""
+        return self._baseline_plans
     solver: SolverInfo
     verification: Verification | None = None
 

@@ -202,24 +202,32 @@ def _blocks(space: Space, keep: np.ndarray | None = None):
     return out
 
 
-def _baselines(space: Space, objective: str) -> list[Baseline]:
+def _baselines(space: Space, objective: str, budget, avail: dict[str, int]
+               ) -> tuple[list[Baseline], dict[str, Plan]]:
+    """Per accelerator type: the best plan on that type alone (its summary, and the plan)."""
     p = space.problem
-    out = []
+    out, plans = [], {}
     for t, name in enumerate(p.types):
         keep = p.usage[:, t] > 0
         sub = p.restricted(keep)
-        served = sub.cap.max(axis=0) > 0
+        served = (sub.cap.max(axis=0) > 0) | (sub.tail.max(axis=0) > 0)
         if not served.all():
             miss = p.classes[int(np.argmin(served))]
             out.append(Baseline(accelerator=name, reason=f"cannot serve {miss} within the SLO"))
             continue
         sol = _solve(sub, objective, _blocks(space, keep))
         if not sol.ok or (objective == "throughput" and sol.scale <= 0):
-            out.append(Baseline(accelerator=name, reason="infeasible within budget/availability"))
+            out.append(Baseline(accelerator=name, reason="infeasible within budget, "
+                                "availability and attainment"))
             continue
         out.append(Baseline(accelerator=name, usd_per_hour=sol.cost, scale=sol.scale,
                             devices=int(sub.usage[:, t] @ sol.replicas)))
-    return out
+        replicas = np.zeros(len(space.configs), dtype=int)
+        shares = np.zeros((len(space.configs), len(p.classes)))
+        replicas[keep], shares[keep] = sol.replicas, sol.shares
+        full = replace(sol, replicas=replicas, shares=shares)
+        plans[name] = _to_plan(space, full, objective, budget, [], [name], avail)
+    return out, plans
 
 
 def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
@@ -245,9 +253,12 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
         cheapest = float(p.price.min())
         raise HetserveError(f"the budget ${budget:.2f}/h buys no replica: the cheapest config "
                             f"costs ${cheapest:.2f}/h")
-    base = _baselines(space, objective) if baselines else []
-    return _to_plan(space, sol, objective, budget, base, [a.name for a in catalog],
+    base, plans = _baselines(space, objective, budget, dict(catalog.available)) \
+        if baselines else ([], {})
+    plan = _to_plan(space, sol, objective, budget, base, [a.name for a in catalog],
                     dict(catalog.available))
+    plan.baseline_plans.update(plans)
+    return plan
 
 
 def _to_plan(space: Space, sol: Solution, objective: str, budget,

@@ -156,3 +156,32 @@ def best_round(history: Sequence[Round], target: float) -> Round:
             return min(met, key=lambda r: (-r.plan.scale, r.plan.usd_per_hour, r.number))
         return min(met, key=lambda r: (r.plan.usd_per_hour, -r.plan.scale, r.number))
     return max(history, key=lambda r: (r.attainment, -r.number))
+
+
+def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Plan:
+    """The plan with its figures proven in simulation: its own SLO attainment on its workload
+    (from `verification` when set), every homogeneous baseline's, and the saving quoted only
+    against the best baseline that reaches the attainment target, and only if the plan does."""
+    def attained(p: Plan) -> float:
+        return float(simulate(p, traces, router=router, seed=seed).met.mean())
+
+    target = min(m.attainment for m in plan.models)
+    own = plan.verification.slo_attainment if plan.verification else attained(plan)
+    baselines = [b.model_copy(update={"slo_attainment": attained(
+        plan.baseline_plans[b.accelerator])}) if b.accelerator in plan.baseline_plans else b
+        for b in plan.baselines]
+    holding = [b for b in baselines if b.usd_per_hour is not None
+               and b.slo_attainment is not None and b.slo_attainment >= target]
+    savings = best = None
+    if own >= target and holding:
+        if plan.objective == "cost":
+            top = min(holding, key=lambda b: b.usd_per_hour)
+            savings = 1.0 - plan.usd_per_hour / top.usd_per_hour
+        else:
+            top = max(holding, key=lambda b: b.scale)
+            savings = plan.scale / top.scale - 1.0
+        best = top.accelerator
+    proven = plan.model_copy(update={"slo_attainment": own, "baselines": baselines,
+                                     "savings": savings, "best_homogeneous": best})
+    proven.baseline_plans.update(plan.baseline_plans)
+    return proven
