@@ -235,6 +235,20 @@ class Plan(Record):
         return json.loads(self.model_dump_json())
 
 
+def best_baseline(objective: str, usd_per_hour: float, scale: float,
+                  baselines: list[Baseline]) -> tuple[str | None, float | None]:
+    """The best of `baselines` (feasible ones only) and the plan's saving against it: 1 - cost
+    / its cost (cost plans) or scale / its scale - 1 (throughput); (None, None) if none."""
+    feasible = [b for b in baselines if b.usd_per_hour is not None]
+    if not feasible:
+        return None, None
+    if objective == "cost":
+        top = min(feasible, key=lambda b: b.usd_per_hour)
+        return top.accelerator, 1.0 - usd_per_hour / top.usd_per_hour
+    top = max(feasible, key=lambda b: b.scale)
+    return top.accelerator, scale / top.scale - 1.0
+
+
 def _unique(what: str, names: list[str]) -> None:
     twice = [n for n, k in Counter(names).items() if k > 1]
     if twice:

@@ -36,6 +36,7 @@ from hetserve.plan.planfile import (
     ReplicaGroup,
     SLOSpec,
     SolverInfo,
+    best_baseline,
 )
 
 
@@ -302,16 +303,7 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
             capacity={c.name: float(cfg.cap[j] if cfg.cap[j] > 0 else cfg.tail[j])
                       for j, c in enumerate(classes)},
         ))
-    feasible = [b for b in base if b.usd_per_hour is not None]
-    best, savings = None, None
-    if feasible:
-        if objective == "cost":
-            top = min(feasible, key=lambda b: b.usd_per_hour)
-            savings = 1.0 - sol.cost / top.usd_per_hour
-        else:
-            top = max(feasible, key=lambda b: b.scale)
-            savings = sol.scale / top.scale - 1.0
-        best = top.accelerator
+    best, savings = best_baseline(objective, sol.cost, sol.scale, base)
     used = dict.fromkeys(c.deployment.accelerator.name for c, y in
                          zip(space.configs, sol.replicas, strict=True) if y > 0)
     rows = {c.deployment.accelerator.name: c.deployment.accelerator for c in space.configs}

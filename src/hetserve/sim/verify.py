@@ -26,7 +26,7 @@ from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.plan import Plan, solve_plan
 from hetserve.plan.configs import ModelDemand
-from hetserve.plan.planfile import Verification
+from hetserve.plan.planfile import Verification, best_baseline
 from hetserve.sim.report import SimResult
 from hetserve.sim.simulate import simulate
 
@@ -170,17 +170,10 @@ def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Pl
     baselines = [b.model_copy(update={"slo_attainment": attained(
         plan.baseline_plans[b.accelerator])}) if b.accelerator in plan.baseline_plans else b
         for b in plan.baselines]
-    holding = [b for b in baselines if b.usd_per_hour is not None
-               and b.slo_attainment is not None and b.slo_attainment >= target]
-    savings = best = None
-    if own >= target and holding:
-        if plan.objective == "cost":
-            top = min(holding, key=lambda b: b.usd_per_hour)
-            savings = 1.0 - plan.usd_per_hour / top.usd_per_hour
-        else:
-            top = max(holding, key=lambda b: b.scale)
-            savings = plan.scale / top.scale - 1.0
-        best = top.accelerator
+    holding = [b for b in baselines if b.slo_attainment is not None
+               and b.slo_attainment >= target]
+    best, savings = best_baseline(plan.objective, plan.usd_per_hour, plan.scale, holding) \
+        if own >= target else (None, None)
     proven = plan.model_copy(update={"slo_attainment": own, "baselines": baselines,
                                      "savings": savings, "best_homogeneous": best})
     proven.baseline_plans.update(plan.baseline_plans)
