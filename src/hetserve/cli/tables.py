@@ -133,7 +133,9 @@ def plan_tables(plan) -> list[Table]:
     summary += (f"; HiGHS {s.status}, {proof}, {s.seconds:.2f}s over {s.configs} configs "
                 f"x {s.classes} classes")
     v = plan.verification
-    if v is not None:
+    if v is not None and plan.slo_attainment is not None:
+        summary += f"; verified: round {v.chosen} of {v.rounds}"
+    elif v is not None:
         summary += (f"; simulated: {v.slo_attainment:.2%} of requests within the SLO (target "
                     f"{v.target:.0%}, round {v.chosen} of {v.rounds})")
     groups.caption = summary
