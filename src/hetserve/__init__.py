@@ -20,7 +20,7 @@ def estimate(model: str, *, workload: str = "azure-conv", rate: float | None = N
              grid=None, available=None, only=None, engine: str = "vllm"):
     """Per accelerator x TP: the rate and tokens per dollar of each request class. `available`
     (NAME -> count) and `only` (names) limit the accelerators as for planning."""
-    from hetserve.catalog import load_catalog
+    from hetserve.errors import positive
     from hetserve.models import check_dtype, get_model
     from hetserve.perf import SLO
     from hetserve.perf.estimate import estimate as run
@@ -30,9 +30,9 @@ def estimate(model: str, *, workload: str = "azure-conv", rate: float | None = N
 
     check_dtype(dtype)
     check_engine(engine)
-    slo = SLO(ttft, tpot)
+    slo = SLO(positive(ttft, "--ttft"), positive(tpot, "--tpot"))
     spec = get_model(model)
     trace = load_trace(workload).for_model(spec.name, spec.matches)
-    cat = plan_catalog(catalog or load_catalog(), None, available, only)
+    cat = plan_catalog(catalog, None, available, only)
     return run(spec, classify(trace, grid, rate), cat, slo, dtype, engine)
 

@@ -145,10 +145,8 @@ def load_catalog(
     extra: Path | str | None = None,
     prices: Mapping[str, float] | None = None,
     available: Mapping[str, int] | None = None,
-    only: Iterable[str] | None = None,
 ) -> Catalog:
-    """The bundled catalog, extended/overridden by `extra`, then prices and availability applied,
-    then restricted to the accelerators named in `only` (None: all)."""
+    """The bundled catalog, extended/overridden by `extra`, then prices and availability applied."""
     rows = {r["name"]: dict(r) for r in bundled_rows()}
     lower = {name.lower(): name for name in rows}
     if extra is not None:
@@ -164,8 +162,6 @@ def load_catalog(
         cat = cat.with_prices(prices)
     if available:
         cat = cat.with_availability(available)
-    if only is not None:
-        cat = cat.only(only)
     return cat
 
 

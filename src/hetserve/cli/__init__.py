@@ -32,6 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="hetserve: cost-efficient LLM serving on heterogeneous accelerators.",
 )
+
+
 def _console(stderr: bool = False) -> Console:
     """Rich console; piped or captured, it does not squeeze tables into 80 columns."""
     console = Console(stderr=stderr)

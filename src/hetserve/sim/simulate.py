@@ -70,17 +70,9 @@ class SimFleet:
         best, best_load = -1, 0
         for k in range(n):
             i = replicas[(k + turn) % n]
-            engine = engines[i]
-            if size > engine.kv_limit:
+            if size > engines[i].kv_limit:
                 continue
-            clock = engine.clock
-            if clock < now and (engine.running or engine.waiting) \
-                    and engine.quiet_until() < now:
-                self.done += engine.advance(now, finished_only=True)
-                clock = engine.clock
-            load = len(engine.waiting) + len(engine.running)
-            if clock > now:  # finished by a step that ends after `now`
-                load += len(engine.last_finished)
+            load = self.load(i, now)
             if best < 0 or load < best_load:
                 best, best_load = i, load
                 if not load:
