@@ -196,13 +196,12 @@ def _reshape(d: dict, **fields) -> dict:
 
 
 def _second_group(d: dict, gid: str, share: float) -> dict:
-    """A copy of group 0 as a second group; both groups route `share` of every class."""
+    """Group 0 and a copy of it as the only groups; both route `share` of every class."""
     g = _g(d)
-    for name in g["shares"]:
-        g["shares"][name] = share
+    g["shares"] = {c["name"]: share for m in d["models"] for c in m["classes"]}
     twin = copy.deepcopy(g)
     twin["id"] = gid
-    d["groups"].append(twin)
+    d["groups"] = [g, twin]
     return _retotal(d)
 
 
@@ -529,7 +528,7 @@ CASES = [
          (FILE, "kind")),
     Case("plan-file/version-old", sim_plan(_old_version), (FILE, "version")),
     Case("plan-file/version-99", sim_plan(lambda d: d.update(version=99)), (FILE, "version")),
-    Case("plan-file/shares-sum-to-2", sim_plan(lambda d: _second_group(d, "g1", 1.0)),
+    Case("plan-file/shares-sum-to-2", sim_plan(lambda d: _second_group(d, "twin", 1.0)),
          (FILE, "share")),
     Case("plan-file/share-2", sim_plan(_set_shares(2.0)), (FILE, "share")),
     Case("plan-file/shares-sum-to-half", sim_plan(_set_shares(0.5)), (FILE, "share")),
@@ -860,7 +859,7 @@ CONTROLS = [
     Control("availability-file", avail(lambda c: c.yaml({"A10G": 2}))),
     Control("hf-config", hf_est(HF_CONFIG)),
     Control("plan-file", sim_plan()),
-    Control("plan-file-two-groups", sim_plan(lambda d: _second_group(d, "g1", 0.5))),
+    Control("plan-file-two-groups", sim_plan(lambda d: _second_group(d, "twin", 0.5))),
     Control("plan-file-reshaped", sim_plan(lambda d: _reshape(d, replicas=2))),
     Control("melange", mel(lambda c: c.json(MELANGE))),
     Control("solve", solve(lambda c: c.json(ABSTRACT))),

@@ -92,7 +92,7 @@ def plan_tables(plan) -> list[Table]:
     """Replica groups and baselines of a plan."""
     models = "; ".join(
         f"{m.name} on {m.workload} at {m.rate * plan.scale:.3g} req/s "
-        + (f"with bursts x{m.burst:.2f} " if m.burst > 1.005 else "")
+        + (f"with bursts up to x{m.burst:.2f} " if m.burst > 1.005 else "")
         + f"(TTFT <= {m.slo.ttft:g}s, TPOT <= {m.slo.tpot * 1e3:g}ms)" for m in plan.models)
     groups = Table(title=f"Plan ({plan.objective}): {models}", title_justify="left")
     for col in ("group", "model", "replica", "TP", "PP", "replicas", "$/h", "classes served"):

@@ -24,16 +24,17 @@ more FLOPS, bandwidth and memory (tests/test_capacity_properties.py).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from hetserve.errors import positive
+from hetserve.errors import HetserveError, positive
 from hetserve.perf.model import Deployment, prompt_compute_time, step_time
 
-P90_Z = 1.2816  # the standard normal's 90th percentile
-BATCH_Z = P90_Z  # headroom for the decoding batch: its 90th percentile under Poisson fluctuation
+DEFAULT_QUANTILE = 0.9  # latencies are limits on this share of requests unless an SLO says
 GRID = 12  # points of the coarse pass over the load
 GRID_SPAN = 1e-6  # the coarse pass spans [GRID_SPAN, 1] x the largest load that fits a step
 WINDOW_ITERATIONS = 3  # of the decode window's fixed point
@@ -45,14 +46,19 @@ POISSON_EXACT = 16.0  # means up to this use the exact Poisson pmf, larger ones 
 
 @dataclass(frozen=True)
 class SLO:
-    """Latency limits in seconds (p90 targets); inf means no limit."""
+    """Latency limits in seconds (inf: no limit) that a share `quantile` of requests meets
+    (0.9: p90 limits; a plan sets it from its attainment target)."""
 
     ttft: float = float("inf")
     tpot: float = float("inf")
+    quantile: float = DEFAULT_QUANTILE
 
     def __post_init__(self) -> None:
         positive(self.ttft, "--ttft", allow_inf=True)
         positive(self.tpot, "--tpot", allow_inf=True)
+        if not (isinstance(self.quantile, int | float) and 0.5 <= self.quantile < 1):
+            raise HetserveError(f"SLO quantile: expected a share in [0.5, 1), got "
+                                f"{self.quantile!r}")
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,13 @@ class Engines:
         return step_time(self.coefficients, self.pp, *args)
 
 
-def steady_state(engines: Engines, load, inp, out) -> SteadyState:
+def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUANTILE
+                 ) -> SteadyState:
     """The engines' steady state when `load` prompt chunks arrive per step (the mean of a
     Poisson count, before the token budget caps a step) for classes of `inp` prompt and `out`
-    output tokens. `load`, `inp` and `out` broadcast to [deployment, ...] arrays."""
+    output tokens, latencies at `quantile`. `load`, `inp` and `out` broadcast to
+    [deployment, ...] arrays."""
+    z = NormalDist().inv_cdf(quantile)
     lam, inp, out = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64)
                                           for a in (load, inp, out)))
     eng = engines.shaped(lam.ndim)
@@ -147,13 +156,20 @@ def steady_state(engines: Engines, load, inp, out) -> SteadyState:
     busy = pmf[..., 1:].sum(-1)
     prefill_step = np.where(busy > 0, (pmf * steps)[..., 1:].sum(-1) / np.maximum(busy, 1e-300),
                             steps[..., -1])
-    # prefill as a queue: a prompt holds the engine for the compute its tokens need (what no
-    # weight read hides once steps are compute-bound), a share rho of the time at rate X; its
-    # p90 wait is half the M/M/1 one (service times are nearly fixed)
-    service = prompt_compute_time(eng.coefficients, eng.pp, inp)
+    # prefill as a queue. While prompts queue, every step carries the decoding batch and a
+    # full budget `free` of prompt tokens, so a prompt holds the engine for its share of such
+    # steps (never less than the compute its tokens need), a share rho of the time at rate X.
+    # Its wait at the quantile q is half the M/M/1 one, P(W > t) = rho exp(-(1 - rho) t /
+    # service) (service times are nearly fixed)
+    compute = prompt_compute_time(eng.coefficients, eng.pp, inp)
+    service = np.maximum(compute, inp * timed(free[..., None])[..., 0] / free)
+    # what a busy step carries beside the batch: the queued prompts (an M/M/1 queue holds
+    # 1 / (1 - rho) while busy, and at least the k that arrive during a step), up to `free`
+    queued = inp * np.maximum(1.0 / (1.0 - np.minimum(rate * service, 0.999)), k)
+    full = timed(np.minimum(free, queued)[..., None])[..., 0]
     rho = rate * service
     with np.errstate(divide="ignore", invalid="ignore"):
-        wait = np.where(rho < 1.0, service * np.maximum(0.0, np.log(10.0 * rho))
+        wait = np.where(rho < 1.0, service * np.maximum(0.0, np.log(rho / (1.0 - quantile)))
                         / (2.0 * (1.0 - rho)), np.inf)
         typical_wait = idle / 2.0 + np.where(rho < 1.0, rho * service / (2.0 * (1.0 - rho)),
                                              np.inf)
@@ -162,48 +178,78 @@ def steady_state(engines: Engines, load, inp, out) -> SteadyState:
     ttft = busy_now * idle + wait + spans * prefill_step
     # TPOT: a request's decode window is its m decode steps. The prompts prefilled during it
     # are those that arrived while it waited and was prefilled (its typical TTFT, not the p90
-    # one) and those arriving during the window; their count is Poisson. At its 90th
-    # percentile, spread over the window's steps as a Poisson count per step, the steps are
+    # one) and those arriving during the window; their count is Poisson. At its quantile,
+    # spread over the window's steps as a Poisson count per step, the steps are
     # timed by the same physics (a fixed point: a longer window gathers more prompts).
     m = np.maximum(decode_steps, 1.0)
     window = m * tau
     for _ in range(WINDOW_ITERATIONS):
-        prompts = _poisson_p90(rate * (typical_wait + spans * prefill_step + window))
+        prompts = poisson_quantile(rate * (typical_wait + spans * prefill_step + window), quantile)
         counts, pmf = _poisson(np.where(np.isfinite(prompts), prompts * spans / m, 0.0))
         steps = timed(np.minimum(counts * chunk[..., None], free[..., None]))
         window = np.where(np.isfinite(prompts), m * (pmf * steps).sum(-1), np.inf)
+    # Prompts that queue fill the steps: while the prefill queue is busy (a share rho of the
+    # time, in busy cycles of mean length service / (rho (1 - rho))) every step carries the
+    # queued tokens (`full`, above). A window spanning N cycles is full for a share f of its steps, of mean rho and
+    # variance about rho (1 - rho) / (1 + N): at the quantile, its steps are that mix of full
+    # and idle ones (short windows inside one busy period see only full steps).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        busy_share = np.clip(rho, 0.0, 1.0)
+        cycles = window * busy_share * (1.0 - busy_share) / service
+        full_share = np.clip(busy_share + z * np.sqrt(busy_share * (1.0 - busy_share)
+                                                      / (1.0 + cycles)), 0.0, 1.0)
+    # a queue busy less than 1 - q of the time leaves the window at the quantile idle but for
+    # its mean share
+    full_share = np.where(busy_share > 1.0 - quantile, full_share, busy_share)
+    window = np.maximum(window, m * (idle + full_share * (full - idle)))
     tpot = np.where(out > 1.0, window / m, 0.0)
-    in_flight = batch + BATCH_Z * np.sqrt(batch) + k * spans  # decoding + prompts being filled
-    kv = (batch + BATCH_Z * np.sqrt(batch)) * (inp + out / 2.0) + k * spans * inp
+    # the decoding batch at its quantile under Poisson fluctuation, and prompts being filled.
+    # A larger batch makes steps longer once they are compute- or KV-read-bound, so each
+    # sequence stays longer and the batch grows more: near a roofline the batch fluctuates
+    # like a processor-sharing queue, its spread growing by 1 / (1 - u), u the share of the
+    # compute roofline (prompt and generated tokens through the layers) or of the KV-read
+    # bandwidth (every generated token reading its context) that the load takes. Without
+    # this, a replica sized to the edge of max_num_seqs or the KV cache queues unbounded.
+    a_t, a_s, _, _, b_kv = eng.coefficients[:5]
+    per_request = np.maximum(
+        compute + decode_steps * (eng.pp * a_t + a_s),  # compute seconds
+        decode_steps * b_kv * (inp + out / 2.0))  # KV-read seconds
+    u = rate * per_request
+    with np.errstate(divide="ignore"):
+        peak = np.where(u < 1.0, batch + z * np.sqrt(batch) / np.maximum(1.0 - u, 1e-12),
+                        np.inf)
+    in_flight = peak + k * spans
+    kv = peak * (inp + out / 2.0) + k * spans * inp
     fits = room & (rho < 1.0) & (in_flight <= eng.max_seqs) \
         & (kv <= eng.kv_tokens)
     return SteadyState(rate, batch, tpot, ttft, fits)
 
 
-def _p90_thresholds(top: int = 40) -> np.ndarray:
-    """thresholds[n]: the mean above which a Poisson count's 90th percentile exceeds n."""
+@lru_cache(maxsize=16)
+def _thresholds(quantile: float, top: int = 64) -> np.ndarray:
+    """thresholds[n]: the mean above which a Poisson count's `quantile` exceeds n."""
     out = []
     for n in range(top):
-        lo, hi = 0.0, 4.0 * n + 8.0
-        for _ in range(60):  # P(N <= n; mu) falls as mu grows: find where it crosses 0.9
+        lo, hi = 0.0, 4.0 * n + 16.0
+        for _ in range(60):  # P(N <= n; mu) falls as mu grows: find where it crosses quantile
             mid = (lo + hi) / 2.0
             term = total = math.exp(-mid)
             for j in range(1, n + 1):
                 term *= mid / j
                 total += term
-            lo, hi = (mid, hi) if total >= 0.9 else (lo, mid)
+            lo, hi = (mid, hi) if total >= quantile else (lo, mid)
         out.append(lo)
     return np.array(out)
 
 
-P90_THRESHOLDS = _p90_thresholds()
-
-
-def _poisson_p90(mu: np.ndarray) -> np.ndarray:
-    """The 90th percentile of a Poisson(mu) count (exact up to mu = 30, normal beyond)."""
+def poisson_quantile(mu, quantile: float) -> np.ndarray:
+    """The `quantile` of a Poisson(mu) count (exact while below the 64th count, normal
+    beyond)."""
     mu = np.asarray(mu, dtype=np.float64)
-    exact = np.searchsorted(P90_THRESHOLDS, mu, side="left").astype(np.float64)
-    return np.where(mu > 30.0, np.ceil(mu + P90_Z * np.sqrt(mu)), exact)
+    table = _thresholds(quantile)
+    exact = np.searchsorted(table, mu, side="left").astype(np.float64)
+    normal = np.ceil(mu + NormalDist().inv_cdf(quantile) * np.sqrt(mu))
+    return np.where(mu > table[-1], normal, exact)
 
 
 def _poisson(lam: np.ndarray, width: int = POISSON_WIDTH) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +306,8 @@ def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: S
 
     def feasible_rates(load):  # load: [D, ..., n]
         shape = (1,) * (load.ndim - 1)
-        st = steady_state(engines, load, inp.reshape(shape + (n,)), out.reshape(shape + (n,)))
+        st = steady_state(engines, load, inp.reshape(shape + (n,)), out.reshape(shape + (n,)),
+                          slo.quantile)
         fits = one_fits.reshape(one_fits.shape[:1] + (1,) * (load.ndim - 2) + (n,))
         ok = st.fits & (st.ttft <= slo.ttft) & ((st.tpot <= slo.tpot) | (out <= 1)) & fits
         return st, np.where(ok, st.rate, 0.0)
@@ -284,7 +331,8 @@ def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: S
         lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
     st, rates = feasible_rates(lo)
     feasible &= rates > 0
-    light = steady_state(engines, coarse[:, 0, :], inp[None, :], out[None, :])  # lightest load
+    light = steady_state(engines, coarse[:, 0, :], inp[None, :], out[None, :],  # lightest load
+                         slo.quantile)
     out_list = []
     for i, dep in enumerate(deps):
         alone_ttft = np.asarray(dep.prefill_time(inp), dtype=np.float64)

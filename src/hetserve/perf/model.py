@@ -108,7 +108,9 @@ class Deployment:
     def label(self) -> str:
         acc = self.accelerator.name
         par = f"TP{self.tp}" + (f"xPP{self.pp}" if self.pp > 1 else "")
-        return f"{acc} {par}"
+        knobs = (f" chunk{self.chunk_tokens}" if self.chunk_tokens != DEFAULT_CHUNK else "") \
+            + (f" seqs{self.max_seqs}" if self.max_seqs != DEFAULT_MAX_SEQS else "")
+        return f"{acc} {par}{knobs}"
 
     # ---- memory ------------------------------------------------------------------------
     @property

@@ -13,12 +13,13 @@ from hetserve.catalog import Catalog, load_catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.models import check_dtype, get_model
 from hetserve.perf import SLO
+from hetserve.perf.capacity import DEFAULT_QUANTILE
 from hetserve.perf.model import check_engine
 from hetserve.plan.configs import ModelDemand
 from hetserve.plan.planfile import Plan, load_plan
 from hetserve.plan.planner import solve_plan
 from hetserve.workload import ClassGrid, classify, load_trace
-from hetserve.workload.burst import burst_factor
+from hetserve.workload.burst import class_burst_factors
 
 # Bursts: plan for the service rate at which 99% of requests would wait at most half the TTFT
 # limit in a fluid queue fed by the trace, relative to Poisson arrivals (workload.burst)
@@ -27,6 +28,7 @@ BURST_QUANTILE = 0.99
 # Share of each model's requests that must meet the SLO; classes holding together no more
 # than the rest may be served best effort
 DEFAULT_ATTAINMENT = 0.99
+MAX_QUANTILE = 0.999
 
 __all__ = ["ModelRequest", "Plan", "load_plan", "model_demands", "parse_model_request", "plan",
            "plan_catalog", "solve_plan"]
@@ -55,6 +57,12 @@ def parse_model_request(text: str, parse_duration) -> ModelRequest:
         parse_duration(parts[3], "--model ttft") if parts[3] else None,
         parse_duration(parts[4], "--model tpot") if parts[4] else None,
     )
+
+
+def latency_quantile(attainment: float) -> float:
+    """The share of a class's requests its latencies are sized for: the attainment target
+    (at most MAX_QUANTILE, at least the p90 of latency limits)."""
+    return min(max(attainment, DEFAULT_QUANTILE), MAX_QUANTILE)
 
 
 def model_demands(
@@ -94,10 +102,12 @@ def model_demands(
         trace = traces[source].for_model(spec.name, spec.matches)  # a model column splits it
         wl = classify(trace, grid, req.rate if req.rate is not None else rate)
         slo = SLO(positive(req.ttft if req.ttft is not None else ttft, "--ttft"),
-                  positive(req.tpot if req.tpot is not None else tpot, "--tpot"))
+                  positive(req.tpot if req.tpot is not None else tpot, "--tpot"),
+                  latency_quantile(attainment))
         arrivals = trace.arrivals * (trace.rate / wl.rate)  # at the rate planned for
-        burst = burst_factor(arrivals, BURST_SLACK * slo.ttft, BURST_QUANTILE)
-        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, burst, engine,
+        burst = class_burst_factors(arrivals, wl.request_class, len(wl.classes),
+                                    BURST_SLACK * slo.ttft, BURST_QUANTILE)
+        demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, tuple(burst), engine,
                                    attainment))
     return demands
 

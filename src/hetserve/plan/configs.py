@@ -16,6 +16,10 @@ from hetserve.perf.model import TP_DEGREES
 from hetserve.workload import Workload
 
 MAX_PP = 8
+# Engine knobs the planner chooses per config: (max_num_batched_tokens, max_num_seqs). Small
+# chunks bound how much one prompt's prefill stretches the steps of requests decoding beside
+# it (long prompts under a tight TPOT); large ones prefill with fewer weight reads.
+ENGINE_KNOBS: tuple[tuple[int, int], ...] = ((8192, 256), (2048, 256), (512, 256), (8192, 1024))
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,14 @@ class ModelDemand:
     slo: SLO
     dtype: str | None = None
     max_devices: int | None = None  # per replica (tp x pp)
-    burst: float = 1.0  # over-provisioning for arrivals burstier than Poisson (workload.burst)
+    # per class: over-provisioning for arrivals burstier than Poisson (workload.burst); empty:
+    # none
+    burst: tuple[float, ...] = ()
     engine: str = "vllm"  # the serving engine (perf.model.ENGINE_PROFILES)
     attainment: float = 1.0  # share of requests that must meet the SLO; the rest may not
+
+    def class_burst(self, w: int) -> float:
+        return self.burst[w] if self.burst else 1.0
 
     @property
     def tail_share(self) -> np.ndarray:
@@ -94,10 +103,11 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
                 if (demand.max_devices and tp * pp > demand.max_devices) or \
                         (available is not None and tp * pp > available):
                     continue
-                dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype,
-                                 engine=demand.engine)
-                if dep.fits:
-                    deps.append(dep)
+                for chunk, seqs in ENGINE_KNOBS:
+                    dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype,
+                                     engine=demand.engine, chunk_tokens=chunk, max_seqs=seqs)
+                    if dep.fits:
+                        deps.append(dep)
     cfgs = []
     tails = demand.tail_classes
     free = class_capacities(deps, inp[tails], out[tails], SLO()) if len(tails) else None

@@ -40,6 +40,8 @@ class ClassSpec(Record):
     rate: float = Field(ge=0, description="req/s the plan is sized for")
     mean_input: float = Field(gt=0)
     mean_output: float = Field(gt=0)
+    burst: float = Field(default=1.0, ge=1.0, description="capacity planned per unit of rate "
+                         "for this class's arrivals, burstier than Poisson")
 
     @model_validator(mode="after")
     def _ranges(self) -> ClassSpec:
@@ -60,8 +62,8 @@ class ModelEntry(Record):
     spec: ModelSpec = Field(description="the architecture the plan was made for")
     workload: str
     rate: float = Field(gt=0)
-    burst: float = Field(default=1.0, ge=1.0, description="capacity planned per unit of rate "
-                         "for arrivals burstier than Poisson")
+    burst: float = Field(default=1.0, ge=1.0, description="the largest of its classes' burst "
+                         "factors")
     attainment: float = Field(default=1.0, gt=0, le=1, description="share of requests planned "
                               "to meet the SLO")
     best_effort: list[str] = Field(default=[], description="classes served without a latency "

@@ -57,10 +57,10 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
     offsets, class_model, names, demand = [], [], [], []
     for k, d in enumerate(demands):
         offsets.append(len(names))
-        for c in d.workload.classes:
+        for w, c in enumerate(d.workload.classes):
             class_model.append(k)
             names.append(f"{d.model.name}:{c.name}")
-            demand.append(c.rate * rate_scale * d.burst)
+            demand.append(c.rate * rate_scale * d.class_burst(w))
         cfgs = enumerate_configs(d, catalog, derate=derate)
         if not cfgs:
             raise HetserveError(_no_config_reason(d, catalog))
@@ -273,14 +273,16 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
         best_effort = [wl.classes[int(w) - off].name for w in sol.tail
                        if off <= w < off + len(wl.classes)]
         models.append(ModelEntry(
-            name=d.model.name, spec=d.model, workload=wl.name, rate=wl.rate, burst=d.burst,
+            name=d.model.name, spec=d.model, workload=wl.name, rate=wl.rate,
+            burst=max((d.class_burst(w) for w in range(len(wl.classes))), default=1.0),
             attainment=d.attainment, best_effort=best_effort,
             dtype=d.dtype or d.model.default_dtype,
             slo=SLOSpec(ttft=d.slo.ttft, tpot=d.slo.tpot),
             classes=[ClassSpec(name=c.name, input_range=c.input_range,
                                output_range=c.output_range, rate=c.rate,
-                               mean_input=c.mean_input, mean_output=c.mean_output)
-                     for c in wl.classes],
+                               mean_input=c.mean_input, mean_output=c.mean_output,
+                               burst=d.class_burst(w))
+                     for w, c in enumerate(wl.classes)],
         ))
         tokens += sum(c.rate * (c.mean_input + c.mean_output) for c in wl.classes)
     groups = []

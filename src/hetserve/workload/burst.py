@@ -48,3 +48,19 @@ def burst_factor(arrivals: np.ndarray, slack: float, quantile: float, seed: int 
     poisson = np.cumsum(gaps) - gaps[0]
     return max(1.0, service_rate(arrivals, slack, quantile)
                / service_rate(poisson, slack, quantile))
+
+
+def class_burst_factors(arrivals: np.ndarray, request_class: np.ndarray, classes: int,
+                        slack: float, quantile: float, least: int = 200) -> np.ndarray:
+    """Per class: the burst factor of its own arrivals, at least the whole trace's. A plan
+    routes by class, so a replica group sees its classes' bursts, and a trace's mix drifts
+    (azure-conv's short-prompt classes double their share for minutes). Classes with fewer
+    than `least` requests take the whole trace's factor (too few to measure their own)."""
+    arrivals = np.asarray(arrivals, dtype=np.float64)
+    whole = burst_factor(arrivals, slack, quantile)
+    out = np.full(classes, whole)
+    for w in range(classes):
+        mine = arrivals[request_class == w]
+        if len(mine) >= least:
+            out[w] = max(whole, burst_factor(mine, slack, quantile))
+    return out
