@@ -24,10 +24,10 @@ more FLOPS, bandwidth and memory (tests/test_capacity_properties.py).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from statistics import NormalDist
 
 import numpy as np
 
@@ -190,9 +190,10 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
         window = np.where(np.isfinite(prompts), m * (pmf * steps).sum(-1), np.inf)
     # Prompts that queue fill the steps: while the prefill queue is busy (a share rho of the
     # time, in busy cycles of mean length service / (rho (1 - rho))) every step carries the
-    # queued tokens (`full`, above). A window spanning N cycles is full for a share f of its steps, of mean rho and
-    # variance about rho (1 - rho) / (1 + N): at the quantile, its steps are that mix of full
-    # and idle ones (short windows inside one busy period see only full steps).
+    # queued tokens (`full`, above). A window spanning N cycles is busy for a share of its
+    # steps of mean rho and variance about rho (1 - rho) / (1 + N): at the quantile, its steps
+    # are that mix of full and idle ones (short windows inside one busy period see only full
+    # steps).
     with np.errstate(divide="ignore", invalid="ignore"):
         busy_share = np.clip(rho, 0.0, 1.0)
         cycles = window * busy_share * (1.0 - busy_share) / service
