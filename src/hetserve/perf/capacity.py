@@ -38,7 +38,7 @@ DEFAULT_QUANTILE = 0.9  # latencies are limits on this share of requests unless 
 GRID = 12  # points of the coarse pass over the load
 GRID_SPAN = 1e-6  # the coarse pass spans [GRID_SPAN, 1] x the largest load that fits a step
 WINDOW_ITERATIONS = 3  # of the decode window's fixed point
-BISECTIONS = 16  # halvings of the log-load interval after the coarse pass (to ~2e-5)
+BISECTIONS = 10  # halvings of the log-load interval after the coarse pass (to ~0.1%)
 DEPLOYMENT_BATCH = 48  # deployments per vectorised pass (bounds the arrays' memory)
 POISSON_WIDTH = 32  # counts of prompt chunks per step evaluated
 POISSON_EXACT = 16.0  # means up to this use the exact Poisson pmf, larger ones a normal
@@ -189,19 +189,16 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
         steps = timed(np.minimum(counts * chunk[..., None], free[..., None]))
         window = np.where(np.isfinite(prompts), m * (pmf * steps).sum(-1), np.inf)
     # Prompts that queue fill the steps: while the prefill queue is busy (a share rho of the
-    # time, in busy cycles of mean length service / (rho (1 - rho))) every step carries the
-    # queued tokens (`full`, above). A window spanning N cycles is busy for a share of its
-    # steps of mean rho and variance about rho (1 - rho) / (1 + N): at the quantile, its steps
-    # are that mix of full and idle ones (short windows inside one busy period see only full
-    # steps).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        busy_share = np.clip(rho, 0.0, 1.0)
-        cycles = window * busy_share * (1.0 - busy_share) / service
-        full_share = np.clip(busy_share + z * np.sqrt(busy_share * (1.0 - busy_share)
-                                                      / (1.0 + cycles)), 0.0, 1.0)
-    # a queue busy less than 1 - q of the time leaves the window at the quantile idle but for
-    # its mean share
-    full_share = np.where(busy_share > 1.0 - quantile, full_share, busy_share)
+    # time) every step carries the queued tokens (`full`, above). Over a window of m steps the
+    # busy share has mean rho and a variance that falls with m, about v / (1 + m v) with
+    # v = rho (1 - rho) (v taken at min(rho, 1/2) so that the share only grows with the load):
+    # at the quantile, the window's steps are that mix of full and idle ones. A queue busy
+    # less than 1 - q of the time leaves the window at the quantile idle (the Poisson count of
+    # prompts above covers what it does carry)
+    busy_share = np.clip(rho, 0.0, 1.0)
+    v = np.minimum(busy_share, 0.5) * (1.0 - np.minimum(busy_share, 0.5))
+    full_share = np.clip(busy_share + z * np.sqrt(v / (1.0 + m * v)), 0.0, 1.0)
+    full_share = np.where(busy_share > 1.0 - quantile, full_share, 0.0)
     window = np.maximum(window, m * (idle + full_share * (full - idle)))
     tpot = np.where(out > 1.0, window / m, 0.0)
     # the decoding batch at its quantile under Poisson fluctuation, and prompts being filled.

@@ -337,23 +337,24 @@ def _unpack(p: Problem, status, values, bound, seconds, idx, step, scale_mode) -
 
 
 def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
-             abs_gap: float = COST_ABS_GAP) -> Solution:
+             abs_gap: float = COST_ABS_GAP, rel_gap: float = 0.0) -> Solution:
     """Formulation A: the cheapest replicas and routing that serve every class's demand, proven
-    optimal to within `abs_gap` $/h."""
+    optimal to within `abs_gap` $/h (or `rel_gap` of the cost, where given)."""
     n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, False, slices)
     cost = np.zeros(n)
     cost[: len(p.configs)] = p.price
     tails = len(idx[2])
     cost[n - tails:] = TAIL_PENALTY
     status, values, bound, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
-                                            row_hi, False, time_limit, rel_gap=0.0,
+                                            row_hi, False, time_limit, rel_gap=rel_gap,
                                             abs_gap=abs_gap)
     step = 1.0 / slices if slices else 1.0
     return _unpack(p, status, values, bound, seconds, idx, step, False)
 
 
 def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
-                    abs_gap: float = COST_ABS_GAP) -> Solution:
+                    abs_gap: float = COST_ABS_GAP, rel_gap: float = 0.0,
+                    time_limit: float = 60.0) -> Solution:
     """min_cost of a problem whose (config, class) blocks share no constraint (no budget, no
     availability limit): each block solved alone, which is exact and much faster."""
     C, W = p.cap.shape
@@ -361,7 +362,8 @@ def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
     bound, seconds, status = 0.0, 0.0, "optimal"
     tail: list[int] = []
     for ci, wi in blocks:
-        sol = min_cost(p.block(ci, wi), abs_gap=abs_gap / len(blocks))  # the gaps add up
+        sol = min_cost(p.block(ci, wi), abs_gap=abs_gap / len(blocks),  # the gaps add up
+                       rel_gap=rel_gap, time_limit=time_limit)
         seconds += sol.seconds
         if not sol.ok:
             return Solution(sol.status, y, shares, np.inf, 0.0, np.nan, seconds)
