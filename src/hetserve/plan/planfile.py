@@ -53,8 +53,8 @@ class ClassSpec(Record):
 
 
 class SLOSpec(Record):
-    ttft: float = Field(gt=0, description="p90 time to first token, s")
-    tpot: float = Field(gt=0, description="p90 time per output token, s")
+    ttft: float = Field(gt=0, description="time to first token limit (s) for the attainment share")
+    tpot: float = Field(gt=0, description="per-output-token limit (s) for the attainment share")
 
 
 class ModelEntry(Record):
