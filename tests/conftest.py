@@ -105,6 +105,17 @@ def cli_subprocess():
     return run_subprocess
 
 
+@pytest.fixture(scope="session")
+def small_plan(tmp_path_factory):
+    """A plan file made once per session by the real CLI (Llama-3.1-8B, azure-code at 2 req/s,
+    the full catalog, proven in simulation). Read it; never change it."""
+    path = tmp_path_factory.mktemp("smallplan") / "plan.json"
+    res = run_subprocess("plan", "-m", "llama-3.1-8b", "-w", "azure-code", "--rate", "2",
+                         "--out", path)
+    assert res.code == 0, res.err
+    return path
+
+
 def assert_bad_input(res: CliResult, needs=(), also=(), scrub=()) -> None:
     """The bad-input contract: exit 2, stderr 'error: ...' in at most two lines naming each of
     `needs` (a string, or a tuple of alternatives; case-insensitive), no traceback, nothing on

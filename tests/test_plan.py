@@ -113,7 +113,7 @@ def test_plan_file_round_trip_and_validation(tmp_path):
 def test_plan_cli_json_and_out(tmp_path):
     out = tmp_path / "p.json"
     rc, stdout, err = cli("plan", "--model", "llama-3.1-8b", "--rate", "20", "--price",
-                          "H100-SXM=2.5", "--out", str(out), "--json")
+                          "H100-SXM=2.5", "--no-prove", "--out", str(out), "--json")
     assert rc == 0, err
     data = json.loads(stdout)
     assert data == json.loads(out.read_text())

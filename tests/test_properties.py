@@ -27,8 +27,6 @@ from hetserve.errors import HetserveError
 from hetserve.plan import load_plan
 from hetserve.workload import Trace, load_trace, read_azure_csv, read_jsonl
 
-from .conftest import run_subprocess
-
 FAST = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FEW = settings(max_examples=50, deadline=None,
@@ -322,13 +320,9 @@ def test_availability_file_is_mapping_or_error(folder, data):
 
 
 @pytest.fixture(scope="module")
-def plan_dict(tmp_path_factory) -> dict:
-    path = tmp_path_factory.mktemp("propplan") / "plan.json"
-    res = run_subprocess("plan", "-m", "llama-3.1-8b", "-w", "azure-code", "--rate", "2",
-                         "--out", path)
-    assert res.code == 0, res.err
-    plan = json.loads(path.read_text())
-    assert load_plan(path) is not None  # the unmutated plan loads
+def plan_dict(small_plan) -> dict:
+    plan = json.loads(small_plan.read_text())
+    assert load_plan(small_plan) is not None  # the unmutated plan loads
     return plan
 
 

@@ -337,11 +337,15 @@ def plan_cmd(
         with _console(stderr=True).status("solving", spinner="dots"):
             result = solve_plan(demands, cat, objective, budget)
     if prove:
+        from hetserve.sim.simulate import simulation_limit
         from hetserve.sim.verify import prove as prove_plan
 
         with _console(stderr=True).status("simulating the plan and its baselines",
                                           spinner="dots"):
             result = prove_plan(result)
+        if simulation_limit(result):
+            _console(stderr=True).print(f"[yellow]not proven, so no saving quoted:[/] "
+                                        f"{simulation_limit(result)}")
     if out_file:
         result.save(out_file)
     if plot:

@@ -39,7 +39,10 @@ GRID = 12  # points of the coarse pass over the load
 GRID_SPAN = 1e-6  # the coarse pass spans [GRID_SPAN, 1] x the largest load that fits a step
 WINDOW_ITERATIONS = 3  # of the decode window's fixed point
 BISECTIONS = 10  # halvings of the log-load interval after the coarse pass (to ~0.1%)
-DEPLOYMENT_BATCH = 48  # deployments per vectorised pass (bounds the arrays' memory)
+# the largest ratio between two loads the search cannot tell apart (about 0.12%)
+LOAD_RESOLUTION = GRID_SPAN ** (-1.0 / ((GRID - 1) * 2 ** BISECTIONS))
+DEPLOYMENT_BATCH = 4  # deployments per vectorised coarse pass (arrays that stay in cache)
+PAIR_BATCH = 2048  # (deployment, class) pairs bisected side by side
 POISSON_WIDTH = 32  # counts of prompt chunks per step evaluated
 POISSON_EXACT = 16.0  # means up to this use the exact Poisson pmf, larger ones a normal
 
@@ -112,6 +115,11 @@ class Engines:
 
         return Engines(tuple(fit(c) for c in self.coefficients), fit(self.pp),
                        fit(self.budget), fit(self.max_seqs), fit(self.kv_tokens))
+
+    def take(self, index: np.ndarray) -> Engines:
+        """The engines at `index` (repeats allowed), in that order."""
+        return Engines(tuple(c[index] for c in self.coefficients), self.pp[index],
+                       self.budget[index], self.max_seqs[index], self.kv_tokens[index])
 
     def step_time(self, *args):
         return step_time(self.coefficients, self.pp, *args)
@@ -274,8 +282,8 @@ def class_capacity(dep: Deployment, mean_input, mean_output, slo: SLO) -> Capaci
 
 def class_capacities(deps: Sequence[Deployment], mean_input, mean_output, slo: SLO
                      ) -> list[Capacity]:
-    """class_capacity of each deployment, computed side by side (one vectorised pass per
-    DEPLOYMENT_BATCH deployments)."""
+    """class_capacity of each deployment, computed side by side (vectorised over deployments,
+    classes and loads)."""
     inp = np.atleast_1d(np.asarray(mean_input, dtype=np.float64))
     out = np.atleast_1d(np.asarray(mean_output, dtype=np.float64))
     n = len(inp)
@@ -287,9 +295,8 @@ def class_capacities(deps: Sequence[Deployment], mean_input, mean_output, slo: S
         else:
             zero, inf = np.zeros(n), np.full(n, np.inf)
             results[i] = Capacity(zero, zero, inf, inf, inf, inf, (dep.why_not() or "",) * n)
-    for start in range(0, len(fitting), DEPLOYMENT_BATCH):
-        chosen = fitting[start:start + DEPLOYMENT_BATCH]
-        for i, cap in zip(chosen, _capacities([deps[i] for i in chosen], inp, out, slo),
+    if fitting:
+        for i, cap in zip(fitting, _capacities([deps[i] for i in fitting], inp, out, slo),
                           strict=True):
             results[i] = cap
     return results  # type: ignore[return-value]
@@ -302,11 +309,8 @@ def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: S
     limit = np.array([min(d.kv_capacity_tokens, d.model.max_context) for d in deps])[:, None]
     one_fits = inp[None, :] + out[None, :] <= limit  # [D, n]
 
-    def feasible_rates(load):  # load: [D, ..., n]
-        shape = (1,) * (load.ndim - 1)
-        st = steady_state(engines, load, inp.reshape(shape + (n,)), out.reshape(shape + (n,)),
-                          slo.quantile)
-        fits = one_fits.reshape(one_fits.shape[:1] + (1,) * (load.ndim - 2) + (n,))
+    def feasible_rates(eng, load, inp, out, fits):  # arrays that broadcast with load's shape
+        st = steady_state(eng, load, inp, out, slo.quantile)
         ok = st.fits & (st.ttft <= slo.ttft) & ((st.tpot <= slo.tpot) | (out <= 1)) & fits
         return st, np.where(ok, st.rate, 0.0)
 
@@ -317,20 +321,30 @@ def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: S
     top = np.minimum(budget / np.minimum(inp, budget), seqs / np.maximum(out - 1.0, 1.0)) \
         * np.ceil(inp / budget)  # [D, n]
     coarse = np.geomspace(GRID_SPAN, 1.0, GRID)[None, :, None] * top[:, None, :]  # [D, K, n]
-    _, rates = feasible_rates(coarse)
+    rates = np.zeros(coarse.shape)
+    light = SteadyState(*(np.zeros(one_fits.shape) for _ in range(4)),
+                        np.zeros(one_fits.shape, dtype=bool))  # at the lightest load
+    for start in range(0, len(deps), DEPLOYMENT_BATCH):  # bounds the arrays' memory
+        part = slice(start, start + DEPLOYMENT_BATCH)
+        st, rates[part] = feasible_rates(engines.take(np.arange(len(deps))[part]), coarse[part],
+                                         inp[None, None, :], out[None, None, :],
+                                         one_fits[part, None, :])
+        for whole, got in zip((light.rate, light.batch, light.tpot, light.ttft, light.fits),
+                              (st.rate, st.batch, st.tpot, st.ttft, st.fits), strict=True):
+            whole[part] = got[:, 0, :]
     best = np.argmax(rates, axis=1)  # [D, n]
     pick = np.take_along_axis
-    feasible = pick(rates, best[:, None, :], 1)[:, 0, :] > 0
-    lo = pick(coarse, best[:, None, :], 1)[:, 0, :]
-    hi = pick(coarse, np.minimum(best + 1, GRID - 1)[:, None, :], 1)[:, 0, :]  # top: no more
-    for _ in range(BISECTIONS):
-        mid = np.sqrt(lo * hi)
-        up = feasible_rates(mid)[1] > 0
-        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-    st, rates = feasible_rates(lo)
-    feasible &= rates > 0
-    light = steady_state(engines, coarse[:, 0, :], inp[None, :], out[None, :],  # lightest load
-                         slo.quantile)
+    # bisect only the (deployment, class) pairs the coarse pass found feasible, side by side
+    d, c = np.nonzero(pick(rates, best[:, None, :], 1)[:, 0, :] > 0)
+    lo = pick(coarse, best[:, None, :], 1)[d, 0, c]
+    hi = pick(coarse, np.minimum(best + 1, GRID - 1)[:, None, :], 1)[d, 0, c]  # top: no more
+    at_edge, st = _bisect(lambda k, load: feasible_rates(
+        engines.take(d[k]), load, inp[c[k]], out[c[k]], one_fits[d[k], c[k]]), lo, hi)
+    feasible = np.zeros(one_fits.shape, dtype=bool)
+    feasible[d, c] = at_edge > 0
+    rate, batch = np.zeros(one_fits.shape), np.zeros(one_fits.shape)
+    ttft, tpot = np.full(one_fits.shape, np.inf), np.full(one_fits.shape, np.inf)
+    rate[d, c], batch[d, c], ttft[d, c], tpot[d, c] = at_edge, st.batch, st.ttft, st.tpot
     out_list = []
     for i, dep in enumerate(deps):
         alone_ttft = np.asarray(dep.prefill_time(inp), dtype=np.float64)
@@ -340,10 +354,30 @@ def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: S
             light.fits[i, j], light.ttft[i, j], light.tpot[i, j]) for j in range(n))
         ok = feasible[i]
         out_list.append(Capacity(
-            rate=np.where(ok, rates[i], 0.0), batch=np.where(ok, st.batch[i], 0.0),
-            ttft=np.where(ok, st.ttft[i], np.inf), tpot=np.where(ok, st.tpot[i], np.inf),
+            rate=np.where(ok, rate[i], 0.0), batch=np.where(ok, batch[i], 0.0),
+            ttft=np.where(ok, ttft[i], np.inf), tpot=np.where(ok, tpot[i], np.inf),
             best_ttft=alone_ttft, best_tpot=alone_tpot, reason=reasons))
     return out_list
+
+
+def _bisect(rates_at, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, SteadyState]:
+    """Bisect each pair's load between lo (feasible) and hi in log space, PAIR_BATCH pairs at a
+    time (arrays that stay in cache); the rates at the feasible edge and the steady state there.
+    rates_at(index, load) -> (SteadyState, feasible rate or 0) for the pairs at `index`."""
+    rate = np.zeros(len(lo))
+    st = SteadyState(*(np.zeros(len(lo)) for _ in range(4)), np.zeros(len(lo), dtype=bool))
+    for start in range(0, len(lo), PAIR_BATCH):
+        k = np.arange(start, min(start + PAIR_BATCH, len(lo)))
+        a, b = lo[k], hi[k]
+        for _ in range(BISECTIONS):
+            mid = np.sqrt(a * b)
+            up = rates_at(k, mid)[1] > 0
+            a, b = np.where(up, mid, a), np.where(up, b, mid)
+        got, rate[k] = rates_at(k, a)
+        for whole, part in zip((st.rate, st.batch, st.tpot, st.ttft, st.fits),
+                               (got.rate, got.batch, got.tpot, got.ttft, got.fits), strict=True):
+            whole[k] = part
+    return rate, st
 
 
 def _reason(dep: Deployment, slo: SLO, inp: float, out: float, fits: bool, alone_ttft: float,

@@ -71,28 +71,23 @@ def pp_degrees(model: ModelSpec) -> list[int]:
 def _dominated(cfgs: list[Config]) -> list[bool]:
     """c is dominated by c' of the same accelerator with no more devices and at least its
     capacity on every class (strictly better somewhere, or equal and listed earlier)."""
-    out = []
-    for i, c in enumerate(cfgs):
-        dom = False
-        for j, d in enumerate(cfgs):
-            if i == j or d.deployment.accelerator.name != c.deployment.accelerator.name:
-                continue
-            mine, theirs = np.r_[c.cap, c.tail], np.r_[d.cap, d.tail]
-            if d.deployment.devices > c.deployment.devices or np.any(theirs < mine):
-                continue
-            better = d.deployment.devices < c.deployment.devices or np.any(theirs > mine)
-            if better or j < i:
-                dom = True
-                break
-        out.append(dom)
-    return out
+    out = np.zeros(len(cfgs), dtype=bool)
+    accs = [c.deployment.accelerator.name for c in cfgs]
+    for acc in dict.fromkeys(accs):
+        idx = np.array([i for i, a in enumerate(accs) if a == acc])
+        m = np.array([np.r_[cfgs[i].cap, cfgs[i].tail] for i in idx])  # [n, W]
+        dev = np.array([cfgs[i].deployment.devices for i in idx])
+        # [i, j]: j is at least as good as i everywhere, with no more devices
+        covers = (m[None, :, :] >= m[:, None, :]).all(axis=2) & (dev[None, :] <= dev[:, None])
+        strictly = (m[None, :, :] > m[:, None, :]).any(axis=2) | (dev[None, :] < dev[:, None])
+        earlier = np.arange(len(idx))[None, :] < np.arange(len(idx))[:, None]
+        out[idx] = (covers & (strictly | earlier)).any(axis=1)
+    return out.tolist()
 
 
-def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: bool = False,
-                      derate: Mapping[str, float] | None = None) -> list[Config]:
+def measure_configs(demand: ModelDemand, catalog: Catalog) -> list[Config]:
     """Every memory-feasible config that serves at least one class of the model, with its
-    capacities times `derate[config name]` (or `derate["*"]`) and `derate["config name|class"]`
-    where given, before dominated configs are dropped."""
+    modelled capacities (dominated ones included). The costly step: compute once, select often."""
     inp = np.array([c.mean_input for c in demand.workload.classes])
     out = np.array([c.mean_output for c in demand.workload.classes])
     deps = []
@@ -113,17 +108,25 @@ def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: boo
     free = class_capacities(deps, inp[tails], out[tails], SLO()) if len(tails) else None
     for k, (dep, capacity) in enumerate(zip(
             deps, class_capacities(deps, inp, out, demand.slo), strict=True)):
-        cap, tail = capacity.rate, np.zeros(len(inp))
+        tail = np.zeros(len(inp))
         if free is not None:
             tail[tails] = free[k].rate
-        cfg = Config(demand.model.name, dep, cap, tail)
-        if derate:  # by name, else the "*" entry; then "name|class" per class
-            scale = derate.get(cfg.name, derate.get("*", 1.0))
-            per_class = [derate.get(f"{cfg.name}|{c.name}", 1.0)
-                         for c in demand.workload.classes]
-            cfg = Config(cfg.model, dep, cap * scale * np.array(per_class), tail)
-        if cap.max() > 0 or tail.max() > 0:
-            cfgs.append(cfg)
+        if capacity.rate.max() > 0 or tail.max() > 0:
+            cfgs.append(Config(demand.model.name, dep, capacity.rate, tail))
+    return cfgs
+
+
+def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: bool = False,
+                      derate: Mapping[str, float] | None = None,
+                      measured: list[Config] | None = None) -> list[Config]:
+    """The configs of `measure_configs` (or `measured`, its result for this demand and catalog)
+    with their capacities times `derate[config name]` (or `derate["*"]`) and
+    `derate["config name|class"]` where given, before dominated configs are dropped."""
+    cfgs = measure_configs(demand, catalog) if measured is None else measured
+    if derate:  # by name, else the "*" entry; then "name|class" per class
+        cfgs = [Config(c.model, c.deployment, c.cap * derate.get(c.name, derate.get("*", 1.0))
+                       * np.array([derate.get(f"{c.name}|{w.name}", 1.0)
+                                   for w in demand.workload.classes]), c.tail) for c in cfgs]
     if keep_dominated:
         return cfgs
     return [c for c, dom in zip(cfgs, _dominated(cfgs), strict=True) if not dom]

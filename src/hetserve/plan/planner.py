@@ -51,8 +51,11 @@ class Space:
 
 
 def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float | None,
-                rate_scale: float = 1.0, derate: Mapping[str, float] | None = None) -> Space:
-    """derate: config name -> factor on its capacities (what simulation found it sustains)."""
+                rate_scale: float = 1.0, derate: Mapping[str, float] | None = None,
+                measured: Mapping[str, list[Config]] | None = None) -> Space:
+    """derate: config name -> factor on its capacities (what simulation found it sustains);
+    measured: per model name, its configs from measure_configs on this catalog (else measured
+    here)."""
     configs: list[Config] = []
     offsets, class_model, names, demand = [], [], [], []
     for k, d in enumerate(demands):
@@ -61,7 +64,8 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
             class_model.append(k)
             names.append(f"{d.model.name}:{c.name}")
             demand.append(c.rate * rate_scale * d.class_burst(w))
-        cfgs = enumerate_configs(d, catalog, derate=derate)
+        cfgs = enumerate_configs(d, catalog, derate=derate,
+                                 measured=(measured or {}).get(d.model.name))
         if not cfgs:
             raise HetserveError(_no_config_reason(d, catalog))
         configs += cfgs
@@ -241,12 +245,13 @@ def _baselines(space: Space, objective: str, budget, avail: dict[str, int]
 
 def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
                budget: float | None = None, baselines: bool = True,
-               derate: Mapping[str, float] | None = None) -> Plan:
+               derate: Mapping[str, float] | None = None,
+               measured: Mapping[str, list[Config]] | None = None) -> Plan:
     if objective not in ("cost", "throughput"):
         raise HetserveError(f"--objective '{objective}': expected cost or throughput")
     if budget is not None:
         budget = positive(budget, "--budget")
-    space = build_space(demands, catalog, budget, derate=derate)
+    space = build_space(demands, catalog, budget, derate=derate, measured=measured)
     p = space.problem
     if objective == "throughput" and budget is None:
         unbounded = [t for k, t in enumerate(p.types) if not np.isfinite(p.available[k])]

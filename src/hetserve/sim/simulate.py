@@ -35,6 +35,7 @@ from hetserve.workload import ClassGrid, Trace, load_trace
 ARRIVALS = ("trace", "as-is", "poisson")
 MAX_CLIENTS = 100_000  # closed-loop clients
 MAX_REQUESTS = 100_000_000
+MAX_REPLICAS = 20_000  # one engine object each; larger fleets wait for the streaming simulator
 
 
 class SimFleet:
@@ -235,6 +236,9 @@ def simulate(
         positive(rate, "--rate")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise HetserveError(f"--seed: expected an integer >= 0, got {seed!r}")
+    too_big = simulation_limit(plan)
+    if too_big:
+        raise HetserveError(too_big)
     started = time.perf_counter()
     loading = 0.0  # reading traces is not the simulation's own time
     groups_info: list[GroupInfo] = []
@@ -305,6 +309,15 @@ def simulate(
         first_token=stacked[8], finish=stacked[9], preemptions=stacked[10],
         router=router, arrivals=mode, wall_seconds=time.perf_counter() - started - loading,
     )
+
+
+def simulation_limit(plan: Plan) -> str:
+    """Why the simulator cannot run this plan ('' when it can)."""
+    replicas = sum(g.replicas for g in plan.groups)
+    if replicas > MAX_REPLICAS:
+        return (f"plan: {replicas:,} replicas; the simulator runs at most {MAX_REPLICAS:,} "
+                f"(scale the plan down, e.g. a lower --rate or --budget)")
+    return ""
 
 
 def _trace_for(entry: ModelEntry, traces) -> Trace:

@@ -25,10 +25,10 @@ import numpy as np
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.plan import Plan, solve_plan
-from hetserve.plan.configs import ModelDemand
+from hetserve.plan.configs import ModelDemand, measure_configs
 from hetserve.plan.planfile import Verification, best_baseline
 from hetserve.sim.report import SimResult
-from hetserve.sim.simulate import simulate
+from hetserve.sim.simulate import simulate, simulation_limit
 
 MIN_SAMPLES = 20  # a group judged on fewer requests than this is not derated
 RELAX = 1.25  # capacity given back per round to a config that met the target with slack
@@ -71,7 +71,8 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
     derate: dict[str, float] = {}  # config -> factor; "*": configs never simulated
     settled: set[str] = set()  # raised once, then missed: not raised again
     history: list[Round] = []
-    plan = solve_plan(demands, catalog, objective, budget)
+    measured = {d.model.name: measure_configs(d, catalog) for d in demands}  # once, derated
+    plan = solve_plan(demands, catalog, objective, budget, baselines=False, measured=measured)
     for number in range(1, rounds + 1):
         if history and _same(plan, history[-1].plan):  # nothing changed: same simulation
             result = history[-1].result
@@ -94,11 +95,20 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
             on_round(this)
         if not (this.lowered or this.lowered_classes or this.raised):
             break  # met with no slack left, or misses too thin to blame anyone
-        plan = solve_plan(demands, catalog, objective, budget, derate=dict(derate))
+        plan = solve_plan(demands, catalog, objective, budget, baselines=False,
+                          derate=dict(derate), measured=measured)
     final = best_round(history, target)
-    plan = final.plan.model_copy(update={"verification": Verification(
-        slo_attainment=final.attainment, target=target, met=final.attainment >= target,
-        rounds=len(history), chosen=final.number, router=router, derate=final.derate)})
+    # the baselines, with the capacities the chosen round was planned with
+    full = solve_plan(demands, catalog, objective, budget, derate=final.derate,
+                      measured=measured)
+    best, savings = best_baseline(objective, final.plan.usd_per_hour, final.plan.scale,
+                                  full.baselines)
+    plan = final.plan.model_copy(update={
+        "baselines": full.baselines, "best_homogeneous": best, "savings": savings,
+        "verification": Verification(
+            slo_attainment=final.attainment, target=target, met=final.attainment >= target,
+            rounds=len(history), chosen=final.number, router=router, derate=final.derate)})
+    plan.baseline_plans.update(full.baseline_plans)
     return plan, history
 
 
@@ -162,7 +172,9 @@ def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Pl
     """The plan with its figures proven in simulation: its own SLO attainment on its workload
     (from `verification` when set), every homogeneous baseline's, and the saving quoted only
     against the best baseline that reaches the attainment target, and only if the plan does."""
-    def attained(p: Plan) -> float:
+    def attained(p: Plan) -> float | None:  # None: too large to simulate
+        if simulation_limit(p):
+            return None
         return float(simulate(p, traces, router=router, seed=seed).met.mean())
 
     target = min(m.attainment for m in plan.models)
@@ -173,7 +185,7 @@ def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Pl
     holding = [b for b in baselines if b.slo_attainment is not None
                and b.slo_attainment >= target]
     best, savings = best_baseline(plan.objective, plan.usd_per_hour, plan.scale, holding) \
-        if own >= target else (None, None)
+        if own is not None and own >= target else (None, None)
     proven = plan.model_copy(update={"slo_attainment": own, "baselines": baselines,
                                      "savings": savings, "best_homogeneous": best})
     proven.baseline_plans.update(plan.baseline_plans)
