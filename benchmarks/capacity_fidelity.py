@@ -101,7 +101,11 @@ CLASSES = [  # name, prompt tokens, output tokens
     ("16k", 16000, 50),
 ]
 TP_PER_ACCELERATOR = 2  # the two smallest TP degrees that fit
-SLOS = [SLO(ttft=2.0, tpot=0.05), SLO(ttft=0.5, tpot=0.025)]  # the first is the headline
+# the first is the headline (the issue's p90 limits); the last is what plans size for by
+# default (99% of requests within the limits)
+SLOS = [SLO(ttft=2.0, tpot=0.05), SLO(ttft=0.5, tpot=0.025), SLO(ttft=2.0, tpot=0.05,
+                                                                 quantile=0.99)]
+KNOBS = (8192, 256)  # max_num_batched_tokens, max_num_seqs (vLLM's defaults; --knobs)
 
 SEED = 20250
 MIN_REQUESTS = (2_000, 20_000)  # at least OUTPUT_TOKENS / output requests, within these
@@ -133,6 +137,7 @@ class Point:
     output_tokens: int
     ttft_limit: float  # s
     tpot_limit: float  # s
+    quantile: float  # the share of requests within the limits (0.9: p90)
     closed: float  # req/s
     closed_batch: float = 0.0
     closed_ttft: float = math.inf
@@ -156,7 +161,7 @@ class Point:
 
     @property
     def slo(self) -> SLO:
-        return SLO(self.ttft_limit, self.tpot_limit)
+        return SLO(self.ttft_limit, self.tpot_limit, self.quantile)
 
     @property
     def slo_label(self) -> str:
@@ -164,7 +169,7 @@ class Point:
 
 
 def slo_label(slo: SLO) -> str:
-    return f"TTFT {slo.ttft:g}s, TPOT {slo.tpot * 1e3:g}ms"
+    return f"p{slo.quantile * 100:g} TTFT {slo.ttft:g}s, TPOT {slo.tpot * 1e3:g}ms"
 
 
 # ---- one rate ------------------------------------------------------------------------------
@@ -177,7 +182,8 @@ def _unit_gaps() -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _deployment(model: str, accelerator: str, tp: int) -> Deployment:
-    return Deployment(get_model(model), _catalog().get(accelerator), tp=tp, pp=1)
+    return Deployment(get_model(model), _catalog().get(accelerator), tp=tp, pp=1,
+                      chunk_tokens=KNOBS[0], max_seqs=KNOBS[1])
 
 
 @lru_cache(maxsize=1)
@@ -210,7 +216,8 @@ class Outcome:
 
 def _meets(dep: Deployment, inp: int, out: int, rate: float, slo: SLO,
            n: int | None = None) -> Outcome:
-    """Simulate one replica at a Poisson rate; p90 TTFT/TPOT over the measured window."""
+    """Simulate one replica at a Poisson rate; TTFT/TPOT at the SLO's quantile over the
+    measured window."""
     n = n or _requests_for(rate, out, slo)
     arrivals = np.cumsum(_unit_gaps()[:n]) / rate
     engine = Engine(dep)
@@ -220,8 +227,9 @@ def _meets(dep: Deployment, inp: int, out: int, rate: float, slo: SLO,
         engine.add(req)
     engine.advance(math.inf)
     window = reqs[int(WARMUP * n): n - int(COOLDOWN * n)]
-    ttft = float(np.percentile([r.ttft for r in window], 90))
-    tpot = float(np.percentile([r.tpot for r in window], 90)) if out > 1 else 0.0
+    q = 100.0 * slo.quantile
+    ttft = float(np.percentile([r.ttft for r in window], q))
+    tpot = float(np.percentile([r.tpot for r in window], q)) if out > 1 else 0.0
     ok = ttft <= slo.ttft and (out <= 1 or tpot <= slo.tpot)
     return Outcome(slo, ok, ttft, tpot, n, engine.preemptions)
 
@@ -330,7 +338,7 @@ def make_points(models: list[str], accelerators: list[str], classes: list[tuple[
                     cap = class_capacity(_deployment(model, acc, tp), inp, out, slo)
                     for j, (name, i, o) in enumerate(classes):
                         points.append(Point(
-                            model, acc, tp, name, i, o, slo.ttft, slo.tpot,
+                            model, acc, tp, name, i, o, slo.ttft, slo.tpot, slo.quantile,
                             closed=float(cap.rate[j]), closed_batch=float(cap.batch[j]),
                             closed_ttft=float(cap.ttft[j]), closed_tpot=float(cap.tpot[j]),
                             closed_reason=cap.reason[j]))
@@ -357,7 +365,7 @@ def run_points(points: list[Point], workers: int) -> list[Point]:
 
 
 def _ident(p: Point) -> tuple:
-    return (p.ttft_limit, p.tpot_limit, p.model, p.accelerator, p.tp, p.cls)
+    return (p.ttft_limit, p.tpot_limit, p.quantile, p.model, p.accelerator, p.tp, p.cls)
 
 
 def _progress(k: int, n: int) -> None:
@@ -568,17 +576,18 @@ def _tp_list(text: str | None) -> list[int] | None:
 
 
 def _slo(text: str) -> SLO:
-    """'2s:50ms' or '2:0.05' -> SLO."""
+    """'2s:50ms', '2:0.05' or '2s:50ms@0.99' (the quantile; default 0.9) -> SLO."""
     def seconds(v: str) -> float:
         v = v.strip().lower()
         if v.endswith("ms"):
             return float(v[:-2]) / 1e3
         return float(v[:-1] if v.endswith("s") else v)
     try:
-        ttft, tpot = text.split(":")
-        return SLO(seconds(ttft), seconds(tpot))
+        limits, _, quantile = text.partition("@")
+        ttft, tpot = limits.split(":")
+        return SLO(seconds(ttft), seconds(tpot), float(quantile) if quantile else 0.9)
     except (ValueError, HetserveError):
-        _bad(f"--slo: expected TTFT:TPOT such as 2s:50ms, got {text!r}")
+        _bad(f"--slo: expected TTFT:TPOT[@QUANTILE] such as 2s:50ms@0.99, got {text!r}")
 
 
 def _bad(message: str) -> NoReturn:
@@ -588,7 +597,7 @@ def _bad(message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global SEED
+    global SEED, KNOBS
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -598,8 +607,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--classes", help=f"comma-separated, of {', '.join(c[0] for c in CLASSES)}")
     ap.add_argument("--tp", help="comma-separated TP degrees (default: the two smallest that fit)")
     ap.add_argument("--slo", action="append",
-                    help="TTFT:TPOT p90 limits, repeatable (default: 2s:50ms and 0.5s:25ms; "
-                         "the first is the headline)")
+                    help="TTFT:TPOT[@QUANTILE] limits (quantile default 0.9), repeatable "
+                         "(default: 2s:50ms, 0.5s:25ms and 2s:50ms@0.99; the first is the "
+                         "headline)")
+    ap.add_argument("--knobs", default="8192:256",
+                    help="max_num_batched_tokens:max_num_seqs of every replica (default "
+                         "8192:256, vLLM's)")
     default_seed = SEED
     ap.add_argument("--seed", type=int, default=SEED, help="arrival seed (noise check)")
     ap.add_argument("--workers", type=int, default=2)
@@ -616,9 +629,14 @@ def main(argv: list[str] | None = None) -> None:
     only_tp = _tp_list(args.tp)
     slos = [_slo(s) for s in args.slo] if args.slo else (SLOS[:1] if args.quick else SLOS)
     full = not (args.quick or args.model or args.accelerators or args.classes or args.tp
-                or args.slo or args.seed != default_seed)
+                or args.slo or args.seed != default_seed or args.knobs != "8192:256")
 
     SEED = args.seed  # read by _unit_gaps in this process and in the (forked) workers
+    try:
+        KNOBS = tuple(int(v) for v in args.knobs.split(":"))  # read by _deployment, likewise
+        assert len(KNOBS) == 2 and min(KNOBS) >= 1
+    except (ValueError, AssertionError):
+        _bad(f"--knobs: expected CHUNK:SEQS such as 512:256, got {args.knobs!r}")
     sources = _sources()  # what this process imported (the files may change while it runs)
     start = time.perf_counter()
     points, skipped = make_points(models, accs, classes, only_tp, slos)
@@ -642,7 +660,9 @@ def main(argv: list[str] | None = None) -> None:
         "headline_slo": headline,
         "summary": summaries[headline]["summary"],
         "per_slo": summaries,
-        "slos": [{"label": slo_label(s), "ttft": s.ttft, "tpot": s.tpot} for s in slos],
+        "slos": [{"label": slo_label(s), "ttft": s.ttft, "tpot": s.tpot,
+                  "quantile": s.quantile} for s in slos],
+        "knobs": {"max_num_batched_tokens": KNOBS[0], "max_num_seqs": KNOBS[1]},
         "method": {"seed": SEED, "min_requests": MIN_REQUESTS,
                    "output_tokens": OUTPUT_TOKENS, "floor_requests": FLOOR_REQUESTS,
                    "zero_start": ZERO_START, "floor": FLOOR, "span_s": SPAN_S,

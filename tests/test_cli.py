@@ -17,7 +17,9 @@ def test_estimate_json_and_plot(tmp_path):
                        "--ttft", "2s", "--tpot", "50ms", "--json", "--plot", str(png))
     assert rc == 0, err
     data = json.loads(out)
-    assert data["model"] == "llama-3.1-8b" and data["slo"] == {"ttft": 2.0, "tpot": 0.05}
+    assert data["model"] == "llama-3.1-8b"
+    # sized, as plan sizes replicas, for 99% of requests within the limits
+    assert data["slo"] == {"ttft": 2.0, "tpot": 0.05, "quantile": 0.99}
     assert sum(c["requests"] for c in data["classes"]) == 19366
     winners = {c["best"].split()[0] for c in data["classes"] if c["best"]}
     assert len(winners) >= 2  # the most cost-efficient accelerator changes with request size
@@ -27,6 +29,16 @@ def test_estimate_json_and_plot(tmp_path):
                                                 for v in c["configs"].values())
         assert best["tpot"] <= 0.05 and best["ttft"] <= 2.0
     assert png.stat().st_size > 10_000
+    # a looser attainment target (p90 latencies) never gives less capacity, and more somewhere
+    rc, out, err = cli("estimate", "--model", "llama-3.1-8b", "--only", "H100-SXM",
+                       "--attainment", "0.9", "--json")
+    assert rc == 0, err
+    loose = json.loads(out)
+    assert loose["slo"]["quantile"] == 0.9
+    pairs = [(c["configs"][k]["rate"], strict["configs"][k]["rate"])
+             for c, strict in zip(loose["classes"], data["classes"], strict=True)
+             for k in c["configs"]]
+    assert all(a >= b * 0.999 for a, b in pairs) and any(a > 1.05 * b for a, b in pairs)
 
 
 def test_calibrate_json():

@@ -153,6 +153,9 @@ TpotOpt = Annotated[str, typer.Option("--tpot", help="TPOT limit (p90), e.g. 50m
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="serving engine: vllm, vllm-v0 (before 0.6), sglang or trt-llm")]
+AttainmentOpt = Annotated[float, typer.Option(
+    "--attainment", help="share of requests that must meet both limits (latencies are sized "
+    "for it); plan: classes holding together no more than the rest may be served best effort")]
 
 
 WorkloadOpt = Annotated[
@@ -202,6 +205,7 @@ def estimate_cmd(
     rate: RateOpt = None,
     dtype: DtypeOpt = None,
     engine: EngineOpt = "vllm",
+    attainment: AttainmentOpt = 0.99,
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,
@@ -220,7 +224,8 @@ def estimate_cmd(
                             ttft=parse_duration(ttft, "--ttft"),
                             tpot=parse_duration(tpot, "--tpot"),
                             catalog=build_catalog(catalog, price, available, only), dtype=dtype,
-                            grid=grid_from_options(input_edges, output_edges), engine=engine)
+                            grid=grid_from_options(input_edges, output_edges), engine=engine,
+                            attainment=attainment)
     if plot:
         from hetserve.perf.plot import plot_best_map
 
@@ -282,9 +287,7 @@ def plan_cmd(
     budget: Annotated[float | None, typer.Option("--budget", help="USD per hour")] = None,
     dtype: DtypeOpt = None,
     engine: EngineOpt = "vllm",
-    attainment: Annotated[float, typer.Option(
-        "--attainment", help="share of requests that must meet the SLO; classes holding "
-        "together no more than the rest may be served best effort")] = 0.99,
+    attainment: AttainmentOpt = 0.99,
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     available: AvailOpt = None,

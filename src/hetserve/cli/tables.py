@@ -31,7 +31,8 @@ def estimate_tables(est: Estimate) -> list[Table]:
     wl = est.workload
     slo = est.slo
     title = (f"{est.model.name} on {wl.name} ({len(wl.trace)} requests, {wl.rate:.2f} req/s), "
-             f"TTFT <= {slo.ttft:g}s, TPOT <= {slo.tpot * 1e3:g}ms: "
+             f"{slo.quantile * 100:.3g}% of requests within TTFT {slo.ttft:g}s and TPOT "
+             f"{slo.tpot * 1e3:g}ms: "
              "most cost-efficient accelerator per request class")
     best = Table(title=title, title_justify="left")
     for col in ("class", "req %", "req/s", "best", "req/s/replica", "Mtok/$", "runner-up type",

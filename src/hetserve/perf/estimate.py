@@ -73,7 +73,8 @@ class Estimate:
             "model": self.model.name,
             "workload": self.workload.name,
             "rate": self.workload.rate,
-            "slo": {"ttft": self.slo.ttft, "tpot": self.slo.tpot},
+            "slo": {"ttft": self.slo.ttft, "tpot": self.slo.tpot,
+                    "quantile": self.slo.quantile},
             "configs": [
                 {
                     "name": d.label,

@@ -59,6 +59,13 @@ def parse_model_request(text: str, parse_duration) -> ModelRequest:
     )
 
 
+def check_attainment(attainment: float) -> float:
+    if isinstance(attainment, bool) or not (isinstance(attainment, int | float)
+                                            and 0 < attainment <= 1):
+        raise HetserveError(f"--attainment: expected a share in (0, 1], got {attainment!r}")
+    return float(attainment)
+
+
 def latency_quantile(attainment: float) -> float:
     """The share of a class's requests its latencies are sized for: the attainment target
     (at most MAX_QUANTILE, at least the p90 of latency limits)."""
@@ -83,8 +90,7 @@ def model_demands(
         models = [models]
     check_dtype(dtype)
     check_engine(engine)
-    if not (isinstance(attainment, int | float) and 0 < attainment <= 1):
-        raise HetserveError(f"--attainment: expected a share in (0, 1], got {attainment!r}")
+    check_attainment(attainment)
     if max_devices is not None:
         positive(max_devices, "--max-devices", integer=True)
     if not models:
