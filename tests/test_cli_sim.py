@@ -37,7 +37,7 @@ def test_simulate_compare_routers_and_closed_loop(plan_file):
     assert rc == 0, err
     runs = json.loads(out)["compare"]
     assert [r["router"] for r in runs] == ["plan", "round-robin", "least-outstanding",
-                                           "size-aware"]
+                                           "size-aware", "plan-oracle"]
     assert all(r["requests"] == 300 for r in runs)
     rc, out, err = cli("simulate", str(plan_file), "--clients", "4", "--requests", "60",
                        "--json", "-w", "azure-conv")
@@ -80,11 +80,13 @@ def test_simulate_bad_plan_file(tmp_path, plan_file):
 
 def test_plan_verify_prints_rounds_and_records_them(tmp_path):
     out_file = tmp_path / "verified.json"
-    rc, out, err = cli("plan", "-m", "llama-3.1-8b", "-w", "azure-conv", "--rate", "22",
+    # azure-code at 40 req/s on the ICML'25 catalog: the plain plan misses 99% (98.2%)
+    rc, out, err = cli("plan", "-m", "llama-3.1-8b", "-w", "azure-code", "--rate", "40",
+                       "--only", "RTX4090,A40,RTXA6000,L40,A100-80GB,H100-SXM",
                        "--verify", "--rounds", "4", "--no-prove", "--out", str(out_file))
     assert rc == 0, err
     lines = [line for line in out.splitlines() if line.startswith("verify round")]
-    assert 2 <= len(lines) <= 4 and "lowering" in lines[0]
+    assert 2 <= len(lines) <= 4 and "lowering" in out.split("verify round 2")[0]
     plan = json.loads(out_file.read_text())
     v = plan["verification"]
     assert v["rounds"] == len(lines) and v["target"] == 0.99 and v["derate"]

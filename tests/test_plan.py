@@ -99,11 +99,12 @@ def test_plan_file_round_trip_and_validation(tmp_path):
     again = load_plan(path)
     assert again == plan and again.version == 2 and again.kind == "hetserve-plan"
     data = json.loads(path.read_text())
+    replicas = data["groups"][0]["replicas"]
     data["groups"][0]["replicas"] = 0
     path.write_text(json.dumps(data))
     with pytest.raises(HetserveError, match=r"plan.json: field 'groups.0.replicas'"):
         load_plan(path)
-    data["groups"][0]["replicas"] = 1
+    data["groups"][0]["replicas"] = replicas
     data["groups"][0]["shares"] = {"nope": 1.0}
     path.write_text(json.dumps(data))
     with pytest.raises(HetserveError, match="shares: unknown class 'nope'"):

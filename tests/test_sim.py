@@ -7,8 +7,9 @@ import hetserve
 from hetserve.catalog import load_catalog
 from hetserve.models import get_model
 from hetserve.perf import Deployment
+from hetserve.route import PlanRouter, RoutingTable
 from hetserve.sim.engine import Engine, Request
-from hetserve.sim.router import PlanRouter, make_router
+from hetserve.sim.router import make_router
 from hetserve.sim.simulate import SimFleet, run_closed, run_open, simulate
 from hetserve.workload import synthetic
 
@@ -155,10 +156,14 @@ def test_overloaded_replica_queue_grows_and_attainment_drops(catalog, tmp_path):
 
 
 class FakeFleet:
-    def __init__(self, loads, groups, kv=None, deps=None):
+    def __init__(self, loads, groups, kv=None, deps=None, pending=None):
         self.loads, self.groups = loads, groups
         self.kv = kv or [10**9] * len(loads)
         self.deps = deps
+        self.pending = pending or [0] * len(loads)
+
+    def pending_prefill(self, i, now):
+        return self.pending[i]
 
     def __len__(self):
         return len(self.loads)
@@ -173,23 +178,49 @@ class FakeFleet:
         return self.deps[i]
 
 
+def table(shares, edges=(0, 1000, 12_000, 10**9), eligible=None, per_token=None,
+          spill_after=1.0):
+    """A routing table by prompt range: key 0 below 1k tokens, 1 to 12k, 2 beyond."""
+    groups = 1 + max(g for gs in shares.values() for g, _ in gs)
+    return RoutingTable(tuple(edges), shares, eligible or {}, per_token or (1e-4,) * groups,
+                        spill_after)
+
+
 def test_plan_router_follows_shares_exactly():
     fleet = FakeFleet([0, 0, 0], [[0], [1, 2]])
-    router = PlanRouter(fleet, {0: [(0, 0.25), (1, 0.75)], 1: [(1, 1.0)]})
+    router = PlanRouter(fleet, table({0: [(0, 0.25), (1, 0.75)], 1: [(1, 1.0)]}))
     picks = [router.pick_group(0) for _ in range(100)]
     assert picks.count(0) == 25 and picks.count(1) == 75
     assert max(picks[:4].count(0), 1) == 1  # smooth: spread out, not 25 in a row
-    assert router.pick_group(7) == -1  # unplanned class
+    assert router.pick_group(7) == -1  # unplanned key
 
 
-def test_plan_router_least_loaded_within_group_and_fallbacks():
-    fleet = FakeFleet([5, 3, 1], [[0, 1], [2]], kv=[10**9, 10**9, 1000])
-    router = PlanRouter(fleet, {0: [(0, 1.0)], 1: [(1, 1.0)]})
-    assert router.route(Request(0, 0.0, 100, 10, cls=0), 0.0) == 1  # least loaded in g0
-    assert router.route(Request(1, 0.0, 100, 10, cls=1), 0.0) == 2
-    assert router.route(Request(2, 0.0, 5000, 10, cls=1), 0.0) == 1  # too long for g1
-    assert router.route(Request(3, 0.0, 100, 10, cls=-1), 0.0) == 2  # unplanned: least loaded
-    assert router.route(Request(4, 0.0, 10**10, 10, cls=0), 0.0) == -1  # fits nowhere
+def test_plan_router_keys_by_prompt_only_and_falls_back():
+    fleet = FakeFleet([5, 3, 1], [[0, 1], [2]], kv=[10**9, 10**9, 3000])
+    router = PlanRouter(fleet, table({0: [(0, 1.0)], 1: [(1, 1.0)]}))
+    assert router.route(Request(0, 0.0, 100, 10), 0.0) == 1  # least loaded in g0
+    assert router.route(Request(1, 0.0, 100, 5000, cls=1), 0.0) == 1  # output is not seen
+    assert router.route(Request(2, 0.0, 1500, 10), 0.0) == 2  # key 1: g1
+    assert router.route(Request(3, 0.0, 5000, 10), 0.0) == 1  # too long for g1
+    # unplanned key: the least loaded replica that holds it
+    assert router.route(Request(4, 0.0, 20_000, 10), 0.0) == 1
+    assert router.route(Request(5, 0.0, 10**10, 10), 0.0) == -1  # fits nowhere
+
+
+def test_plan_router_spills_backed_up_prefill_to_an_eligible_group():
+    # g0 (replica 0) has 30k prompt tokens queued at 0.1 ms a token: 3 s > the 1 s allowed
+    fleet = FakeFleet([9, 2, 0], [[0], [1], [2]], pending=[30_000, 4_000, 0])
+    shares = {0: [(0, 1.0)]}
+    spill = PlanRouter(fleet, table(shares, eligible={0: [0, 1]}, per_token=(1e-4,) * 3))
+    assert spill.route(Request(0, 0.0, 500, 10), 0.0) == 1 and spill.spilled == 1
+    # replica 2 is idle, but its group cannot serve the key within the SLO: never chosen
+    assert spill.route(Request(1, 0.0, 500, 10), 0.0) == 1
+    fleet.pending[0] = 5_000  # 0.55 s: within the limit, the share holds
+    assert spill.route(Request(2, 0.0, 500, 10), 0.0) == 0 and spill.spilled == 2
+    static = PlanRouter(FakeFleet([9, 2, 0], [[0], [1], [2]], pending=[30_000, 0, 0]),
+                        table(shares, eligible={0: [0, 1]}, per_token=(1e-4,) * 3),
+                        spill=False)
+    assert static.route(Request(0, 0.0, 500, 10), 0.0) == 0
 
 
 def test_round_robin_and_least_outstanding():
@@ -219,16 +250,17 @@ def test_simulator_fleet_scan_routes_as_the_router_does(catalog):
 
     deps = [Deployment(M8, catalog.get(a)) for a in ("A100-80GB", "L40S", "L4")]
     trace = synthetic(1500, 40.0, input_median=1500, output_median=150, seed=5)
-    shares = {0: [(0, 0.6), (1, 0.4)], 1: [(1, 0.7), (0, 0.3)]}
+    routes = table({0: [(0, 0.6), (1, 0.4)], 1: [(1, 0.7), (0, 0.3)]},
+                   eligible={0: [0, 1], 1: [0, 1]})
     runs = []
     for cls in (SimFleet, PerReplica):
         engines = [Engine(d, kv_tokens=kv) for d, kv in zip(deps * 2, [None, None, 9000] * 2,
                                                             strict=True)]
         fleet = cls(engines, [[0, 3, 1, 4], [2, 5]])  # group 1 holds 9k tokens
         reqs = requests_from(trace)
-        for r in reqs:  # classes by size; -1 unplanned
+        for r in reqs:  # keys by prompt size; 2 unplanned
             r.cls = 0 if r.input_tokens < 1000 else 1 if r.input_tokens < 12_000 else -1
-        run_open(fleet, PlanRouter(fleet, shares), reqs)
+        run_open(fleet, PlanRouter(fleet, routes), reqs)
         runs.append([(r.replica, r.scheduled, r.first_token, r.finish) for r in reqs])
     assert runs[0] == runs[1]
     assert {r[0] for r in runs[0]} == set(range(6))
@@ -273,10 +305,20 @@ def test_simulated_plan_counts_and_money_add_up():
     assert 0 < s["utilisation"] <= 1 and 0 < s["kv_usage"] < 1
     assert s["slo_attainment"] == pytest.approx(res.met.mean())
     assert s["goodput"] == pytest.approx(res.met.sum() / s["simulated_seconds"])
-    # the plan router respects the shares' support: no class lands in a group without a share
-    names = [c.name for c in plan.models[0].classes]
+    # the plan router keys by prompt range: a request lands in a group with a share for its
+    # range, or (spilled) one whose config serves every class of that range
+    entry = plan.models[0]
+    routes = RoutingTable.from_plan(entry, plan.groups, [Deployment(
+        entry.spec, cat.get(g.accelerator), tp=g.tp, pp=g.pp) for g in plan.groups])
+    for r in range(len(res.cls)):
+        key = routes.key(int(res.input_tokens[r]))
+        allowed = {g for g, _ in routes.shares[key]} | set(routes.eligible[key])
+        assert res.group[r] in allowed
+    # the oracle routing (per class, static) keeps each class within its shares' support
+    oracle = simulate(plan, requests=1500, router="plan-oracle")
+    names = [c.name for c in entry.classes]
     for k, g in enumerate(plan.groups):
-        routed = {names[c] for c in res.cls[res.group == k] if c >= 0}
+        routed = {names[c] for c in oracle.cls[oracle.group == k] if c >= 0}
         assert routed <= set(g.shares)
 
 

@@ -397,7 +397,9 @@ def simulate_cmd(
     requests: Annotated[int | None, typer.Option(
         "--requests", help="replay only the first N requests (closed loop: send N)")] = None,
     router: Annotated[str, typer.Option(
-        "--router", help="plan, round-robin, least-outstanding or size-aware")] = "plan",
+        "--router", help="plan (by prompt range, spilling backed-up prefill), round-robin, "
+        "least-outstanding; simulation-only baselines that read the true output: size-aware, "
+        "plan-oracle (per-class shares, static)")] = "plan",
     compare: Annotated[bool, typer.Option(
         "--compare", help="run every router policy on the same arrivals")] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed for Poisson arrivals")] = 0,

@@ -197,15 +197,20 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
         steps = timed(np.minimum(counts * chunk[..., None], free[..., None]))
         window = np.where(np.isfinite(prompts), m * (pmf * steps).sum(-1), np.inf)
     # Prompts that queue fill the steps: while the prefill queue is busy (a share rho of the
-    # time) every step carries the queued tokens (`full`, above). Over a window of m steps the
-    # busy share has mean rho and a variance that falls with m, about v / (1 + m v) with
-    # v = rho (1 - rho) (v taken at min(rho, 1/2) so that the share only grows with the load):
-    # at the quantile, the window's steps are that mix of full and idle ones. A queue busy
-    # less than 1 - q of the time leaves the window at the quantile idle (the Poisson count of
-    # prompts above covers what it does carry)
+    # time) every step carries the queued tokens (`full`, above). Full steps are longer than
+    # idle ones, so they are a smaller share of the steps than of the time: with a share b of
+    # the time spent in full steps, the share of steps is f = b idle / (b idle + (1 - b) full).
+    # Over a window of m steps the full share has mean f and a variance that falls with m,
+    # about v / (1 + m v) with v = f (1 - f) (v taken at min(f, 1/2) so that the share only
+    # grows with the load): at the quantile, the window's steps are that mix of full and idle
+    # ones. A queue busy less than 1 - q of the time leaves the window at the quantile idle
+    # (the Poisson count of prompts above covers what it does carry)
     busy_share = np.clip(rho, 0.0, 1.0)
-    v = np.minimum(busy_share, 0.5) * (1.0 - np.minimum(busy_share, 0.5))
-    full_share = np.clip(busy_share + z * np.sqrt(v / (1.0 + m * v)), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step_share = np.where(busy_share < 1.0, busy_share * idle / np.maximum(
+            busy_share * idle + (1.0 - busy_share) * full, 1e-300), 1.0)
+    v = np.minimum(step_share, 0.5) * (1.0 - np.minimum(step_share, 0.5))
+    full_share = np.clip(step_share + z * np.sqrt(v / (1.0 + m * v)), 0.0, 1.0)
     full_share = np.where(busy_share > 1.0 - quantile, full_share, 0.0)
     window = np.maximum(window, m * (idle + full_share * (full - idle)))
     tpot = np.where(out > 1.0, window / m, 0.0)

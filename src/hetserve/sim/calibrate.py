@@ -24,8 +24,8 @@ from hetserve.errors import HetserveError, Record, read_text, validation_message
 from hetserve.models import Dtype, get_model
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
+from hetserve.route import make_router
 from hetserve.sim.engine import Engine
-from hetserve.sim.router import make_router
 from hetserve.sim.simulate import SimFleet, run_closed
 from hetserve.workload.trace import MAX_TOKENS
 

@@ -141,6 +141,13 @@ class Engine:
         late = len(self.last_finished) if self.clock > now else 0
         return len(self.waiting) + len(self.running) + late
 
+    def pending_prefill(self) -> int:
+        """Prompt tokens of the requests without a first token yet (what a gateway sees: it
+        knows each prompt's length and which requests have streamed a token)."""
+        ahead = sum(r.input_tokens for r in self.waiting)
+        prefilling = self.running[self._nd:] if self.fast else self.running
+        return ahead + sum(r.input_tokens for r in prefilling if r.generated == 0)
+
     def holds(self, req: Request) -> bool:
         """Whether the request's prompt and output fit in this replica's KV cache at all."""
         return req.input_tokens + req.output_tokens <= self.kv_limit

@@ -1,9 +1,10 @@
 """Replay a trace against a plan in virtual time.
 
-Every replica of every group in the plan is an `Engine`; a router (hetserve.sim.router) sends
-each request to one. Arrivals are open loop (the trace's timestamps as they are, time-scaled to a
-rate, or a Poisson process at a rate) or closed loop (N clients, each sending its next request
-when the last one completes, as serving benchmarks measure).
+Every replica of every group in the plan is an `Engine`; a router (hetserve.route, the one a
+gateway runs, or a simulation-only baseline of hetserve.sim.router) sends each request to one.
+Arrivals are open loop (the trace's timestamps as they are, time-scaled to a rate, or a Poisson
+process at a rate) or closed loop (N clients, each sending its next request when the last one
+completes, as serving benchmarks measure).
 
 Open loop needs no global event queue: requests are routed in arrival order, and an engine is
 advanced in virtual time only up to the arrival the router is looking at, when the router asks
@@ -27,9 +28,10 @@ from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.plan.planfile import ModelEntry, Plan
+from hetserve.route import Router, RoutingTable
 from hetserve.sim.engine import Engine, Request
 from hetserve.sim.report import GroupInfo, SimResult
-from hetserve.sim.router import Router, make_router
+from hetserve.sim.router import make_router
 from hetserve.workload import ClassGrid, Trace, load_trace
 
 ARRIVALS = ("trace", "as-is", "poisson")
@@ -79,6 +81,12 @@ class SimFleet:
                 if not load:
                     break  # none can have fewer
         return best
+
+    def pending_prefill(self, replica: int, now: float) -> int:
+        """Prompt tokens awaiting their first token at `now` (load() brings the engine there
+        when a step could change it)."""
+        self.load(replica, now)
+        return self.engines[replica].pending_prefill()
 
     def group_holds(self, group: int, req: Request) -> bool:
         """Whether some replica of the group holds the request (any `holds`)."""
@@ -259,10 +267,9 @@ def simulate(
             engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=fast)
                         for _ in range(g.replicas)]
         fleet = SimFleet(engines, members)
-        names = [c.name for c in entry.classes]
-        shares = {k: [(j, g.shares.get(name, 0.0)) for j, g in enumerate(plan_groups)]
-                  for k, name in enumerate(names)}
-        policy = make_router(router, fleet, shares)
+        deps = [engines[idx[0]].dep for idx in members]
+        policy = make_router(router, fleet, RoutingTable.from_plan(entry, plan_groups, deps),
+                             RoutingTable.from_plan(entry, plan_groups, deps, by_class=True))
         cls = classify_for(entry, trace)
         if clients is not None:
             total = requests or len(trace)
