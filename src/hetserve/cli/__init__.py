@@ -577,6 +577,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+# the running half's verbs live in their own module (cli/run.py)
+from hetserve.cli.run import emulate_cmd, serve_cmd  # noqa: E402  (needs nothing above)
+
+app.command("emulate")(emulate_cmd)
+app.command("serve")(serve_cmd)
+
+
 def _fail(message: str, code: int) -> int:
     sys.stdout.flush()
     sys.stderr.write(f"error: {message}\n")  # one line, never wrapped

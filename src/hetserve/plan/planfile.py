@@ -258,7 +258,11 @@ def _unique(what: str, names: list[str]) -> None:
 
 
 def load_plan(path: Path | str) -> Plan:
-    data = load_json(path)
+    return parse_plan(load_json(path), str(path))
+
+
+def parse_plan(data, path: str) -> Plan:
+    """A plan from its JSON data; errors name `path` (a file, or where the data came from)."""
     if not isinstance(data, dict):
         raise HetserveError(f"{path}: expected a JSON object: a plan file written by hetserve "
                             "plan --out")

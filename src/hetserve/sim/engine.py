@@ -163,6 +163,26 @@ class Engine:
         self.waiting.append(req)
         self._run, self._quiet = False, -1.0
 
+    def abort(self, req: Request) -> bool:
+        """Drop a request that is queued or running (its client went away): its sequence slot
+        and KV blocks are free for the next step. False if the engine does not hold it."""
+        if self.fast:
+            self._settle()
+        if req in self.waiting:
+            self.waiting.remove(req)
+        elif req in self.running:
+            self.running.remove(req)
+        else:
+            if self.fast:
+                self._rebuild()
+            return False
+        self.free_blocks += req.blocks
+        req.blocks = 0
+        self._run, self._quiet = False, -1.0
+        if self.fast:
+            self._rebuild()
+        return True
+
     # ---- virtual time ------------------------------------------------------------------
     def advance(self, until: float, first_finish: bool = False,
                 finished_only: bool = False) -> list[Request]:

@@ -1,0 +1,246 @@
+"""What the gateway adds to a request: latency at low load and the highest rate it sustains.
+
+Three paths, measured in one run with the same request stream, each server in a process of its
+own (aiohttp on this machine's cores; the load generator is a fourth process):
+
+- direct: straight to a zero-latency backend (a canned completion, or 64 SSE chunks);
+- bare proxy: an aiohttp pass-through on the same stack (no parsing, routing or metrics), the
+  floor for any proxy;
+- gateway: `hetserve.gateway.Gateway` on a one-group plan whose replicas are all that backend
+  (parses the body, counts the prompt, routes by the plan, counts metrics, pipes streams).
+
+Low load: LOW_REQUESTS requests one at a time: added latency p50/p99 over direct. Peak:
+CONCURRENCY clients back to back for PEAK_SECONDS: requests/s. Then PACED_SECONDS of requests at
+half the gateway's peak rate (open loop): p99 latency. Non-streaming and streaming (64 tokens).
+
+Usage: python benchmarks/gateway_overhead.py [--quick]   (writes results/gateway_overhead.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import platform
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+RESULTS = Path(__file__).parent / "results" / "gateway_overhead.json"
+LOW_REQUESTS = 1000
+CONCURRENCY = 64
+PEAK_SECONDS = 5.0
+PACED_SECONDS = 5.0
+STREAM_TOKENS = 64
+MODEL = "llama-3.1-8b"
+BODY = {"model": MODEL, "prompt": "the quick brown fox " * 25, "max_tokens": STREAM_TOKENS}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- servers (each runs in its own process) ----------------------------------------------
+
+def run_backend(port: int) -> None:
+    completion = json.dumps({"id": "cmpl-0", "object": "text_completion", "created": 0,
+                             "model": MODEL, "choices": [{"index": 0, "text": " x" * 8,
+                                                          "finish_reason": "length"}],
+                             "usage": {"prompt_tokens": 100, "completion_tokens": 8,
+                                       "total_tokens": 108}}).encode()
+    chunk = b'data: {"id":"cmpl-0","object":"text_completion","choices":[{"index":0,' \
+            b'"text":" x","finish_reason":null}]}\n\n'
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.Response(body=completion, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(STREAM_TOKENS):
+            await resp.write(chunk)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", handle)])
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def run_bare_proxy(port: int, backend: str) -> None:
+    async def start(app):
+        app["session"] = aiohttp.ClientSession()
+
+    async def stop(app):
+        await app["session"].close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        data = await request.read()
+        async with request.app["session"].post(backend + request.path, data=data,
+                                               headers={"Content-Type": "application/json"}
+                                               ) as up:
+            resp = web.StreamResponse(status=up.status, headers={
+                "Content-Type": up.headers.get("Content-Type", "application/json")})
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+    app = web.Application()
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.add_routes([web.post("/v1/completions", handle)])
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def run_gateway(port: int, backend: str, replicas: int) -> None:
+    import hetserve
+    from hetserve.catalog import load_catalog
+    from hetserve.gateway import Gateway
+
+    plan = hetserve.make_plan(MODEL, workload="azure-code", rate=2, baselines=False,
+                              catalog=load_catalog().only(["L4"]))
+    urls = {g.id: [backend] * max(g.replicas, replicas) for g in plan.groups}
+    web.run_app(Gateway(plan, urls).app, host="127.0.0.1", port=port, access_log=None,
+                print=None, handler_cancellation=True)
+
+
+# ---- load ---------------------------------------------------------------------------------
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> float:
+    start = time.perf_counter()
+    async with session.post(url, json=body) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}")
+    return time.perf_counter() - start
+
+
+async def low_load(url: str, body: dict, n: int) -> np.ndarray:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):  # warm the connections
+            await _one(session, url, body)
+        return np.array([await _one(session, url, body) for _ in range(n)])
+
+
+async def peak(url: str, body: dict, seconds: float) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(session):
+        nonlocal done
+        while time.perf_counter() < stop:
+            await _one(session, url, body)
+            done += 1
+
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(CONCURRENCY)))
+        return done / (time.perf_counter() - start)
+
+
+async def paced(url: str, body: dict, rate: float, seconds: float) -> np.ndarray:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = []
+        start = time.perf_counter()
+        k = 0
+        while (now := time.perf_counter()) - start < seconds:
+            due = start + k / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(_one(session, url, body)))
+            k += 1
+        return np.array(await asyncio.gather(*tasks))
+
+
+def _wait(port: int) -> None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
+    args = ap.parse_args()
+    low_n, peak_s, paced_s = (200, 2.0, 2.0) if args.quick else \
+        (LOW_REQUESTS, PEAK_SECONDS, PACED_SECONDS)
+    ports = {name: _free_port() for name in ("direct", "bare proxy", "gateway")}
+    backend = f"http://127.0.0.1:{ports['direct']}"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=run_backend, args=(ports["direct"],), daemon=True),
+             ctx.Process(target=run_bare_proxy, args=(ports["bare proxy"], backend),
+                         daemon=True),
+             ctx.Process(target=run_gateway, args=(ports["gateway"], backend, 4), daemon=True)]
+    for p in procs:
+        p.start()
+    try:
+        for port in ports.values():
+            _wait(port)
+        rows = []
+        for stream in (False, True):
+            body = {**BODY, "stream": stream}
+            base = None
+            results = {}
+            for name, port in ports.items():
+                url = f"http://127.0.0.1:{port}/v1/completions"
+                lat = asyncio.run(low_load(url, body, low_n))
+                rps = asyncio.run(peak(url, body, peak_s))
+                results[name] = (lat, rps, url)
+                if base is None:
+                    base = lat
+            half = results["gateway"][1] / 2
+            for name, (lat, rps, url) in results.items():
+                tail = asyncio.run(paced(url, body, half, paced_s))
+                row = {
+                    "path": name, "stream": stream, "p50_ms": float(np.median(lat) * 1e3),
+                    "p99_ms": float(np.quantile(lat, 0.99) * 1e3),
+                    "added_p50_ms": float((np.median(lat) - np.median(base)) * 1e3),
+                    "added_p99_ms": float((np.quantile(lat, 0.99) - np.quantile(base, 0.99))
+                                          * 1e3),
+                    "peak_rps": rps, "paced_rps": half,
+                    "paced_p99_ms": float(np.quantile(tail, 0.99) * 1e3)}
+                rows.append(row)
+                print(f"{'stream ' if stream else 'plain  '} {name:10s}  p50 "
+                      f"{row['p50_ms']:6.2f} ms (+{row['added_p50_ms']:5.2f})  p99 "
+                      f"{row['p99_ms']:6.2f} ms  peak {rps:7,.0f} req/s  p99 at "
+                      f"{half:,.0f} req/s: {row['paced_p99_ms']:6.2f} ms", flush=True)
+            bare = next(r for r in rows if r["path"] == "bare proxy" and r["stream"] == stream)
+            gw = next(r for r in rows if r["path"] == "gateway" and r["stream"] == stream)
+            print(f"        gateway vs bare proxy: {gw['peak_rps'] / bare['peak_rps']:.0%} of "
+                  f"its throughput (target >= 70%), +{gw['p50_ms'] - bare['p50_ms']:.2f} ms "
+                  f"p50 (target <= 0.3), p99 {gw['paced_p99_ms']:.2f} ms at half its peak "
+                  f"(target < 3)", flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join(5)
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({
+            "rows": rows, "low_requests": low_n, "concurrency": CONCURRENCY,
+            "peak_seconds": peak_s, "paced_seconds": paced_s, "stream_tokens": STREAM_TOKENS,
+            "stack": f"aiohttp {aiohttp.__version__} (server and client)",
+            "machine": platform.platform(), "cores": multiprocessing.cpu_count(),
+            "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": "python benchmarks/gateway_overhead.py"}, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Command line, running half: serve emulated engines (and, later, the gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hetserve.errors import HetserveError, positive
+
+MAX_REPLICAS = 256  # one process, one event loop: enough for a plan on a laptop
+
+
+def emulate_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="bundled name or config.json")],
+    accelerator: Annotated[str, typer.Option("--accelerator", "-a", help="catalog name")],
+    tp: Annotated[int, typer.Option("--tp", help="tensor-parallel degree")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="pipeline-parallel degree")] = 1,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="weight dtype")] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="vllm, vllm-v0, sglang or trt-llm (host overhead per sequence)")]
+    = "vllm",
+    chunk: Annotated[int, typer.Option(
+        "--max-num-batched-tokens", help="token budget of a step")] = 8192,
+    max_seqs: Annotated[int, typer.Option("--max-num-seqs", help="sequences per step")] = 256,
+    replicas: Annotated[int, typer.Option(
+        "--replicas", help="replicas in this process, one port each")] = 1,
+    port: Annotated[int, typer.Option(
+        "--port", help="first replica's port (the others follow); 0: any free port")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    catalog: Annotated[Path | None, typer.Option(
+        "--catalog", help="YAML file extending/overriding the catalog")] = None,
+) -> None:
+    """Serve an emulated engine (the simulator's engine in real time) behind the OpenAI API:
+    /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
+    from hetserve.catalog import load_catalog
+    from hetserve.emulate import Emulator
+    from hetserve.models import check_dtype, get_model
+    from hetserve.perf import Deployment
+    from hetserve.perf.model import check_engine
+
+    check_dtype(dtype)
+    check_engine(engine)
+    for value, option in ((tp, "--tp"), (pp, "--pp"), (chunk, "--max-num-batched-tokens"),
+                          (max_seqs, "--max-num-seqs"), (replicas, "--replicas")):
+        positive(value, option, integer=True)
+    if replicas > MAX_REPLICAS:
+        raise HetserveError(f"--replicas: at most {MAX_REPLICAS} in one process, got {replicas}")
+    if not 0 <= port <= 65535 or (port and port + replicas - 1 > 65535):
+        raise HetserveError(f"--port: expected 0..65535 (with room for {replicas} replicas), "
+                            f"got {port}")
+    spec = get_model(model)
+    acc = load_catalog(catalog).get(accelerator)
+    dep = Deployment(spec, acc, tp=tp, pp=pp, dtype=dtype, engine=engine, chunk_tokens=chunk,
+                     max_seqs=max_seqs)
+    if not dep.fits:
+        raise HetserveError(f"{dep.label}: {dep.why_not()}")
+    ports = [port + k if port else 0 for k in range(replicas)]
+    asyncio.run(_serve(Emulator(dep, spec.name, replicas, host, ports), dep.label))
+
+
+async def _serve(emulator, label: str) -> None:
+    try:
+        urls = await emulator.start()
+    except OSError as exc:
+        await emulator.stop()
+        raise HetserveError(f"--port: cannot listen ({exc.strerror or exc})") from None
+    for k, url in enumerate(urls):
+        print(f"replica {k}: {url} ({label})", flush=True)
+    sys.stdout.flush()
+    try:
+        await asyncio.Event().wait()  # until interrupted
+    finally:
+        await emulator.stop()
+
+
+def serve_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="plan file (hetserve plan --out)")],
+    backends: Annotated[Path | None, typer.Option(
+        "--backends", help="YAML: replica group id -> list of endpoint URLs")] = None,
+    emulate: Annotated[bool, typer.Option(
+        "--emulate", help="start an emulated engine for every replica of the plan instead "
+        "of --backends")] = False,
+    port: Annotated[int, typer.Option("--port", help="gateway port; 0: any free port")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    api_key: Annotated[list[str] | None, typer.Option(
+        "--api-key", help="a key clients must send as 'Authorization: Bearer KEY' "
+        "(repeatable; none: open)")] = None,
+    admin_token: Annotated[str | None, typer.Option(
+        "--admin-token", help="Bearer token of POST /admin/plan (none: /admin is off)")] = None,
+) -> None:
+    """Route live OpenAI traffic by a plan: an OpenAI-compatible gateway in front of the plan's
+    engines (--backends), or of emulated ones started here (--emulate)."""
+    from hetserve.gateway import Gateway, GatewayServer, load_backends
+    from hetserve.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if (backends is None) == (not emulate):
+        raise HetserveError("hetserve serve: give --backends FILE or --emulate (one of them)")
+    if not 0 <= port <= 65535:
+        raise HetserveError(f"--port: expected 0..65535, got {port}")
+    for key in [*(api_key or []), *([admin_token] if admin_token is not None else [])]:
+        if not key.strip() or any(c.isspace() for c in key):
+            raise HetserveError("--api-key/--admin-token: expected a token without spaces")
+    urls = load_backends(backends, plan) if backends is not None else None
+    asyncio.run(_gateway(plan, urls, host, port, lambda u: Gateway(
+        plan, u, api_key or (), admin_token), GatewayServer))
+
+
+async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls) -> None:
+    from hetserve.emulate import Emulator
+
+    emulators = []
+    try:
+        if urls is None:
+            urls = {}
+            for g in plan.groups:
+                emu = Emulator(plan.deployment(g), g.model, g.replicas, host)
+                emulators.append(emu)
+                urls[g.id] = await emu.start()
+                for url in urls[g.id]:
+                    print(f"emulated {g.id} ({plan.deployment(g).label}): {url}", flush=True)
+        server = server_cls(make_gateway(urls), host, port)
+        try:
+            url = await server.start()
+        except OSError as exc:
+            raise HetserveError(f"--port: cannot listen ({exc.strerror or exc})") from None
+        print(f"gateway: {url}/v1 ({sum(len(u) for u in urls.values())} replicas in "
+              f"{len(urls)} groups)", flush=True)
+        try:
+            await asyncio.Event().wait()  # until interrupted
+        finally:
+            await server.stop()
+    finally:
+        for emu in emulators:
+            await emu.stop()

@@ -1,0 +1,221 @@
+"""The OpenAI API in front of emulated engines (aiohttp), one port per replica.
+
+Serves `POST /v1/completions` and `POST /v1/chat/completions` (with `stream: true`, server-sent
+events as vLLM sends them, `usage` in a last chunk when `stream_options.include_usage` asks),
+`GET /v1/models`, `GET /health` and `GET /metrics` (vLLM's metric names). Bad requests get
+vLLM's 400 body: `{"error": {"message", "type": "BadRequestError", "param", "code": 400}}`.
+
+Token counts: see hetserve.route.request (the gateway counts the same way). Without `max_tokens`
+(or `max_completion_tokens`), completions generate 16 tokens (the OpenAI default vLLM keeps)
+and chats DEFAULT_CHAT_TOKENS, within the context left.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from hetserve.emulate.engine import EmulatedEngine, Job, filler
+from hetserve.route.request import (
+    BadRequest,
+    chat_tokens,
+    error_body,
+    openai_routes,
+    positive_int,
+    prompt_tokens,
+)
+
+DEFAULT_COMPLETION_TOKENS = 16
+DEFAULT_CHAT_TOKENS = 256
+
+
+@dataclass
+class Ask:
+    """A parsed request."""
+
+    prompt_tokens: int
+    max_tokens: int
+    stream: bool
+    include_usage: bool
+
+
+class ReplicaServer:
+    """One replica's HTTP endpoints over its EmulatedEngine."""
+
+    def __init__(self, engine: EmulatedEngine, model: str, max_model_len: int) -> None:
+        self.engine = engine
+        self.model = model
+        self.max_model_len = max_model_len
+        self.app = web.Application()
+        self.app.add_routes(openai_routes(self))
+
+    # ---- parsing --------------------------------------------------------------------------
+    async def _body(self, request: web.Request) -> dict:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("body: expected a JSON object") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body: expected a JSON object")
+        if body.get("model") not in (None, self.model):
+            raise BadRequest(f"model: this server serves {self.model!r}, got "
+                             f"{body.get('model')!r}", "model")
+        return body
+
+    def _ask(self, body: dict, prompt: int, default: int) -> Ask:
+        asked = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
+        least = positive_int(body, "min_tokens")
+        room = self.max_model_len - prompt
+        if room < 1:
+            raise BadRequest(f"This model's maximum context length is {self.max_model_len} "
+                             f"tokens. However, your prompt has {prompt} tokens.", "prompt")
+        out = asked if asked is not None else min(default, room)
+        if prompt + out > self.max_model_len:
+            raise BadRequest(f"This model's maximum context length is {self.max_model_len} "
+                             f"tokens. However, you requested {prompt + out} tokens ({prompt} "
+                             f"in the messages, {out} in the completion).", "max_tokens")
+        if least is not None and least > out:
+            raise BadRequest(f"min_tokens ({least}) must be <= max_tokens ({out})", "min_tokens")
+        if prompt + out > self.engine.engine.kv_limit:
+            raise BadRequest(f"{prompt + out} tokens exceed the KV cache of "
+                             f"{self.engine.dep.label} ({self.engine.engine.kv_limit} tokens)",
+                             "max_tokens")
+        options = body.get("stream_options") or {}
+        return Ask(prompt, out, bool(body.get("stream")), bool(options.get("include_usage")))
+
+    # ---- endpoints ------------------------------------------------------------------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, chat=True)
+
+    async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            body = await self._body(request)
+            if chat:
+                ask = self._ask(body, chat_tokens(body.get("messages")), DEFAULT_CHAT_TOKENS)
+            else:
+                ask = self._ask(body, prompt_tokens(body.get("prompt")),
+                                DEFAULT_COMPLETION_TOKENS)
+        except BadRequest as exc:
+            return _error(exc)
+        return await self._serve(request, ask, chat)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.model, "object": "model", "created": int(time.time()),
+            "owned_by": "hetserve", "root": self.model, "max_model_len": self.max_model_len}]})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.engine.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # ---- responses ------------------------------------------------------------------------
+    async def _serve(self, request: web.Request, ask: Ask, chat: bool) -> web.StreamResponse:
+        job = self.engine.submit(ask.prompt_tokens, ask.max_tokens)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        usage = {"prompt_tokens": ask.prompt_tokens, "completion_tokens": ask.max_tokens,
+                 "total_tokens": ask.prompt_tokens + ask.max_tokens}
+        head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created, "model": self.model}
+        try:
+            if not ask.stream:
+                text = "".join([filler(k) async for k in _tokens(job)])
+                choice = {"index": 0, "logprobs": None, "finish_reason": "length",
+                          "stop_reason": None}
+                if chat:
+                    choice["message"] = {"role": "assistant", "content": text}
+                else:
+                    choice["text"] = text
+                return web.json_response({**head, "object": "chat.completion" if chat
+                                          else "text_completion", "choices": [choice],
+                                          "usage": usage})
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            tokens = _tokens(job)
+            first = await anext(tokens)  # as vLLM, the role comes with the first output
+            if chat:
+                await _event(resp, {**head, "choices": [{
+                    "index": 0, "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None, "finish_reason": None}]})
+            async for k in _chain(first, tokens):
+                last = k == ask.max_tokens - 1
+                choice = {"index": 0, "logprobs": None,
+                          "finish_reason": "length" if last else None}
+                if chat:
+                    choice["delta"] = {"content": filler(k)}
+                else:
+                    choice["text"] = filler(k)
+                    choice["stop_reason"] = None
+                await _event(resp, {**head, "choices": [choice]})
+            if ask.include_usage:
+                await _event(resp, {**head, "choices": [], "usage": usage})
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        finally:  # a client that went away (the handler is cancelled) frees its slot
+            self.engine.abort(job)
+
+
+async def _tokens(job: Job):
+    while (k := await job.tokens.get()) is not None:
+        yield k
+
+
+async def _chain(first: int, rest):
+    yield first
+    async for k in rest:
+        yield k
+
+
+async def _event(resp: web.StreamResponse, data: dict) -> None:
+    await resp.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+
+
+def _error(exc: BadRequest) -> web.Response:
+    return web.json_response(error_body(400, str(exc), exc.param), status=400)
+
+
+class Emulator:
+    """Replicas of one deployment, each on its own port of 127.0.0.1 (or `host`)."""
+
+    def __init__(self, dep, model: str, replicas: int = 1, host: str = "127.0.0.1",
+                 ports: Sequence[int] = (0,)) -> None:
+        self.dep, self.model, self.host = dep, model, host
+        self.engines = [EmulatedEngine(dep, model) for _ in range(replicas)]
+        self.ports = list(ports) + [0] * (replicas - len(ports))
+        self._runners: list[web.AppRunner] = []
+        self.urls: list[str] = []
+
+    async def start(self) -> list[str]:
+        max_len = min(self.dep.model.max_context, self.engines[0].engine.kv_limit)
+        for engine, port in zip(self.engines, self.ports, strict=True):
+            engine.start()
+            runner = web.AppRunner(ReplicaServer(engine, self.model, max_len).app,
+                                   access_log=None, handle_signals=False,
+                                   handler_cancellation=True)  # a client gone frees its slot
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, port)
+            await site.start()
+            bound = runner.addresses[0][1]
+            self._runners.append(runner)
+            self.urls.append(f"http://{self.host}:{bound}")
+        return self.urls
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        for engine in self.engines:
+            await engine.stop()

@@ -1,0 +1,329 @@
+"""An OpenAI-compatible gateway that routes each request by the plan (hetserve.route).
+
+For every request it reads the routing view (prompt tokens, `max_tokens`; route.request), asks
+the model's PlanRouter for a replica, and proxies the request there: streamed responses are
+piped chunk by chunk, the first chunk marking the request's first token; other responses are
+returned whole (their first token counts at the end, which overstates the replica's queued
+prefill a little). The router sees, per replica, the requests in flight and the prompt tokens
+still waiting for a first token. A backend that refuses the connection is set aside for
+DOWN_SECONDS and the request goes to the next replica the router picks; when none is left the
+client gets a 502 naming the last one tried.
+Nothing is dropped silently: every request ends in a response, and `/metrics` counts them per
+model, group and outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from hetserve.errors import HetserveError
+from hetserve.gateway.backends import parse_backends
+from hetserve.perf import Deployment
+from hetserve.plan.planfile import Plan, parse_plan
+from hetserve.route import PlanRouter, RoutingTable
+from hetserve.route.request import (
+    BadRequest,
+    RouteRequest,
+    error_body,
+    openai_routes,
+    route_request,
+)
+
+DOWN_SECONDS = 5.0  # a backend that refused a connection is not chosen again for this long
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host"}
+
+
+@dataclass
+class Replica:
+    url: str
+    group: int  # index into the model's groups
+    deployment: Deployment
+    kv_tokens: int
+    in_flight: int = 0
+    waiting_tokens: int = 0  # prompt tokens of requests without a first token yet
+    down_until: float = 0.0  # a connection failed: not chosen before this (monotonic s)
+
+
+@dataclass
+class ModelFleet:
+    """route.Fleet over one model's backends, as the gateway counts them."""
+
+    replicas: list[Replica]
+    groups: list[list[int]]
+    group_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def load(self, replica: int, now: float) -> int:
+        return self.replicas[replica].in_flight
+
+    def pending_prefill(self, replica: int, now: float) -> int:
+        return self.replicas[replica].waiting_tokens
+
+    def holds(self, replica: int, req: RouteRequest) -> bool:
+        r = self.replicas[replica]
+        return r.down_until <= time.monotonic() and \
+            req.input_tokens + (req.max_tokens or 0) <= r.kv_tokens
+
+    def deployment(self, replica: int) -> Deployment:
+        return self.replicas[replica].deployment
+
+
+MAX_BODY = 8 * 2**20  # bytes of a request body (413 beyond)
+
+
+class Gateway:
+    """Routes by `plan` over `backends` (group id -> URLs). `api_keys`: the Bearer tokens
+    clients must send to /v1 (none: open); `admin_token`: the Bearer token of /admin (none:
+    /admin is off)."""
+
+    def __init__(self, plan: Plan, backends: dict[str, list[str]],
+                 api_keys: Sequence[str] = (), admin_token: str | None = None,
+                 max_body: int = MAX_BODY) -> None:
+        self.api_keys = frozenset(api_keys)
+        self.admin_token = admin_token
+        self.registry = CollectorRegistry()
+        self.requests = Counter("hetserve:requests", "Requests by model, group and outcome.",
+                                ["model", "group", "outcome"], registry=self.registry)
+        self.refused = Counter("hetserve:refused", "Requests answered without a backend, by "
+                               "status.", ["status"], registry=self.registry)
+        self.in_flight = Gauge("hetserve:requests_in_flight", "Requests in flight per group.",
+                               ["model", "group"], registry=self.registry)
+        self.latency = Histogram("hetserve:request_latency_seconds", "End-to-end latency.",
+                                 ["model", "group"], registry=self.registry)
+        self.spilled = Counter("hetserve:spilled", "Requests sent past their share to a "
+                               "replica with less prefill queued.", ["model"],
+                               registry=self.registry)
+        self.plan_swaps = Counter("hetserve:plan_swaps", "Plans installed by POST /admin/plan.",
+                                  registry=self.registry)
+        self.plan, self.fleets, self.routers = plan, *self._build(plan, backends)
+        self.session: aiohttp.ClientSession | None = None
+        self.app = web.Application(client_max_size=max_body, middlewares=[self._auth])
+        self.app.add_routes(openai_routes(self))
+        self.app.add_routes([web.post("/admin/plan", self.admin_plan)])
+        self.app.on_startup.append(self._open)
+        self.app.on_cleanup.append(self._close)
+
+    @staticmethod
+    def _build(plan: Plan, backends: dict[str, list[str]]
+               ) -> tuple[dict[str, ModelFleet], dict[str, PlanRouter]]:
+        fleets, routers = {}, {}
+        for entry in plan.models:
+            groups = [g for g in plan.groups if g.model == entry.name]
+            deps = [plan.deployment(g) for g in groups]
+            replicas, members = [], []
+            for j, (g, dep) in enumerate(zip(groups, deps, strict=True)):
+                members.append(list(range(len(replicas), len(replicas) + len(backends[g.id]))))
+                replicas += [Replica(url, j, dep, g.kv_tokens or dep.kv_capacity_tokens)
+                             for url in backends[g.id]]
+            fleets[entry.name] = ModelFleet(replicas, members, [g.id for g in groups])
+            routers[entry.name] = PlanRouter(fleets[entry.name], RoutingTable.from_plan(
+                entry, groups, deps))
+        return fleets, routers
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        path = request.path
+        if path.startswith("/admin/"):
+            if self.admin_token is None:
+                return self._refuse(403, "the admin API is off (start with --admin-token)",
+                                    "PermissionDeniedError")
+            if _bearer(request) != self.admin_token:
+                return self._refuse(401, "admin: missing or wrong token", "AuthenticationError")
+        elif path.startswith("/v1/") and self.api_keys and _bearer(request) not in self.api_keys:
+            return self._refuse(401, "Incorrect API key provided: send 'Authorization: Bearer "
+                                "KEY'", "AuthenticationError")
+        return await handler(request)
+
+    def _refuse(self, status: int, message: str, kind: str = "BadRequestError",
+                param: str | None = None) -> web.Response:
+        self.refused.labels(str(status)).inc()
+        return _error(status, message, param, kind)
+
+    async def admin_plan(self, request: web.Request) -> web.Response:
+        """Install a new plan and backends, {"plan": {...}, "backends": {...}}, at once:
+        requests in flight finish on the replicas they were sent to."""
+        try:
+            body = await _json(request)
+            if not isinstance(body, dict) or set(body) != {"plan", "backends"}:
+                raise BadRequest("body: expected {\"plan\": ..., \"backends\": ...}")
+            plan = parse_plan(body["plan"], "POST /admin/plan: plan")
+            backends = parse_backends(body["backends"], plan, "POST /admin/plan: backends")
+        except (BadRequest, HetserveError) as exc:
+            return self._refuse(400, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(413, "body: larger than the gateway accepts")
+        self.plan, self.fleets, self.routers = plan, *self._build(plan, backends)
+        self.plan_swaps.inc()
+        return web.json_response({"groups": {g: len(u) for g, u in backends.items()},
+                                  "models": [m.name for m in plan.models]})
+
+    async def _open(self, app) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None,
+                                                                           sock_connect=10))
+
+    async def _close(self, app) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def model_of(self, name) -> str:
+        for entry in self.plan.models:
+            if name == entry.name or (isinstance(name, str) and entry.spec.matches(name)):
+                return entry.name
+        raise LookupError(name)
+
+    # ---- endpoints ------------------------------------------------------------------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._route(request, "/v1/completions", chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._route(request, "/v1/chat/completions", chat=True)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": e.name, "object": "model", "created": int(time.time()),
+             "owned_by": "hetserve"} for e in self.plan.models]})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # ---- proxying -------------------------------------------------------------------------
+    async def _route(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
+        try:
+            body = await _json(request)
+            if not isinstance(body, dict):
+                raise BadRequest("body: expected a JSON object")
+        except BadRequest as exc:
+            return self._refuse(400, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(413, "body: larger than the gateway accepts")
+        try:
+            model = self.model_of(body.get("model"))
+        except LookupError:
+            return self._refuse(404, f"The model `{body.get('model')}` does not exist.",
+                                "NotFoundError", "model")
+        try:
+            view = route_request(body, chat)
+        except BadRequest as exc:
+            return self._refuse(400, str(exc), param=exc.param)
+        fleet, router = self.fleets[model], self.routers[model]
+        last = ""
+        for _ in range(len(fleet)):  # replicas that cannot be reached are set aside a while
+            spilled = router.spilled
+            k = router.route(view, time.monotonic())
+            if router.spilled > spilled:
+                self.spilled.labels(model).inc()
+            if k < 0:
+                break
+            try:
+                return await self._proxy(request, body, path, model, fleet, k, view)
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent: try another
+                fleet.replicas[k].down_until = time.monotonic() + DOWN_SECONDS
+                last = f"{fleet.replicas[k].url}: {exc.strerror or exc}"
+            except aiohttp.ClientError as exc:  # failed mid-way: the client is told
+                return _error(502, f"{fleet.replicas[k].url} failed: {exc}", None,
+                              "BadGatewayError")
+        if not last:
+            return self._refuse(400, f"{view.input_tokens + (view.max_tokens or 0)} tokens fit "
+                                f"no replica of {model}", param="max_tokens")
+        return self._refuse(502, f"no backend of {model} could be reached ({last})",
+                            "BadGatewayError")
+
+    async def _proxy(self, request: web.Request, body: dict, path: str, model: str,
+                     fleet: ModelFleet, k: int, view: RouteRequest) -> web.StreamResponse:
+        replica = fleet.replicas[k]
+        group = fleet.group_ids[replica.group]
+        replica.in_flight += 1
+        replica.waiting_tokens += view.input_tokens
+        waiting = True
+        self.in_flight.labels(model, group).inc()
+        start = time.monotonic()
+        outcome = "error"
+        try:
+            try:
+                upstream = await self.session.post(replica.url + path, json=body)
+            except aiohttp.ClientConnectorError:
+                outcome = "unreachable"
+                raise
+            async with upstream:
+                headers = {h: v for h, v in upstream.headers.items()
+                           if h.lower() not in HOP_HEADERS}
+                if not body.get("stream") or upstream.status != 200:
+                    data = await upstream.read()
+                    outcome = "ok" if upstream.status == 200 else f"http_{upstream.status}"
+                    return web.Response(status=upstream.status, body=data, headers=headers)
+                resp = web.StreamResponse(status=200, headers=headers)
+                await resp.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    if waiting:
+                        replica.waiting_tokens -= view.input_tokens
+                        waiting = False
+                    await resp.write(chunk)
+                await resp.write_eof()
+                outcome = "ok"
+                return resp
+        finally:
+            if waiting:
+                replica.waiting_tokens -= view.input_tokens
+            replica.in_flight -= 1
+            self.in_flight.labels(model, group).dec()
+            self.requests.labels(model, group, outcome).inc()
+            self.latency.labels(model, group).observe(time.monotonic() - start)
+
+
+async def _json(request: web.Request):
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body: not valid JSON") from None
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+def _error(status: int, message: str, param: str | None = None,
+           kind: str = "BadRequestError") -> web.Response:
+    return web.json_response(error_body(status, message, param, kind), status=status)
+
+
+class GatewayServer:
+    """The gateway bound to a port (0: any free one)."""
+
+    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.gateway, self.host, self.port = gateway, host, port
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.gateway.app, access_log=None, handle_signals=False,
+                                     handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.url = f"http://{self.host}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+

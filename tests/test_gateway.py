@@ -1,0 +1,227 @@
+"""The gateway in front of emulated engines, driven by the real `openai` client: requests are
+routed by the plan (the same RoutingTable the simulator uses), proxied with their streams, and
+counted; bad backends files are refused with one line; an unreachable backend is retried on
+another replica. Servers bind 127.0.0.1 on ephemeral ports; every load is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import threading
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+import openai
+import pytest
+
+import hetserve
+from hetserve.catalog import load_catalog
+from hetserve.emulate import Emulator
+from hetserve.errors import HetserveError
+from hetserve.gateway import Gateway, GatewayServer, parse_backends
+from hetserve.route import RoutingTable
+
+MODEL = "llama-3.1-8b"
+
+
+@pytest.fixture(scope="module")
+def plan():
+    """Two groups of H100s with different chunk budgets, splitting azure-conv's classes."""
+    p = hetserve.make_plan(MODEL, workload="azure-conv", rate=30, baselines=False,
+                           catalog=load_catalog().only(["A10G", "H100-SXM"]))
+    assert len(p.groups) >= 2
+    return p
+
+
+@contextmanager
+def running(plan, dead: dict[str, int] | None = None, **options):
+    """Emulators for every replica of the plan and the gateway in front, on one loop in a
+    thread. `dead`: group id -> how many of its URLs point at a closed port instead;
+    `options`: Gateway's (api_keys, admin_token, max_body)."""
+    loop = asyncio.new_event_loop()
+    emulators = [Emulator(plan.deployment(g), g.model, g.replicas) for g in plan.groups]
+    urls = {g.id: loop.run_until_complete(e.start())
+            for g, e in zip(plan.groups, emulators, strict=True)}
+    for gid, n in (dead or {}).items():
+        urls[gid] = [f"http://127.0.0.1:{_closed_port()}" for _ in range(n)] + urls[gid]
+    server = GatewayServer(Gateway(plan, urls, **options))
+    url = loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server.gateway.backends = urls  # what the test may send back through /admin/plan
+    try:
+        yield url, server.gateway
+    finally:
+        async def stop():
+            await server.stop()
+            for e in emulators:
+                await e.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def counts(url: str) -> dict[tuple[str, str], float]:
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = {}
+    for m in re.finditer(r'^hetserve:requests_total\{group="([^"]+)",model="[^"]+",'
+                         r'outcome="([^"]+)"\} (\S+)$', text, re.M):
+        out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
+def test_requests_are_routed_by_the_plan_and_streamed_through(plan):
+    entry = plan.models[0]
+    table = RoutingTable.from_plan(entry, plan.groups, [plan.deployment(g) for g in plan.groups])
+    ids = [g.id for g in plan.groups]
+    # one prompt length per key that the plan routes to one group only: it must land there
+    only = {k: gs[0][0] for k, gs in table.shares.items() if len(gs) == 1}
+    assert only, "the plan splits every prompt range"
+    lengths = {k: table.prompt_edges[k] + 1 for k in only}
+    with running(plan) as (url, _):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for n in lengths.values():
+            r = c.completions.create(model=MODEL, prompt=[7] * n, max_tokens=3)
+            assert r.usage.prompt_tokens == n and r.usage.completion_tokens == 3
+        chunks = list(c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "a b"}], max_tokens=4,
+            stream=True, stream_options={"include_usage": True}))
+        assert chunks[-1].usage.completion_tokens == 4
+        got = counts(url)
+        assert [m.id for m in c.models.list().data] == [MODEL]
+    served = {}
+    for k in lengths:
+        served[ids[only[k]]] = served.get(ids[only[k]], 0) + 1
+    chat_key = table.key(2 + 4)
+    for gid, n in served.items():
+        extra = 1 if any(ids[g] == gid for g, _ in table.shares[chat_key]) else 0
+        assert got.get((gid, "ok"), 0) >= n and got.get((gid, "ok"), 0) <= n + extra
+    assert sum(v for (g, o), v in got.items() if o == "ok") == len(lengths) + 1
+
+
+def test_a_burst_is_all_served_and_counted(plan):
+    with running(plan) as (url, gateway):
+        async def burst():
+            c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0,
+                                   timeout=60)
+            sizes = [20, 300, 1500, 3000] * 6
+            done = await asyncio.gather(*(c.completions.create(
+                model=MODEL, prompt=[1] * n, max_tokens=6, stream=k % 2 == 0)
+                for k, n in enumerate(sizes)))
+            await c.close()
+            return done
+
+        done = asyncio.run(burst())
+        got = counts(url)
+        assert all(f.replicas for f in gateway.fleets.values())
+        assert all(r.in_flight == 0 and r.waiting_tokens == 0
+                   for f in gateway.fleets.values() for r in f.replicas)
+    assert len(done) == 24
+    assert sum(v for (_, o), v in got.items() if o == "ok") == 24
+
+
+def test_an_unreachable_backend_is_retried_on_another_replica(plan):
+    # dead URLs beside every group's live ones; requests one at a time, so the choices are
+    # deterministic (the scan within a group rotates) and some land on a dead one
+    with running(plan, dead={g.id: 2 for g in plan.groups}) as (url, _):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for n in (10, 100, 1000, 3000, 6000):
+            assert c.completions.create(model=MODEL, prompt=[1] * n,
+                                        max_tokens=2).usage.completion_tokens == 2
+        got = counts(url)
+        # the dead URL was tried and the request served elsewhere: nothing lost
+        assert sum(v for (_, o), v in got.items() if o == "unreachable") >= 1
+        assert sum(v for (_, o), v in got.items() if o == "ok") == 5
+        with pytest.raises(openai.NotFoundError, match="gpt-9"):
+            c.completions.create(model="gpt-9", prompt="hi")
+        with pytest.raises(openai.BadRequestError, match="max_tokens: expected an integer"):
+            c.completions.create(model=MODEL, prompt="hi", max_tokens=0)
+
+
+def test_backends_file_is_checked_against_the_plan(plan):
+    ids = [g.id for g in plan.groups]
+    good = {g: ["http://127.0.0.1:9"] for g in ids}
+    assert parse_backends(good, plan, "b.yaml") == good
+    for data, message in [
+        ([1], "b.yaml: expected a mapping"),
+        ({**good, "g99": ["http://x"]}, "b.yaml: group 'g99' is not in the plan"),
+        ({ids[0]: []}, f"b.yaml: group {ids[0]}: expected a non-empty list"),
+        ({**good, ids[0]: ["ftp://x"]}, "is not an http(s) URL"),
+        ({ids[0]: ["http://x"]}, "b.yaml: no URLs for group(s)"),
+    ]:
+        with pytest.raises(HetserveError, match=re.escape(message)):
+            parse_backends(data, plan, "b.yaml")
+
+
+def test_serve_and_emulate_refuse_bad_input_in_one_line(run_cli, plan, tmp_path):
+    from .conftest import assert_bad_input
+
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    assert_bad_input(run_cli("serve", path), needs=["--backends", "--emulate"])
+    bad = tmp_path / "backends.yaml"
+    bad.write_text("g99: [http://127.0.0.1:9]\n")
+    assert_bad_input(run_cli("serve", path, "--backends", bad), needs=["backends.yaml", "g99"])
+    bad.write_text("g0: [unclosed\n")
+    assert_bad_input(run_cli("serve", path, "--backends", bad), needs=["backends.yaml", "YAML"])
+    assert_bad_input(run_cli("emulate", "-m", "llama-3.1-70b", "-a", "L4"),
+                     needs=["L4 TP1", "weights need"])
+    assert_bad_input(run_cli("emulate", "-m", MODEL, "-a", "L4", "--replicas", "0"),
+                     needs=["--replicas"])
+
+
+def post(url: str, data: bytes, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_keys_limits_and_errors_in_openais_shape(plan):
+    with running(plan, api_keys=["k1"], admin_token="adm", max_body=4096) as (url, gateway):
+        ok = openai.OpenAI(base_url=url + "/v1", api_key="k1", max_retries=0, timeout=60)
+        assert ok.completions.create(model=MODEL, prompt="a b", max_tokens=2).usage
+        with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):
+            openai.OpenAI(base_url=url + "/v1", api_key="k2", max_retries=0).models.list()
+        status, body = post(url + "/v1/completions", b"{not json", "k1")
+        assert status == 400 and body["error"]["message"] == "body: not valid JSON"
+        status, body = post(url + "/v1/completions", b'{"prompt": "' + b"x " * 4000 + b'"}',
+                            "k1")
+        assert status == 413 and body["error"]["code"] == 413
+        with pytest.raises(openai.NotFoundError, match="`gpt-9` does not exist"):
+            ok.completions.create(model="gpt-9", prompt="hi")
+        # the plan and backends swap at once; the admin token guards it
+        swap = json.dumps({"plan": json.loads(plan.model_dump_json()),
+                           "backends": gateway.backends}).encode()
+        assert post(url + "/admin/plan", swap, "k1")[0] == 401
+        status, body = post(url + "/admin/plan", swap, "adm")
+        assert status == 413  # the plan is larger than this gateway's 4 KiB body limit
+    with running(plan, admin_token="adm") as (url, gateway):
+        old = gateway.routers
+        swap = json.dumps({"plan": json.loads(plan.model_dump_json()),
+                           "backends": gateway.backends}).encode()
+        status, body = post(url + "/admin/plan", swap, "adm")
+        assert status == 200 and body["models"] == [MODEL] and gateway.routers is not old
+        assert openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0).completions \
+            .create(model=MODEL, prompt="a", max_tokens=1).usage.completion_tokens == 1
+        broken = json.dumps({"plan": {"kind": "hetserve-plan"}, "backends": {}}).encode()
+        status, body = post(url + "/admin/plan", broken, "adm")
+        assert status == 400 and "POST /admin/plan: plan" in body["error"]["message"]
+        got = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        assert 'hetserve:plan_swaps_total 1.0' in got
+        assert 'hetserve:refused_total{status="400"} 1.0' in got
