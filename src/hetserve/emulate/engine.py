@@ -1,9 +1,10 @@
 """One emulated replica: the simulator's `Engine` stepping in real time.
 
 Steps run back to back while the engine holds work, each taking the wall time the step physics
-gives it: a step is scheduled at its start (`Engine.step(now)`), and its tokens are released to
-their requests when the step's time has passed. So a saturated emulator queues, batches and
-preempts exactly as a saturated engine does in simulation (one copy of the physics).
+gives it: a step is scheduled at its start (`Engine.step(start)`), and its tokens are released
+to their requests when the step's time has passed (see EmulatedEngine._run for lag). So a
+saturated emulator queues, batches and preempts exactly as a saturated engine does in
+simulation (one copy of the physics).
 
 Prompts are counted, not tokenised (hetserve.route.request, as the gateway counts them).
 Output is deterministic filler, one word a token, always `max_tokens` long (the filler has no
@@ -91,6 +92,7 @@ class EmulatedEngine:
         self._t0 = time.monotonic()
         self._task: asyncio.Task | None = None
         self._preempted = 0
+        self._arrived = 0.0  # the latest arrival added since the last step began
 
     def now(self) -> float:
         return time.monotonic() - self._t0
@@ -107,6 +109,7 @@ class EmulatedEngine:
     def submit(self, prompt_tokens: int, max_tokens: int) -> Job:
         """Queue a request; its tokens arrive on the job's queue as the engine makes them."""
         req = Request(next(self._ids), self.now(), prompt_tokens, max_tokens)
+        self._arrived = max(self._arrived, req.arrival)
         job = Job(req)
         self._jobs[req.id] = job
         self.engine.add(req)
@@ -128,14 +131,20 @@ class EmulatedEngine:
         m.of(m.kv_usage).set(1.0 - e.free_blocks / e.total_blocks)
 
     async def _run(self) -> None:
+        """Steps follow the engine's own clock, not the wall clock at which the loop got
+        round to them: time the loop spends on other work (Python per step, other replicas,
+        the HTTP side) is caught up by running the next steps without sleeping, instead of
+        adding up into a slower engine. A step never starts before a request added since the
+        last one arrived (a request is not served before it came)."""
         engine = self.engine
         while True:
             await self._wake.wait()
             self._wake.clear()
             while engine.busy:
-                start = max(self.now(), engine.clock)
-                dur, finished = engine.step(start)
-                await asyncio.sleep(max(0.0, start + dur - self.now()))
+                start = max(engine.clock, self._arrived)
+                _, finished = engine.step(start)
+                self._arrived = 0.0
+                await asyncio.sleep(max(0.0, engine.clock - self.now()))
                 self._release(finished)
 
     def _release(self, finished: list[Request]) -> None:

@@ -150,10 +150,20 @@ class ReplicaServer:
                 await _event(resp, {**head, "choices": [{
                     "index": 0, "delta": {"role": "assistant", "content": ""},
                     "logprobs": None, "finish_reason": None}]})
+            # every chunk but the last is the same JSON around one filler word (JSON-safe):
+            # built once, so a chunk costs a join, not an encoding
+            if chat:
+                chunk = {**head, "choices": [{"index": 0, "delta": {"content": "\0"},
+                                              "logprobs": None, "finish_reason": None}]}
+            else:
+                chunk = {**head, "choices": [{"index": 0, "text": "\0", "logprobs": None,
+                                              "finish_reason": None, "stop_reason": None}]}
+            before, after = ("data: " + json.dumps(chunk) + "\n\n").encode().split(b"\\u0000")
             async for k in _chain(first, tokens):
-                last = k == ask.max_tokens - 1
-                choice = {"index": 0, "logprobs": None,
-                          "finish_reason": "length" if last else None}
+                if k < ask.max_tokens - 1:
+                    await resp.write(before + filler(k).encode() + after)
+                    continue
+                choice = {"index": 0, "logprobs": None, "finish_reason": "length"}
                 if chat:
                     choice["delta"] = {"content": filler(k)}
                 else:
