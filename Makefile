@@ -20,9 +20,12 @@ $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 install: $(STAMP)
 
 # Exit 3 means the verified plan missed its attainment target: the output says so, in red.
+# Then the plan runs: an emulated engine per replica, the gateway in front, 200 requests of the
+# trace through it over real HTTP.
 demo: install
 	$(BIN)/hetserve plan --model llama-3.1-70b --workload azure-conv --rate 10 --ttft 2s --tpot 50ms --verify \
-	  || [ $$? -eq 3 ]
+	  --out $(VENV)/demo-plan.json || [ $$? -eq 3 ]
+	$(BIN)/hetserve up $(VENV)/demo-plan.json --emulate --port 0 --burst 200
 
 test: install
 	$(BIN)/ruff check src tests benchmarks

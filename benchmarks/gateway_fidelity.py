@@ -34,11 +34,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 
 import hetserve
 from hetserve.catalog import load_catalog
+from hetserve.gateway.load import replay
 from hetserve.sim.simulate import simulate
 from hetserve.workload import load_trace
 
@@ -51,31 +51,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def _send(session, url, arrival, start, inp, out):
-    await asyncio.sleep(max(0.0, start + arrival - time.perf_counter()))
-    sent = time.perf_counter()
-    first = last = None
-    async with session.post(url, json={"model": MODEL, "prompt": [1] * inp, "max_tokens": out,
-                                       "stream": True}) as resp:
-        if resp.status != 200:
-            return sent, None, None, resp.status
-        async for line in resp.content:
-            if line.startswith(b"data: {"):
-                last = time.perf_counter()
-                first = first or last
-    return sent, first, last, 200
-
-
-async def replay(url: str, arrivals, inputs, outputs):
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.perf_counter() + 0.5
-        return await asyncio.gather(*(
-            _send(session, url, a, start, i, o)
-            for a, i, o in zip(arrivals, inputs, outputs, strict=True)))
 
 
 def main() -> None:
@@ -116,7 +91,7 @@ def main() -> None:
                 raise RuntimeError("the gateway did not start")
             base = f"http://127.0.0.1:{port}"
             started = time.perf_counter()
-            got = asyncio.run(replay(base + "/v1/completions", arrivals, inputs, outputs))
+            got = asyncio.run(replay(base, MODEL, arrivals, inputs, outputs))
             wall = time.perf_counter() - started
             metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
         finally:
@@ -125,10 +100,9 @@ def main() -> None:
     served = {m.group(1): float(m.group(2)) for m in re.finditer(
         r'^hetserve:requests_total\{group="([^"]+)",model="[^"]+",outcome="ok"\} (\S+)$',
         metrics, re.M)}
-    ok = np.array([status == 200 for *_, status in got])
-    ttft = np.array([f - s if f else np.inf for s, f, _, _ in got])
-    tpot = np.array([(last - f) / (o - 1) if f and o > 1 else 0.0
-                     for (_, f, last, _), o in zip(got, outputs, strict=True)])
+    ok = np.array([r.ok for r in got])
+    ttft = np.array([r.ttft for r in got])
+    tpot = np.array([r.tpot for r in got])
     met = ok & (ttft <= ttft_limit) & (tpot <= tpot_limit)
     gateway_attainment, sim_attainment = float(met.mean()), float(sim.met.mean())
     long = np.array(outputs) > 1

@@ -37,7 +37,8 @@ def plan():
 
 
 @contextmanager
-def running(plan, dead: dict[str, int] | None = None, **options):
+def running(plan, dead: dict[str, int] | None = None, extra: dict[str, list[str]] | None = None,
+            **options):
     """Emulators for every replica of the plan and the gateway in front, on one loop in a
     thread. `dead`: group id -> how many of its URLs point at a closed port instead;
     `options`: Gateway's (api_keys, admin_token, max_body)."""
@@ -47,6 +48,8 @@ def running(plan, dead: dict[str, int] | None = None, **options):
             for g, e in zip(plan.groups, emulators, strict=True)}
     for gid, n in (dead or {}).items():
         urls[gid] = [f"http://127.0.0.1:{_closed_port()}" for _ in range(n)] + urls[gid]
+    for gid, more in (extra or {}).items():
+        urls[gid] = more + urls[gid]
     server = GatewayServer(Gateway(plan, urls, **options))
     url = loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -178,6 +181,13 @@ def test_serve_and_emulate_refuse_bad_input_in_one_line(run_cli, plan, tmp_path)
                      needs=["L4 TP1", "weights need"])
     assert_bad_input(run_cli("emulate", "-m", MODEL, "-a", "L4", "--replicas", "0"),
                      needs=["--replicas"])
+    assert_bad_input(run_cli("up", path), needs=["--emulate"])
+
+
+def test_up_runs_a_plan_and_a_burst_through_it(run_cli, small_plan):
+    res = run_cli("up", small_plan, "--emulate", "--port", "0", "--burst", "8")
+    assert res.code == 0, res.summary()
+    assert "8/8" in res.out and "after the burst" in res.out and "try: curl" in res.out
 
 
 def post(url: str, data: bytes, token: str | None = None) -> tuple[int, dict]:
@@ -225,3 +235,65 @@ def test_keys_limits_and_errors_in_openais_shape(plan):
         got = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
         assert 'hetserve:plan_swaps_total 1.0' in got
         assert 'hetserve:refused_total{status="400"} 1.0' in got
+
+
+def test_a_backend_killed_mid_run_loses_no_request(plan, tmp_path):
+    """A replica in a process of its own is killed (SIGKILL) while 40 requests (half streamed)
+    are in flight: each one completes (retried elsewhere when nothing had reached its client) or
+    ends with a clear error, none hangs, and the gateway's counts add up."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    g = plan.groups[0]
+    dep = plan.deployment(g)
+    victim = subprocess.Popen(
+        [str(Path(sys.executable).with_name("hetserve")), "emulate", "-m", MODEL, "-a",
+         dep.accelerator.name, "--tp", str(dep.tp), "--max-num-batched-tokens",
+         str(dep.chunk_tokens), "--max-num-seqs", str(dep.max_seqs), "--port", "0"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        victim_url = victim.stdout.readline().split()[2]
+        with running(plan, extra={g.id: [victim_url] * 3}) as (url, _):
+            async def run():
+                c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0,
+                                       timeout=60)
+
+                async def one(k: int) -> str:
+                    try:
+                        if k % 2:
+                            stream = await c.completions.create(
+                                model=MODEL, prompt=[1] * 300, max_tokens=150, stream=True)
+                            async for _ in stream:
+                                pass
+                        else:
+                            await c.completions.create(model=MODEL, prompt=[1] * 300,
+                                                       max_tokens=150)
+                        return "ok"
+                    except openai.APIError as exc:
+                        return f"error: {exc}"
+
+                tasks = [asyncio.create_task(one(k)) for k in range(40)]
+                await asyncio.sleep(0.3)
+                victim.kill()
+                done = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+                await c.close()
+                return done
+
+            done = asyncio.run(run())
+            text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    finally:
+        victim.kill()
+        victim.wait(10)
+    outcomes: dict[str, float] = {}
+    for m in re.finditer(r'^hetserve:requests_total\{group="[^"]+",model="[^"]+",'
+                         r'outcome="([^"]+)"\} (\S+)$', text, re.M):
+        outcomes[m.group(1)] = outcomes.get(m.group(1), 0) + float(m.group(2))
+    refused = sum(float(v) for v in re.findall(
+        r'^hetserve:refused_total\{status="502"\} (\S+)$', text, re.M))
+    errors = [d for d in done if d != "ok"]
+    assert len(done) == 40 and len(errors) < 40
+    assert outcomes.get("broken", 0) + outcomes.get("unreachable", 0) >= 1  # the kill bit
+    assert outcomes.get("ok", 0) == 40 - len(errors)
+    assert outcomes.get("broken", 0) + refused == len(errors)  # every failure was told
+    assert all("failed mid-stream" in e or "served the request" in e for e in errors)

@@ -578,10 +578,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # the running half's verbs live in their own module (cli/run.py)
-from hetserve.cli.run import emulate_cmd, serve_cmd  # noqa: E402  (needs nothing above)
+from hetserve.cli.run import emulate_cmd, serve_cmd, up_cmd  # noqa: E402  (needs nothing above)
 
 app.command("emulate")(emulate_cmd)
 app.command("serve")(serve_cmd)
+app.command("up")(up_cmd)
 
 
 def _fail(message: str, code: int) -> int:

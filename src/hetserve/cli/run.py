@@ -110,7 +110,10 @@ def serve_cmd(
         plan, u, api_key or (), admin_token), GatewayServer))
 
 
-async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls) -> None:
+async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
+                   then=None) -> None:
+    """Start emulators (when `urls` is None) and the gateway; then run `then(url, gateway)`
+    (default: wait until interrupted) and stop everything."""
     from hetserve.emulate import Emulator
 
     emulators = []
@@ -123,7 +126,8 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls) -
                 urls[g.id] = await emu.start()
                 for url in urls[g.id]:
                     print(f"emulated {g.id} ({plan.deployment(g).label}): {url}", flush=True)
-        server = server_cls(make_gateway(urls), host, port)
+        gateway = make_gateway(urls)
+        server = server_cls(gateway, host, port)
         try:
             url = await server.start()
         except OSError as exc:
@@ -131,9 +135,122 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls) -
         print(f"gateway: {url}/v1 ({sum(len(u) for u in urls.values())} replicas in "
               f"{len(urls)} groups)", flush=True)
         try:
-            await asyncio.Event().wait()  # until interrupted
+            if then is None:
+                await asyncio.Event().wait()  # until interrupted
+            else:
+                await then(url, gateway)
         finally:
             await server.stop()
     finally:
         for emu in emulators:
             await emu.stop()
+
+
+def up_cmd(
+    plan_file: Annotated[Path, typer.Argument(help="plan file (hetserve plan --out)")],
+    emulate: Annotated[bool, typer.Option(
+        "--emulate", help="emulate every replica of the plan here (needed for now; real "
+        "engines: hetserve serve --backends)")] = False,
+    port: Annotated[int, typer.Option("--port", help="gateway port; 0: any free port")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="a key clients must send as 'Authorization: Bearer KEY'")] = None,
+    burst: Annotated[int | None, typer.Option(
+        "--burst", help="send this many requests of the plan's workload at the plan's rate "
+        "through the gateway, print what they got, and stop")] = None,
+) -> None:
+    """Run a plan on this machine: an emulated engine for every replica, the gateway in front,
+    a live table of requests per group (Ctrl-C stops it), or a burst of the plan's workload."""
+    from hetserve.gateway import Gateway, GatewayServer
+    from hetserve.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if not emulate:
+        raise HetserveError("hetserve up: only --emulate for now; in front of real engines "
+                            "run hetserve serve PLAN --backends FILE")
+    if burst is not None:
+        positive(burst, "--burst", integer=True)
+    if not 0 <= port <= 65535:
+        raise HetserveError(f"--port: expected 0..65535, got {port}")
+    keys = [api_key] if api_key else []
+
+    async def then(url: str, gateway) -> None:
+        model = plan.models[0].name
+        auth = f" -H 'Authorization: Bearer {api_key}'" if api_key else ""
+        print(f"try: curl {url}/v1/completions -H 'Content-Type: application/json'{auth} "
+              f"-d '{{\"model\": \"{model}\", \"prompt\": \"Hello\", \"max_tokens\": 8}}'",
+              flush=True)
+        if burst is None:
+            await _live(gateway)
+        else:
+            await _burst(plan, url, burst, api_key)
+            from rich.console import Console
+
+            Console(width=160).print(_status(gateway, "after the burst"))
+
+    asyncio.run(_gateway(plan, None, host, port, lambda u: Gateway(plan, u, keys),
+                         GatewayServer, then))
+
+
+async def _live(gateway) -> None:
+    from rich.live import Live
+
+    with Live(_status(gateway), refresh_per_second=2) as live:
+        while True:
+            await asyncio.sleep(0.5)
+            live.update(_status(gateway))
+
+
+def _status(gateway, when: str = "Ctrl-C stops"):
+    from rich.table import Table
+
+    table = Table(title=f"hetserve up: requests per replica group ({when})",
+                  title_justify="left")
+    for col in ("model", "group", "replicas", "in flight", "prompt tokens waiting", "served",
+                "share", "planned"):
+        table.add_column(col, justify="left" if col in ("model", "group") else "right")
+    for model, fleet in gateway.fleets.items():
+        served = gateway.served.get(model, {})
+        total = sum(served.values()) or 1
+        for j, gid in enumerate(fleet.group_ids):
+            reps = [fleet.replicas[i] for i in fleet.groups[j]]
+            planned = gateway.planned_share[model, gid]
+            table.add_row(model, gid, str(len(reps)), str(sum(r.in_flight for r in reps)),
+                          str(sum(r.waiting_tokens for r in reps)), str(served.get(gid, 0)),
+                          f"{served.get(gid, 0) / total:.1%}", f"{planned:.1%}")
+    return table
+
+
+async def _burst(plan, url: str, n: int, api_key: str | None) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from hetserve.gateway.load import replay
+    from hetserve.workload import load_trace
+
+    entry = plan.models[0]
+    trace = load_trace(entry.workload).for_model(entry.name, entry.spec.matches)
+    trace = trace.scaled_to_rate(entry.rate * plan.scale)
+    n = min(n, len(trace))
+    arrivals = (trace.arrivals[:n] - trace.arrivals[0]).tolist()
+    print(f"sending {n} requests of {entry.workload} at {entry.rate * plan.scale:.3g} req/s "
+          f"({arrivals[-1]:.0f} s)...", flush=True)
+    got = await replay(url.rsplit("/v1", 1)[0], entry.name, arrivals,
+                       trace.input_tokens[:n].tolist(), trace.output_tokens[:n].tolist(),
+                       api_key)
+    ok = np.array([r.ok for r in got])
+    ttft = np.array([r.ttft for r in got])
+    tpot = np.array([r.tpot for r in got])
+    met = ok & (ttft <= entry.slo.ttft) & (tpot <= entry.slo.tpot)
+    table = Table(title=f"{n} requests through the gateway", title_justify="left",
+                  caption=f"{entry.name}: in SLO = TTFT <= {entry.slo.ttft:g}s and TPOT <= "
+                          f"{entry.slo.tpot * 1e3:g}ms", caption_justify="left")
+    for col in ("completed", "in SLO", "TTFT s p50/90/99", "TPOT ms p50/90/99"):
+        table.add_column(col, justify="right")
+    q = (50, 90, 99)
+    table.add_row(f"{int(ok.sum())}/{n}", f"{met.mean():.1%}",
+                  "/".join(f"{np.percentile(ttft[ok], p):.2f}" for p in q) if ok.any() else "-",
+                  "/".join(f"{np.percentile(tpot[ok], p) * 1e3:.0f}" for p in q)
+                  if ok.any() else "-")
+    Console(width=160).print(table)

@@ -5,11 +5,16 @@ the model's PlanRouter for a replica, and proxies the request there: streamed re
 piped chunk by chunk, the first chunk marking the request's first token; other responses are
 returned whole (their first token counts at the end, which overstates the replica's queued
 prefill a little). The router sees, per replica, the requests in flight and the prompt tokens
-still waiting for a first token. A backend that refuses the connection is set aside for
-DOWN_SECONDS and the request goes to the next replica the router picks; when none is left the
-client gets a 502 naming the last one tried.
-Nothing is dropped silently: every request ends in a response, and `/metrics` counts them per
-model, group and outcome.
+still waiting for a first token.
+
+Failures: while nothing has reached the client, a backend that fails (refused connection,
+dropped connection, a 5xx) is left for the router's next pick, up to every replica; one that
+failed at the connection is set aside for DOWN_SECONDS. A stream that breaks after its first
+bytes ends with an error event (`data: {"error": ...}`, as vLLM sends one). When no replica
+serves the request the client gets a 502 naming the last failure. Nothing is dropped silently:
+every attempt is counted per model, group and outcome in `/metrics`, with TTFT and time per
+output token per group and prompt range, and the share of requests each group served beside
+the plan's share.
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ class ModelFleet:
 
 
 MAX_BODY = 8 * 2**20  # bytes of a request body (413 beyond)
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0,
+                   10.0, 20.0, 60.0)
 
 
 class Gateway:
@@ -111,13 +118,43 @@ class Gateway:
                                registry=self.registry)
         self.plan_swaps = Counter("hetserve:plan_swaps", "Plans installed by POST /admin/plan.",
                                   registry=self.registry)
-        self.plan, self.fleets, self.routers = plan, *self._build(plan, backends)
+        self.retries = Counter("hetserve:retries", "Requests sent again to another replica.",
+                               ["model"], registry=self.registry)
+        by_prompt = ["model", "group", "prompt"]
+        self.ttft = Histogram("hetserve:time_to_first_token_seconds", "TTFT of streamed "
+                              "requests, by group and prompt range.", by_prompt,
+                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.tpot = Histogram("hetserve:time_per_output_token_seconds", "Mean time between "
+                              "streamed chunks after the first.", by_prompt,
+                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.share = Gauge("hetserve:group_share", "Share of the model's completed requests "
+                           "each group served (compare hetserve:planned_share).",
+                           ["model", "group"], registry=self.registry)
+        self.planned = Gauge("hetserve:planned_share", "Share of the model's requests the "
+                             "plan gives each group.", ["model", "group"],
+                             registry=self.registry)
+        self.served: dict[str, dict[str, int]] = {}  # model -> group id -> completed
+        self._install(plan, backends)
         self.session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=max_body, middlewares=[self._auth])
         self.app.add_routes(openai_routes(self))
         self.app.add_routes([web.post("/admin/plan", self.admin_plan)])
         self.app.on_startup.append(self._open)
         self.app.on_cleanup.append(self._close)
+
+    def _install(self, plan: Plan, backends: dict[str, list[str]]) -> None:
+        """Routing state for `plan` over `backends`, in one assignment."""
+        fleets, routers = self._build(plan, backends)
+        self.plan, self.fleets, self.routers = plan, fleets, routers
+        self.planned.clear()
+        self.planned_share = {}  # (model, group id) -> the plan's share of the model's requests
+        for entry in plan.models:
+            total = sum(c.rate for c in entry.classes) or 1.0
+            for g in plan.groups:
+                if g.model == entry.name:
+                    share = sum(c.rate * g.shares.get(c.name, 0.0) for c in entry.classes) / total
+                    self.planned_share[entry.name, g.id] = share
+                    self.planned.labels(entry.name, g.id).set(share)
 
     @staticmethod
     def _build(plan: Plan, backends: dict[str, list[str]]
@@ -168,7 +205,7 @@ class Gateway:
             return self._refuse(400, str(exc))
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(413, "body: larger than the gateway accepts")
-        self.plan, self.fleets, self.routers = plan, *self._build(plan, backends)
+        self._install(plan, backends)
         self.plan_swaps.inc()
         return web.json_response({"groups": {g: len(u) for g, u in backends.items()},
                                   "models": [m.name for m in plan.models]})
@@ -227,31 +264,34 @@ class Gateway:
             return self._refuse(400, str(exc), param=exc.param)
         fleet, router = self.fleets[model], self.routers[model]
         last = ""
-        for _ in range(len(fleet)):  # replicas that cannot be reached are set aside a while
+        for attempt in range(len(fleet)):  # on another replica while nothing was sent
             spilled = router.spilled
             k = router.route(view, time.monotonic())
             if router.spilled > spilled:
                 self.spilled.labels(model).inc()
             if k < 0:
                 break
+            if attempt:
+                self.retries.labels(model).inc()
             try:
-                return await self._proxy(request, body, path, model, fleet, k, view)
-            except aiohttp.ClientConnectorError as exc:  # nothing was sent: try another
+                return await self._proxy(request, body, path, model, fleet, router, k, view)
+            except _Retry as exc:  # a 5xx before any byte reached the client
+                last = f"{fleet.replicas[k].url}: {exc}"
+            except aiohttp.ClientError as exc:  # failed before the client got a byte
                 fleet.replicas[k].down_until = time.monotonic() + DOWN_SECONDS
-                last = f"{fleet.replicas[k].url}: {exc.strerror or exc}"
-            except aiohttp.ClientError as exc:  # failed mid-way: the client is told
-                return _error(502, f"{fleet.replicas[k].url} failed: {exc}", None,
-                              "BadGatewayError")
+                last = f"{fleet.replicas[k].url}: {getattr(exc, 'strerror', None) or exc}"
         if not last:
             return self._refuse(400, f"{view.input_tokens + (view.max_tokens or 0)} tokens fit "
                                 f"no replica of {model}", param="max_tokens")
-        return self._refuse(502, f"no backend of {model} could be reached ({last})",
+        return self._refuse(502, f"no backend of {model} served the request ({last})",
                             "BadGatewayError")
 
     async def _proxy(self, request: web.Request, body: dict, path: str, model: str,
-                     fleet: ModelFleet, k: int, view: RouteRequest) -> web.StreamResponse:
+                     fleet: ModelFleet, router: PlanRouter, k: int, view: RouteRequest
+                     ) -> web.StreamResponse:
         replica = fleet.replicas[k]
         group = fleet.group_ids[replica.group]
+        prompt = router.table.label(router.key_of(view))
         replica.in_flight += 1
         replica.waiting_tokens += view.input_tokens
         waiting = True
@@ -261,23 +301,45 @@ class Gateway:
         try:
             try:
                 upstream = await self.session.post(replica.url + path, json=body)
-            except aiohttp.ClientConnectorError:
+            except aiohttp.ClientError:
                 outcome = "unreachable"
                 raise
             async with upstream:
+                if upstream.status >= 500:
+                    outcome = f"http_{upstream.status}"
+                    raise _Retry(f"HTTP {upstream.status}")
                 headers = {h: v for h, v in upstream.headers.items()
                            if h.lower() not in HOP_HEADERS}
                 if not body.get("stream") or upstream.status != 200:
-                    data = await upstream.read()
+                    try:
+                        data = await upstream.read()
+                    except aiohttp.ClientError:
+                        outcome = "unreachable"  # nothing reached the client: retried
+                        raise
                     outcome = "ok" if upstream.status == 200 else f"http_{upstream.status}"
                     return web.Response(status=upstream.status, body=data, headers=headers)
                 resp = web.StreamResponse(status=200, headers=headers)
                 await resp.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    if waiting:
-                        replica.waiting_tokens -= view.input_tokens
-                        waiting = False
-                    await resp.write(chunk)
+                events, first = 0, 0.0
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        if waiting:
+                            replica.waiting_tokens -= view.input_tokens
+                            waiting = False
+                            first = time.monotonic()
+                            self.ttft.labels(model, group, prompt).observe(first - start)
+                        events += chunk.count(b"data: {")
+                        await resp.write(chunk)
+                except aiohttp.ClientError as exc:  # the backend went away mid-stream
+                    outcome = "broken"
+                    await resp.write(b"data: " + json.dumps(error_body(
+                        502, f"{replica.url} failed mid-stream: {exc}", None,
+                        "BadGatewayError")).encode() + b"\n\n")
+                    await resp.write_eof()
+                    return resp
+                if events > 2:  # the usage chunk, if any, counts as one: a close estimate
+                    self.tpot.labels(model, group, prompt).observe(
+                        (time.monotonic() - first) / (events - 1))
                 await resp.write_eof()
                 outcome = "ok"
                 return resp
@@ -288,6 +350,19 @@ class Gateway:
             self.in_flight.labels(model, group).dec()
             self.requests.labels(model, group, outcome).inc()
             self.latency.labels(model, group).observe(time.monotonic() - start)
+            if outcome == "ok":
+                self._count_share(model, group)
+
+    def _count_share(self, model: str, group: str) -> None:
+        served = self.served.setdefault(model, {})
+        served[group] = served.get(group, 0) + 1
+        total = sum(served.values())
+        for g, n in served.items():
+            self.share.labels(model, g).set(n / total)
+
+
+class _Retry(Exception):
+    """The backend answered 5xx before anything reached the client: try another."""
 
 
 async def _json(request: web.Request):

@@ -33,6 +33,13 @@ class RoutingTable:
         k = bisect.bisect_right(self.prompt_edges, prompt_tokens) - 1
         return min(max(k, 0), len(self.prompt_edges) - 2)
 
+    def label(self, key: int) -> str:
+        """A key as the class grid names prompt ranges: 'in1k-2k'."""
+        def short(n: int) -> str:
+            return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+        return f"in{short(self.prompt_edges[key])}-{short(self.prompt_edges[key + 1])}"
+
     @classmethod
     def from_plan(cls, entry: ModelEntry, groups: Sequence[ReplicaGroup],
                   deployments: Sequence[Deployment], by_class: bool = False) -> RoutingTable:

@@ -1,0 +1,71 @@
+"""Send a trace's requests to an OpenAI endpoint at their arrival times (open loop), streamed,
+and time each one at the client: what `hetserve up --burst` and the gateway benchmarks run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request as the client saw it (seconds on the client's clock)."""
+
+    sent: float
+    first: float | None  # first streamed chunk; None: none came
+    last: float | None
+    status: int
+    output_tokens: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.first is not None
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.sent if self.first is not None else np.inf
+
+    @property
+    def tpot(self) -> float:
+        if self.first is None or self.last is None or self.output_tokens <= 1:
+            return 0.0
+        return (self.last - self.first) / (self.output_tokens - 1)
+
+
+async def _one(session, url: str, model: str, at: float, inp: int, out: int,
+               headers: dict) -> Sent:
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    sent = time.perf_counter()
+    first = last = None
+    try:
+        async with session.post(url, headers=headers, json={
+                "model": model, "prompt": [1] * inp, "max_tokens": out, "stream": True}) as resp:
+            if resp.status != 200:
+                await resp.read()
+                return Sent(sent, None, None, resp.status, out)
+            async for line in resp.content:
+                if line.startswith(b"data: {") and b'"error"' not in line[:20]:
+                    last = time.perf_counter()
+                    first = first or last
+    except aiohttp.ClientError:
+        return Sent(sent, first, last, 599, out)
+    return Sent(sent, first, last, 200, out)
+
+
+async def replay(base_url: str, model: str, arrivals: Sequence[float], inputs: Sequence[int],
+                 outputs: Sequence[int], api_key: str | None = None) -> list[Sent]:
+    """Each request at `arrivals[k]` seconds from now: `inputs[k]` prompt tokens (token ids),
+    `max_tokens` `outputs[k]`, to `base_url`/v1/completions."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=600)) as session:
+        start = time.perf_counter() + 0.2
+        return await asyncio.gather(*(
+            _one(session, base_url + "/v1/completions", model, start + a, int(i), int(o),
+                 headers) for a, i, o in zip(arrivals, inputs, outputs, strict=True)))
