@@ -297,3 +297,30 @@ def test_a_backend_killed_mid_run_loses_no_request(plan, tmp_path):
     assert outcomes.get("ok", 0) == 40 - len(errors)
     assert outcomes.get("broken", 0) + refused == len(errors)  # every failure was told
     assert all("failed mid-stream" in e or "served the request" in e for e in errors)
+
+
+def test_saturated_replicas_shed_load_with_retry_after(plan):
+    """One request in flight per replica at most: a burst beyond that is answered 503 with
+    Retry-After at once (nothing queues without bound), and every request is accounted for."""
+    import aiohttp
+
+    with running(plan, queue_factor=1e-9) as (url, gateway):
+        replicas = sum(len(f.replicas) for f in gateway.fleets.values())
+
+        async def burst():
+            async with aiohttp.ClientSession() as session:
+                async def one():
+                    async with session.post(url + "/v1/completions", json={
+                            "model": MODEL, "prompt": "a b c", "max_tokens": 200}) as resp:
+                        await resp.read()
+                        return resp.status, resp.headers.get("Retry-After")
+
+                return await asyncio.gather(*(one() for _ in range(4 * replicas)))
+
+        got = asyncio.run(burst())
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    statuses = [s for s, _ in got]
+    assert statuses.count(200) >= replicas and statuses.count(503) >= replicas
+    assert set(statuses) <= {200, 503}
+    assert all(after == "1" for s, after in got if s == 503)
+    assert f'hetserve:refused_total{{status="503"}} {float(statuses.count(503))}' in text

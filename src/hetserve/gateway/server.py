@@ -11,7 +11,10 @@ Failures: while nothing has reached the client, a backend that fails (refused co
 dropped connection, a 5xx) is left for the router's next pick, up to every replica; one that
 failed at the connection is set aside for DOWN_SECONDS. A stream that breaks after its first
 bytes ends with an error event (`data: {"error": ...}`, as vLLM sends one). When no replica
-serves the request the client gets a 502 naming the last failure. Nothing is dropped silently:
+serves the request the client gets a 502 naming the last failure. A replica holding
+QUEUE_FACTOR x max_num_seqs requests takes no more; when the plan's groups for a request are
+that full the router spills it to another group, and when every replica is, the client gets a
+503 with Retry-After. Nothing is dropped silently:
 every attempt is counted per model, group and outcome in `/metrics`, with TTFT and time per
 output token per group and prompt range, and the share of requests each group served beside
 the plan's share.
@@ -49,6 +52,11 @@ from hetserve.route.request import (
 )
 
 DOWN_SECONDS = 5.0  # a backend that refused a connection is not chosen again for this long
+# A replica takes at most QUEUE_FACTOR x max_num_seqs requests in flight (its running batch and
+# as many waiting); when every replica that could serve a request is that full, the request is
+# answered 503 with Retry-After (seconds) instead of queueing without bound
+QUEUE_FACTOR = 2.0
+RETRY_AFTER = 1
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host"}
 
 
@@ -58,9 +66,13 @@ class Replica:
     group: int  # index into the model's groups
     deployment: Deployment
     kv_tokens: int
+    cap: int  # requests in flight past which it takes no more (its batch and as many waiting)
     in_flight: int = 0
     waiting_tokens: int = 0  # prompt tokens of requests without a first token yet
     down_until: float = 0.0  # a connection failed: not chosen before this (monotonic s)
+
+    def fits(self, req: RouteRequest) -> bool:
+        return req.input_tokens + (req.max_tokens or 0) <= self.kv_tokens
 
 
 @dataclass
@@ -82,8 +94,7 @@ class ModelFleet:
 
     def holds(self, replica: int, req: RouteRequest) -> bool:
         r = self.replicas[replica]
-        return r.down_until <= time.monotonic() and \
-            req.input_tokens + (req.max_tokens or 0) <= r.kv_tokens
+        return r.in_flight < r.cap and r.down_until <= time.monotonic() and r.fits(req)
 
     def deployment(self, replica: int) -> Deployment:
         return self.replicas[replica].deployment
@@ -101,8 +112,9 @@ class Gateway:
 
     def __init__(self, plan: Plan, backends: dict[str, list[str]],
                  api_keys: Sequence[str] = (), admin_token: str | None = None,
-                 max_body: int = MAX_BODY) -> None:
+                 max_body: int = MAX_BODY, queue_factor: float = QUEUE_FACTOR) -> None:
         self.api_keys = frozenset(api_keys)
+        self.queue_factor = queue_factor
         self.admin_token = admin_token
         self.registry = CollectorRegistry()
         self.requests = Counter("hetserve:requests", "Requests by model, group and outcome.",
@@ -144,7 +156,7 @@ class Gateway:
 
     def _install(self, plan: Plan, backends: dict[str, list[str]]) -> None:
         """Routing state for `plan` over `backends`, in one assignment."""
-        fleets, routers = self._build(plan, backends)
+        fleets, routers = self._build(plan, backends, self.queue_factor)
         self.plan, self.fleets, self.routers = plan, fleets, routers
         self.planned.clear()
         self.planned_share = {}  # (model, group id) -> the plan's share of the model's requests
@@ -157,7 +169,7 @@ class Gateway:
                     self.planned.labels(entry.name, g.id).set(share)
 
     @staticmethod
-    def _build(plan: Plan, backends: dict[str, list[str]]
+    def _build(plan: Plan, backends: dict[str, list[str]], queue_factor: float
                ) -> tuple[dict[str, ModelFleet], dict[str, PlanRouter]]:
         fleets, routers = {}, {}
         for entry in plan.models:
@@ -166,7 +178,8 @@ class Gateway:
             replicas, members = [], []
             for j, (g, dep) in enumerate(zip(groups, deps, strict=True)):
                 members.append(list(range(len(replicas), len(replicas) + len(backends[g.id]))))
-                replicas += [Replica(url, j, dep, g.kv_tokens or dep.kv_capacity_tokens)
+                cap = max(1, int(queue_factor * dep.max_seqs))
+                replicas += [Replica(url, j, dep, g.kv_tokens or dep.kv_capacity_tokens, cap)
                              for url in backends[g.id]]
             fleets[entry.name] = ModelFleet(replicas, members, [g.id for g in groups])
             routers[entry.name] = PlanRouter(fleets[entry.name], RoutingTable.from_plan(
@@ -280,6 +293,13 @@ class Gateway:
             except aiohttp.ClientError as exc:  # failed before the client got a byte
                 fleet.replicas[k].down_until = time.monotonic() + DOWN_SECONDS
                 last = f"{fleet.replicas[k].url}: {getattr(exc, 'strerror', None) or exc}"
+        if not last and any(r.fits(view) for r in fleet.replicas):
+            busy = sum(r.in_flight for r in fleet.replicas)
+            response = self._refuse(503, f"every replica of {model} that could serve this "
+                                    f"request is saturated ({busy} requests in flight): retry "
+                                    "shortly", "ServiceUnavailableError")
+            response.headers["Retry-After"] = str(RETRY_AFTER)
+            return response
         if not last:
             return self._refuse(400, f"{view.input_tokens + (view.max_tokens or 0)} tokens fit "
                                 f"no replica of {model}", param="max_tokens")
