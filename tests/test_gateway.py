@@ -324,3 +324,21 @@ def test_saturated_replicas_shed_load_with_retry_after(plan):
     assert set(statuses) <= {200, 503}
     assert all(after == "1" for s, after in got if s == 503)
     assert f'hetserve:refused_total{{status="503"}} {float(statuses.count(503))}' in text
+
+
+def test_access_log_is_one_json_line_per_request_without_text(plan, caplog):
+    import logging
+
+    secret = "confidential words nobody may log"
+    with caplog.at_level(logging.INFO, logger="hetserve.gateway.access"), \
+            running(plan) as (url, _):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        c.completions.create(model=MODEL, prompt=secret, max_tokens=3)
+        list(c.completions.create(model=MODEL, prompt=secret, max_tokens=3, stream=True))
+    lines = [json.loads(r.getMessage()) for r in caplog.records
+             if r.name == "hetserve.gateway.access"]
+    assert [line["stream"] for line in lines] == [False, True]
+    assert all(line["outcome"] == "ok" and line["prompt_tokens"] == 5 for line in lines)
+    assert lines[1]["ttft"] is not None and lines[1]["ttft"] <= lines[1]["seconds"]
+    assert not any("confidential" in r.getMessage() or "lorem" in r.getMessage()
+                   for r in caplog.records)

@@ -91,6 +91,9 @@ def serve_cmd(
         "(repeatable; none: open)")] = None,
     admin_token: Annotated[str | None, typer.Option(
         "--admin-token", help="Bearer token of POST /admin/plan (none: /admin is off)")] = None,
+    access_log: Annotated[bool, typer.Option(
+        "--access-log/--no-access-log", help="one JSON line per request on stderr (no prompt "
+        "or completion text)")] = True,
 ) -> None:
     """Route live OpenAI traffic by a plan: an OpenAI-compatible gateway in front of the plan's
     engines (--backends), or of emulated ones started here (--emulate)."""
@@ -106,6 +109,8 @@ def serve_cmd(
         if not key.strip() or any(c.isspace() for c in key):
             raise HetserveError("--api-key/--admin-token: expected a token without spaces")
     urls = load_backends(backends, plan) if backends is not None else None
+    if access_log:
+        _log_json_lines()
     asyncio.run(_gateway(plan, urls, host, port, lambda u: Gateway(
         plan, u, api_key or (), admin_token), GatewayServer))
 
@@ -144,6 +149,17 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
     finally:
         for emu in emulators:
             await emu.stop()
+
+
+def _log_json_lines() -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("hetserve.gateway.access")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def up_cmd(

@@ -17,12 +17,15 @@ that full the router spills it to another group, and when every replica is, the 
 503 with Retry-After. Nothing is dropped silently:
 every attempt is counted per model, group and outcome in `/metrics`, with TTFT and time per
 output token per group and prompt range, and the share of requests each group served beside
-the plan's share.
+the plan's share; with the `hetserve.gateway.access` logger at INFO, every attempt is also one
+JSON line (model, group, backend, prompt range and tokens, outcome, seconds, TTFT; never a
+prompt's or a completion's text).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +104,7 @@ class ModelFleet:
 
 
 MAX_BODY = 8 * 2**20  # bytes of a request body (413 beyond)
+ACCESS_LOG = logging.getLogger("hetserve.gateway.access")  # JSON lines, when enabled
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0,
                    10.0, 20.0, 60.0)
 
@@ -317,6 +321,7 @@ class Gateway:
         waiting = True
         self.in_flight.labels(model, group).inc()
         start = time.monotonic()
+        first = 0.0
         outcome = "error"
         try:
             try:
@@ -340,7 +345,7 @@ class Gateway:
                     return web.Response(status=upstream.status, body=data, headers=headers)
                 resp = web.StreamResponse(status=200, headers=headers)
                 await resp.prepare(request)
-                events, first = 0, 0.0
+                events = 0
                 try:
                     async for chunk in upstream.content.iter_any():
                         if waiting:
@@ -369,9 +374,18 @@ class Gateway:
             replica.in_flight -= 1
             self.in_flight.labels(model, group).dec()
             self.requests.labels(model, group, outcome).inc()
-            self.latency.labels(model, group).observe(time.monotonic() - start)
+            took = time.monotonic() - start
+            self.latency.labels(model, group).observe(took)
             if outcome == "ok":
                 self._count_share(model, group)
+            if ACCESS_LOG.isEnabledFor(logging.INFO):  # one JSON line, never prompt or text
+                ACCESS_LOG.info(json.dumps({
+                    "ts": round(time.time(), 3), "model": model, "group": group,
+                    "backend": replica.url, "prompt": prompt,
+                    "prompt_tokens": view.input_tokens, "max_tokens": view.max_tokens,
+                    "stream": bool(body.get("stream")), "outcome": outcome,
+                    "seconds": round(took, 4),
+                    "ttft": round(first - start, 4) if body.get("stream") and first else None}))
 
     def _count_share(self, model: str, group: str) -> None:
         served = self.served.setdefault(model, {})
