@@ -104,6 +104,8 @@ def test_bad_requests_get_vllms_400():
             c.completions.create(model=MODEL, prompt=[1] * (limit - 10), max_tokens=100)
         with pytest.raises(openai.BadRequestError, match="serves 'llama-3.1-8b'"):
             c.completions.create(model="gpt-9", prompt="hi")
+        with pytest.raises(openai.BadRequestError, match="stream_options: expected an object"):
+            c.completions.create(model=MODEL, prompt="hi", extra_body={"stream_options": "yes"})
         with pytest.raises(openai.BadRequestError, match="min_tokens"):
             c.completions.create(model=MODEL, prompt="hi", max_tokens=2,
                                  extra_body={"min_tokens": 5})

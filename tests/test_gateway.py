@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -342,3 +343,57 @@ def test_access_log_is_one_json_line_per_request_without_text(plan, caplog):
     assert lines[1]["ttft"] is not None and lines[1]["ttft"] <= lines[1]["seconds"]
     assert not any("confidential" in r.getMessage() or "lorem" in r.getMessage()
                    for r in caplog.records)
+
+
+def test_a_backend_answering_5xx_is_left_for_another_replica(plan):
+    """A replica that answers 500 before any byte reached the client: the request goes to
+    another replica (that one set aside a moment), and the client never sees the 500."""
+    from aiohttp import web
+
+    async def fail(request):
+        return web.json_response({"error": {"message": "boom"}}, status=500)
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", fail)])
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    bad = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with running(plan, extra={g.id: [bad] * 2 for g in plan.groups}) as (url, _):
+            c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+            for n in (10, 100, 600, 1500, 3000, 6000) * 2:
+                assert c.completions.create(model=MODEL, prompt=[1] * n,
+                                            max_tokens=2).usage.completion_tokens == 2
+            got = counts(url)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+    assert sum(v for (_, o), v in got.items() if o == "http_500") >= 1
+    assert sum(v for (_, o), v in got.items() if o == "ok") == 12
+
+
+def test_a_client_gone_mid_stream_is_not_the_backends_fault(plan):
+    with running(plan) as (url, gateway):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for _ in range(3):
+            stream = c.completions.create(model=MODEL, prompt="a b", max_tokens=3000,
+                                          stream=True)
+            for k, _chunk in enumerate(stream):
+                if k == 2:
+                    break
+            stream.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+                r.in_flight for f in gateway.fleets.values() for r in f.replicas):
+            time.sleep(0.05)
+        got = counts(url)
+        replicas = [r for f in gateway.fleets.values() for r in f.replicas]
+        assert all(r.in_flight == 0 and r.waiting_tokens == 0 for r in replicas)
+        assert all(r.down_until <= time.monotonic() for r in replicas)  # none set aside
+    assert sum(v for (_, o), v in got.items() if o == "cancelled") == 3
+    assert not any(o in ("unreachable", "broken") for (_, o) in got)

@@ -67,7 +67,7 @@ async def _serve(emulator, label: str) -> None:
         urls = await emulator.start()
     except OSError as exc:
         await emulator.stop()
-        raise HetserveError(f"--port: cannot listen ({exc.strerror or exc})") from None
+        raise HetserveError(f"--host/--port: cannot listen ({exc.strerror or exc})") from None
     for k, url in enumerate(urls):
         print(f"replica {k}: {url} ({label})", flush=True)
     sys.stdout.flush()
@@ -126,9 +126,14 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
         if urls is None:
             urls = {}
             for g in plan.groups:
-                emu = Emulator(plan.deployment(g), g.model, g.replicas, host)
+                emu = Emulator(plan.deployment(g), g.model, g.replicas, host,
+                               kv_tokens=g.kv_tokens)
                 emulators.append(emu)
-                urls[g.id] = await emu.start()
+                try:
+                    urls[g.id] = await emu.start()
+                except OSError as exc:
+                    raise HetserveError(f"--host {host}: cannot listen for the emulated "
+                                        f"replicas ({exc.strerror or exc})") from None
                 for url in urls[g.id]:
                     print(f"emulated {g.id} ({plan.deployment(g).label}): {url}", flush=True)
         gateway = make_gateway(urls)
@@ -136,7 +141,8 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
         try:
             url = await server.start()
         except OSError as exc:
-            raise HetserveError(f"--port: cannot listen ({exc.strerror or exc})") from None
+            raise HetserveError(f"--host {host} --port {port}: cannot listen "
+                                f"({exc.strerror or exc})") from None
         print(f"gateway: {url}/v1 ({sum(len(u) for u in urls.values())} replicas in "
               f"{len(urls)} groups)", flush=True)
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -40,7 +41,8 @@ class Job:
     """A request in an emulated engine, and what its client has been sent."""
 
     request: Request
-    tokens: asyncio.Queue = field(default_factory=asyncio.Queue)  # k per token, None: done
+    tokens: asyncio.Queue = field(default_factory=asyncio.Queue)  # k per token, None: done,
+    # -1: the engine failed
     sent: int = 0  # tokens handed out
     last: float = 0.0  # when the last of them was (emulator seconds)
 
@@ -82,8 +84,8 @@ class Metrics:
 class EmulatedEngine:
     """An Engine stepping in real time on the running asyncio loop."""
 
-    def __init__(self, dep: Deployment, model: str) -> None:
-        self.engine = Engine(dep, fast=False)
+    def __init__(self, dep: Deployment, model: str, kv_tokens: int | None = None) -> None:
+        self.engine = Engine(dep, kv_tokens=kv_tokens, fast=False)
         self.dep = dep
         self.metrics = Metrics(model)
         self._jobs: dict[int, Job] = {}
@@ -140,12 +142,21 @@ class EmulatedEngine:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while engine.busy:
-                start = max(engine.clock, self._arrived)
-                _, finished = engine.step(start)
-                self._arrived = 0.0
-                await asyncio.sleep(max(0.0, engine.clock - self.now()))
-                self._release(finished)
+            try:
+                while engine.busy:
+                    start = max(engine.clock, self._arrived)
+                    _, finished = engine.step(start)
+                    self._arrived = 0.0
+                    await asyncio.sleep(max(0.0, engine.clock - self.now()))
+                    self._release(finished)
+            except Exception as exc:  # never leave a client waiting on a dead loop
+                sys.stderr.write(f"emulated {self.dep.label}: engine failed: "
+                                 f"{type(exc).__name__}: {exc}; its requests end in errors\n")
+                for job in self._jobs.values():
+                    job.tokens.put_nowait(-1)
+                self._jobs.clear()
+                self.engine = engine = Engine(self.dep, kv_tokens=engine.kv_limit, fast=False)
+                self._gauges()
 
     def _release(self, finished: list[Request]) -> None:
         """Hand out the tokens of the step that just ended."""

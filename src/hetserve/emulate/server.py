@@ -23,12 +23,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hetserve.emulate.engine import EmulatedEngine, Job, filler
 from hetserve.route.request import (
+    MAX_BODY,
     BadRequest,
     chat_tokens,
     error_body,
     openai_routes,
     positive_int,
     prompt_tokens,
+    stream_options,
 )
 
 DEFAULT_COMPLETION_TOKENS = 16
@@ -52,7 +54,7 @@ class ReplicaServer:
         self.engine = engine
         self.model = model
         self.max_model_len = max_model_len
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes(openai_routes(self))
 
     # ---- parsing --------------------------------------------------------------------------
@@ -86,7 +88,7 @@ class ReplicaServer:
             raise BadRequest(f"{prompt + out} tokens exceed the KV cache of "
                              f"{self.engine.dep.label} ({self.engine.engine.kv_limit} tokens)",
                              "max_tokens")
-        options = body.get("stream_options") or {}
+        options = stream_options(body)
         return Ask(prompt, out, bool(body.get("stream")), bool(options.get("include_usage")))
 
     # ---- endpoints ------------------------------------------------------------------------
@@ -181,6 +183,8 @@ class ReplicaServer:
 
 async def _tokens(job: Job):
     while (k := await job.tokens.get()) is not None:
+        if k < 0:
+            raise RuntimeError("the emulated engine failed (see its log)")
         yield k
 
 
@@ -202,9 +206,9 @@ class Emulator:
     """Replicas of one deployment, each on its own port of 127.0.0.1 (or `host`)."""
 
     def __init__(self, dep, model: str, replicas: int = 1, host: str = "127.0.0.1",
-                 ports: Sequence[int] = (0,)) -> None:
+                 ports: Sequence[int] = (0,), kv_tokens: int | None = None) -> None:
         self.dep, self.model, self.host = dep, model, host
-        self.engines = [EmulatedEngine(dep, model) for _ in range(replicas)]
+        self.engines = [EmulatedEngine(dep, model, kv_tokens) for _ in range(replicas)]
         self.ports = list(ports) + [0] * (replicas - len(ports))
         self._runners: list[web.AppRunner] = []
         self.urls: list[str] = []
@@ -215,7 +219,8 @@ class Emulator:
             engine.start()
             runner = web.AppRunner(ReplicaServer(engine, self.model, max_len).app,
                                    access_log=None, handle_signals=False,
-                                   handler_cancellation=True)  # a client gone frees its slot
+                                   handler_cancellation=True,  # a client gone frees its slot
+                                   shutdown_timeout=2.0)
             await runner.setup()
             site = web.TCPSite(runner, self.host, port)
             await site.start()

@@ -19,8 +19,8 @@ class Sent:
     sent: float
     first: float | None  # first streamed chunk; None: none came
     last: float | None
-    status: int
-    output_tokens: int
+    status: int  # HTTP status; 599: the stream broke (no [DONE]); 598: timed out
+    output_tokens: int  # tokens received
 
     @property
     def ok(self) -> bool:
@@ -42,19 +42,28 @@ async def _one(session, url: str, model: str, at: float, inp: int, out: int,
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
     sent = time.perf_counter()
     first = last = None
+    tokens, done = 0, False
     try:
         async with session.post(url, headers=headers, json={
                 "model": model, "prompt": [1] * inp, "max_tokens": out, "stream": True}) as resp:
             if resp.status != 200:
                 await resp.read()
-                return Sent(sent, None, None, resp.status, out)
+                return Sent(sent, None, None, resp.status, 0)
             async for line in resp.content:
-                if line.startswith(b"data: {") and b'"error"' not in line[:20]:
+                if line.startswith(b"data: [DONE]"):
+                    done = True
+                elif line.startswith(b'data: {"error"'):
+                    break
+                elif line.startswith(b"data: {") and b'"choices": []' not in line \
+                        and b'"choices":[]' not in line:  # the usage chunk
                     last = time.perf_counter()
                     first = first or last
+                    tokens += 1
     except aiohttp.ClientError:
-        return Sent(sent, first, last, 599, out)
-    return Sent(sent, first, last, 200, out)
+        done = False
+    except TimeoutError:
+        return Sent(sent, first, last, 598, tokens)
+    return Sent(sent, first, last, 200 if done and tokens == out else 599, tokens)
 
 
 async def replay(base_url: str, model: str, arrivals: Sequence[float], inputs: Sequence[int],

@@ -24,6 +24,7 @@ prompt's or a completion's text).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -47,6 +48,7 @@ from hetserve.perf import Deployment
 from hetserve.plan.planfile import Plan, parse_plan
 from hetserve.route import PlanRouter, RoutingTable
 from hetserve.route.request import (
+    MAX_BODY,
     BadRequest,
     RouteRequest,
     error_body,
@@ -60,7 +62,10 @@ DOWN_SECONDS = 5.0  # a backend that refused a connection is not chosen again fo
 # answered 503 with Retry-After (seconds) instead of queueing without bound
 QUEUE_FACTOR = 2.0
 RETRY_AFTER = 1
-HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host"}
+RETRY_COOLDOWN = 1.0  # a backend that answered 5xx is not chosen again for this long
+READ_TIMEOUT = 300.0  # s without a byte from a backend: it has failed (a hung engine)
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host",
+               "content-encoding"}  # the client session decompresses what it reads
 
 
 @dataclass
@@ -103,7 +108,6 @@ class ModelFleet:
         return self.replicas[replica].deployment
 
 
-MAX_BODY = 8 * 2**20  # bytes of a request body (413 beyond)
 ACCESS_LOG = logging.getLogger("hetserve.gateway.access")  # JSON lines, when enabled
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0,
                    10.0, 20.0, 60.0)
@@ -228,8 +232,9 @@ class Gateway:
                                   "models": [m.name for m in plan.models]})
 
     async def _open(self, app) -> None:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None,
-                                                                           sock_connect=10))
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),  # the replicas' caps bound concurrency
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=READ_TIMEOUT))
 
     async def _close(self, app) -> None:
         if self.session is not None:
@@ -293,15 +298,18 @@ class Gateway:
             try:
                 return await self._proxy(request, body, path, model, fleet, router, k, view)
             except _Retry as exc:  # a 5xx before any byte reached the client
+                fleet.replicas[k].down_until = time.monotonic() + RETRY_COOLDOWN
                 last = f"{fleet.replicas[k].url}: {exc}"
-            except aiohttp.ClientError as exc:  # failed before the client got a byte
+            except _Unreachable as exc:  # failed before the client got a byte
                 fleet.replicas[k].down_until = time.monotonic() + DOWN_SECONDS
-                last = f"{fleet.replicas[k].url}: {getattr(exc, 'strerror', None) or exc}"
+                last = f"{fleet.replicas[k].url}: {exc}"
         if not last and any(r.fits(view) for r in fleet.replicas):
             busy = sum(r.in_flight for r in fleet.replicas)
+            aside = sum(r.down_until > time.monotonic() for r in fleet.replicas)
             response = self._refuse(503, f"every replica of {model} that could serve this "
-                                    f"request is saturated ({busy} requests in flight): retry "
-                                    "shortly", "ServiceUnavailableError")
+                                    f"request is saturated or set aside after a failure "
+                                    f"({busy} requests in flight, {aside} replicas set aside): "
+                                    "retry shortly", "ServiceUnavailableError")
             response.headers["Retry-After"] = str(RETRY_AFTER)
             return response
         if not last:
@@ -326,9 +334,9 @@ class Gateway:
         try:
             try:
                 upstream = await self.session.post(replica.url + path, json=body)
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome = "unreachable"
-                raise
+                raise _Unreachable(str(exc) or type(exc).__name__) from None
             async with upstream:
                 if upstream.status >= 500:
                     outcome = f"http_{upstream.status}"
@@ -338,13 +346,16 @@ class Gateway:
                 if not body.get("stream") or upstream.status != 200:
                     try:
                         data = await upstream.read()
-                    except aiohttp.ClientError:
+                    except (aiohttp.ClientError, TimeoutError) as exc:
                         outcome = "unreachable"  # nothing reached the client: retried
-                        raise
+                        raise _Unreachable(str(exc) or type(exc).__name__) from None
                     outcome = "ok" if upstream.status == 200 else f"http_{upstream.status}"
                     return web.Response(status=upstream.status, body=data, headers=headers)
                 resp = web.StreamResponse(status=200, headers=headers)
-                await resp.prepare(request)
+                # from here on the client has bytes: whatever fails, this attempt answers
+                if not await _client_write(resp, request=request):
+                    outcome = "cancelled"
+                    return resp
                 events = 0
                 try:
                     async for chunk in upstream.content.iter_any():
@@ -354,20 +365,23 @@ class Gateway:
                             first = time.monotonic()
                             self.ttft.labels(model, group, prompt).observe(first - start)
                         events += chunk.count(b"data: {")
-                        await resp.write(chunk)
-                except aiohttp.ClientError as exc:  # the backend went away mid-stream
+                        if not await _client_write(resp, chunk):
+                            outcome = "cancelled"  # the client went away
+                            return resp
+                except (aiohttp.ClientError, TimeoutError) as exc:  # the backend, mid-stream
                     outcome = "broken"
-                    await resp.write(b"data: " + json.dumps(error_body(
-                        502, f"{replica.url} failed mid-stream: {exc}", None,
-                        "BadGatewayError")).encode() + b"\n\n")
-                    await resp.write_eof()
+                    await _client_write(resp, b"data: " + json.dumps(error_body(
+                        502, f"{replica.url} failed mid-stream: {str(exc) or type(exc).__name__}",
+                        None, "BadGatewayError")).encode() + b"\n\n", eof=True)
                     return resp
                 if events > 2:  # the usage chunk, if any, counts as one: a close estimate
                     self.tpot.labels(model, group, prompt).observe(
                         (time.monotonic() - first) / (events - 1))
-                await resp.write_eof()
-                outcome = "ok"
+                outcome = "ok" if await _client_write(resp, eof=True) else "cancelled"
                 return resp
+        except asyncio.CancelledError:  # the client went away (its handler is cancelled)
+            outcome = "cancelled"
+            raise
         finally:
             if waiting:
                 replica.waiting_tokens -= view.input_tokens
@@ -399,6 +413,26 @@ class _Retry(Exception):
     """The backend answered 5xx before anything reached the client: try another."""
 
 
+class _Unreachable(Exception):
+    """The backend failed (connection, timeout) before anything reached the client."""
+
+
+async def _client_write(resp: web.StreamResponse, data: bytes = b"", eof: bool = False,
+                        request: web.Request | None = None) -> bool:
+    """Prepare (with `request`), write or finish the client's response; False if the client
+    has gone (its connection reset), which is not the backend's failure."""
+    try:
+        if request is not None:
+            await resp.prepare(request)
+        if data:
+            await resp.write(data)
+        if eof:
+            await resp.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        return False
+    return True
+
+
 async def _json(request: web.Request):
     try:
         return await request.json()
@@ -426,7 +460,7 @@ class GatewayServer:
 
     async def start(self) -> str:
         self._runner = web.AppRunner(self.gateway.app, access_log=None, handle_signals=False,
-                                     handler_cancellation=True)
+                                     handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.url = f"http://{self.host}:{self._runner.addresses[0][1]}"

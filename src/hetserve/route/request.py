@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CHAT_OVERHEAD = 4
+MAX_BODY = 8 * 2**20  # bytes of a request body the gateway and the emulator accept
 
 
 class BadRequest(Exception):
@@ -66,8 +67,20 @@ def positive_int(body: dict, name: str) -> int | None:
     return value
 
 
+def stream_options(body: dict) -> dict:
+    options = body.get("stream_options")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise BadRequest(f"stream_options: expected an object, got {options!r}",
+                         "stream_options")
+    return options
+
+
 def route_request(body: dict, chat: bool) -> RouteRequest:
-    """The routing view of an OpenAI request body (/v1/chat/completions when `chat`)."""
+    """The routing view of an OpenAI request body (/v1/chat/completions when `chat`); a body
+    the engines would refuse is refused here (BadRequest)."""
+    stream_options(body)
     tokens = chat_tokens(body.get("messages")) if chat else prompt_tokens(body.get("prompt"))
     asked = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
     return RouteRequest(tokens, asked)
