@@ -80,7 +80,7 @@ def main() -> None:
         path = Path(tmp) / "plan.json"
         plan.save(path)
         cli = str(Path(sys.executable).with_name("hetserve"))
-        server = subprocess.Popen([cli, "serve", str(path),
+        server = subprocess.Popen([cli, "serve", str(path), "--no-access-log",
                                    "--emulate", "--port", str(port)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
