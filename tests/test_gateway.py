@@ -137,7 +137,8 @@ def test_a_burst_is_all_served_and_counted(plan):
 def test_an_unreachable_backend_is_retried_on_another_replica(plan):
     # dead URLs beside every group's live ones; requests one at a time, so the choices are
     # deterministic (the scan within a group rotates) and some land on a dead one
-    with running(plan, dead={g.id: 2 for g in plan.groups}) as (url, _):
+    # (active health checks off: they would eject the dead URLs before any request)
+    with running(plan, dead={g.id: 2 for g in plan.groups}, health_interval=0) as (url, _):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
         for n in (10, 100, 1000, 3000, 6000):
             assert c.completions.create(model=MODEL, prompt=[1] * n,
@@ -363,7 +364,8 @@ def test_a_backend_answering_5xx_is_left_for_another_replica(plan):
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        with running(plan, extra={g.id: [bad] * 2 for g in plan.groups}) as (url, _):
+        with running(plan, extra={g.id: [bad] * 2 for g in plan.groups},
+                     health_interval=0) as (url, _):
             c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
             for n in (10, 100, 600, 1500, 3000, 6000) * 2:
                 assert c.completions.create(model=MODEL, prompt=[1] * n,
@@ -397,3 +399,41 @@ def test_a_client_gone_mid_stream_is_not_the_backends_fault(plan):
         assert all(r.down_until <= time.monotonic() for r in replicas)  # none set aside
     assert sum(v for (_, o), v in got.items() if o == "cancelled") == 3
     assert not any(o in ("unreachable", "broken") for (_, o) in got)
+
+
+def test_health_checks_eject_a_replica_and_bring_it_back(plan):
+    """A replica whose /health fails is ejected (no request is sent to it) and comes back once
+    it answers: checked every 0.1 s here."""
+    port = _closed_port()
+    gid = plan.groups[0].id
+    with running(plan, extra={gid: [f"http://127.0.0.1:{port}"]}, health_interval=0.1) \
+            as (url, gateway):
+        fleet = next(iter(gateway.fleets.values()))
+        late = next(r for r in fleet.replicas if r.url.endswith(f":{port}"))
+        deadline = time.monotonic() + 5
+        while late.healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not late.healthy
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for n in (10, 100, 600, 1500, 3000, 6000) * 2:
+            c.completions.create(model=MODEL, prompt=[1] * n, max_tokens=2)
+        assert not any(o == "unreachable" for (_, o) in counts(url))  # never tried
+        # the replica starts (an emulator on that port): it is brought back
+        emu = Emulator(plan.deployment(plan.groups[0]), MODEL, 1, ports=[port])
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(emu.start())
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 5
+            while not late.healthy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert late.healthy
+            text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        finally:
+            asyncio.run_coroutine_threadsafe(emu.stop(), loop).result(timeout=10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+    for change in ("ejected", "back"):
+        assert re.search(rf'^hetserve:health_changes_total\{{change="{change}",[^}}]*\}} 1\.0$',
+                         text, re.M)

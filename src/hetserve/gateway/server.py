@@ -9,12 +9,13 @@ still waiting for a first token.
 
 Failures: while nothing has reached the client, a backend that fails (refused connection,
 dropped connection, a 5xx) is left for the router's next pick, up to every replica; one that
-failed at the connection is set aside for DOWN_SECONDS. A stream that breaks after its first
-bytes ends with an error event (`data: {"error": ...}`, as vLLM sends one). When no replica
-serves the request the client gets a 502 naming the last failure. A replica holding
-QUEUE_FACTOR x max_num_seqs requests takes no more; when the plan's groups for a request are
-that full the router spills it to another group, and when every replica is, the client gets a
-503 with Retry-After. Nothing is dropped silently:
+failed at the connection is set aside for DOWN_SECONDS, and every HEALTH_INTERVAL each
+replica's /health is checked: one that fails is ejected until it answers again. A stream that
+breaks after its first bytes ends with an error event (`data: {"error": ...}`, as vLLM sends
+one). When no replica serves the request the client gets a 502 naming the last failure. A
+replica holding QUEUE_FACTOR x max_num_seqs requests takes no more; when the plan's groups for
+a request are that full the router spills it to another group, and when every replica is, the
+client gets a 503 with Retry-After. Nothing is dropped silently:
 every attempt is counted per model, group and outcome in `/metrics`, with TTFT and time per
 output token per group and prompt range, and the share of requests each group served beside
 the plan's share; with the `hetserve.gateway.access` logger at INFO, every attempt is also one
@@ -64,6 +65,8 @@ QUEUE_FACTOR = 2.0
 RETRY_AFTER = 1
 RETRY_COOLDOWN = 1.0  # a backend that answered 5xx is not chosen again for this long
 READ_TIMEOUT = 300.0  # s without a byte from a backend: it has failed (a hung engine)
+HEALTH_INTERVAL = 5.0  # s between checks of every replica's /health
+HEALTH_TIMEOUT = 2.0
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host",
                "content-encoding"}  # the client session decompresses what it reads
 
@@ -78,6 +81,7 @@ class Replica:
     in_flight: int = 0
     waiting_tokens: int = 0  # prompt tokens of requests without a first token yet
     down_until: float = 0.0  # a connection failed: not chosen before this (monotonic s)
+    healthy: bool = True  # its /health answered at the last check (ejected while False)
 
     def fits(self, req: RouteRequest) -> bool:
         return req.input_tokens + (req.max_tokens or 0) <= self.kv_tokens
@@ -102,7 +106,8 @@ class ModelFleet:
 
     def holds(self, replica: int, req: RouteRequest) -> bool:
         r = self.replicas[replica]
-        return r.in_flight < r.cap and r.down_until <= time.monotonic() and r.fits(req)
+        return r.healthy and r.in_flight < r.cap and r.down_until <= time.monotonic() \
+            and r.fits(req)
 
     def deployment(self, replica: int) -> Deployment:
         return self.replicas[replica].deployment
@@ -120,8 +125,11 @@ class Gateway:
 
     def __init__(self, plan: Plan, backends: dict[str, list[str]],
                  api_keys: Sequence[str] = (), admin_token: str | None = None,
-                 max_body: int = MAX_BODY, queue_factor: float = QUEUE_FACTOR) -> None:
+                 max_body: int = MAX_BODY, queue_factor: float = QUEUE_FACTOR,
+                 health_interval: float = HEALTH_INTERVAL) -> None:
         self.api_keys = frozenset(api_keys)
+        self.health_interval = health_interval
+        self._health_task: asyncio.Task | None = None
         self.queue_factor = queue_factor
         self.admin_token = admin_token
         self.registry = CollectorRegistry()
@@ -154,6 +162,11 @@ class Gateway:
                              "plan gives each group.", ["model", "group"],
                              registry=self.registry)
         self.served: dict[str, dict[str, int]] = {}  # model -> group id -> completed
+        self.healthy = Gauge("hetserve:replica_healthy", "1 while a replica's /health answers "
+                             "200.", ["model", "group", "backend"], registry=self.registry)
+        self.ejections = Counter("hetserve:health_changes", "Replicas ejected by a failed "
+                                 "health check, or back.", ["model", "change"],
+                                 registry=self.registry)
         self._install(plan, backends)
         self.session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=max_body, middlewares=[self._auth])
@@ -235,10 +248,36 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),  # the replicas' caps bound concurrency
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=READ_TIMEOUT))
+        if self.health_interval > 0:
+            self._health_task = asyncio.get_running_loop().create_task(self._check_health())
 
     async def _close(self, app) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self.session is not None:
             await self.session.close()
+
+    async def _check_health(self) -> None:
+        """Every health_interval: GET each replica's /health; one that fails is ejected (no
+        request goes to it) until it answers 200 again."""
+        timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
+
+        async def probe(model: str, fleet: ModelFleet, r: Replica) -> None:
+            try:
+                async with self.session.get(r.url + "/health", timeout=timeout) as resp:
+                    ok = resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if ok != r.healthy:
+                self.ejections.labels(model, "back" if ok else "ejected").inc()
+            r.healthy = ok
+            self.healthy.labels(model, fleet.group_ids[r.group], r.url).set(float(ok))
+
+        while True:
+            fleets = dict(self.fleets)  # a plan swap installs new ones; check what routes now
+            await asyncio.gather(*(probe(m, f, r) for m, f in fleets.items()
+                                   for r in f.replicas))
+            await asyncio.sleep(self.health_interval)
 
     def model_of(self, name) -> str:
         for entry in self.plan.models:
