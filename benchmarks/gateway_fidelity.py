@@ -67,10 +67,7 @@ def main() -> None:
     inputs, outputs = trace.input_tokens[:n].tolist(), trace.output_tokens[:n].tolist()
     ttft_limit, tpot_limit = entry.slo.ttft, entry.slo.tpot
 
-    # the plan's share per group: its classes' rates x the group's shares
-    total = sum(c.rate for c in entry.classes)
-    planned = {g.id: sum(c.rate * g.shares.get(c.name, 0.0) for c in entry.classes) / total
-               for g in plan.groups}
+    planned = {g.id: plan.planned_share(g) for g in plan.groups}
     sim = simulate(plan, trace, requests=n)
     sim_rows = sim.group_rows()
     sim_share = {g.id: row["requests"] / n for g, row in zip(plan.groups, sim_rows, strict=True)}

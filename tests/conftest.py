@@ -149,3 +149,11 @@ def assert_bad_input(res: CliResult, needs=(), also=(), scrub=()) -> None:
     if problems:
         pytest.fail(f"{res.summary()} | {'; '.join(problems)} | stderr={res.err[-600:]!r}",
                     pytrace=False)
+
+
+def hang_up_after(stream, chunks: int) -> None:
+    """Read `chunks` chunks of an `openai` stream, then close it: a client that goes away."""
+    for k, _ in enumerate(stream):
+        if k + 1 == chunks:
+            break
+    stream.close()

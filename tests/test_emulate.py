@@ -21,6 +21,8 @@ from hetserve.emulate.engine import filler
 from hetserve.models import get_model
 from hetserve.perf import Deployment
 
+from .conftest import hang_up_after
+
 MODEL = "llama-3.1-8b"
 
 
@@ -66,7 +68,9 @@ def test_completion_counts_text_and_timing_follow_the_engine():
         # one request alone: its prefill, then 11 decode steps at batch 1 (the step physics)
         physics = float(dep.prefill_time(1000)) + sum(
             float(dep.decode_step_time(1, 1000 + k)) for k in range(1, 12))
-        assert physics * 0.97 <= took <= physics + 0.3
+        # never faster than the physics; the upper bound only catches gross errors (a busy
+        # machine adds HTTP and scheduling time, never a second per request)
+        assert physics * 0.97 <= took <= physics * 1.5 + 0.5
         got = metrics(url)
         assert got["vllm:prompt_tokens_total"] == 1000
         assert got["vllm:generation_tokens_total"] == 12
@@ -139,12 +143,8 @@ def test_a_saturated_replica_queues_and_every_request_completes():
 
 def test_a_client_that_goes_away_frees_its_slot():
     with emulator() as (_, (url,)):
-        stream = client(url).completions.create(model=MODEL, prompt="hi", max_tokens=5000,
-                                                stream=True)
-        for k, _ in enumerate(stream):
-            if k == 3:
-                break
-        stream.close()
+        hang_up_after(client(url).completions.create(model=MODEL, prompt="hi", max_tokens=5000,
+                                                     stream=True), 4)
         deadline = time.monotonic() + 5
         while metrics(url)["vllm:num_requests_running"] and time.monotonic() < deadline:
             time.sleep(0.05)

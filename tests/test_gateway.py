@@ -25,6 +25,8 @@ from hetserve.errors import HetserveError
 from hetserve.gateway import Gateway, GatewayServer, parse_backends
 from hetserve.route import RoutingTable
 
+from .conftest import hang_up_after
+
 MODEL = "llama-3.1-8b"
 
 
@@ -383,12 +385,8 @@ def test_a_client_gone_mid_stream_is_not_the_backends_fault(plan):
     with running(plan) as (url, gateway):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
         for _ in range(3):
-            stream = c.completions.create(model=MODEL, prompt="a b", max_tokens=3000,
-                                          stream=True)
-            for k, _chunk in enumerate(stream):
-                if k == 2:
-                    break
-            stream.close()
+            hang_up_after(c.completions.create(model=MODEL, prompt="a b", max_tokens=3000,
+                                               stream=True), 3)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(
                 r.in_flight for f in gateway.fleets.values() for r in f.replicas):

@@ -234,12 +234,13 @@ def _status(gateway, when: str = "Ctrl-C stops"):
     for model, fleet in gateway.fleets.items():
         served = gateway.served.get(model, {})
         total = sum(served.values()) or 1
-        for j, gid in enumerate(fleet.group_ids):
+        groups = [g for g in gateway.plan.groups if g.model == model]  # fleet.group_ids order
+        for j, g in enumerate(groups):
             reps = [fleet.replicas[i] for i in fleet.groups[j]]
-            planned = gateway.planned_share[model, gid]
-            table.add_row(model, gid, str(len(reps)), str(sum(r.in_flight for r in reps)),
-                          str(sum(r.waiting_tokens for r in reps)), str(served.get(gid, 0)),
-                          f"{served.get(gid, 0) / total:.1%}", f"{planned:.1%}")
+            table.add_row(model, g.id, str(len(reps)), str(sum(r.in_flight for r in reps)),
+                          str(sum(r.waiting_tokens for r in reps)), str(served.get(g.id, 0)),
+                          f"{served.get(g.id, 0) / total:.1%}",
+                          f"{gateway.plan.planned_share(g):.1%}")
     return table
 
 

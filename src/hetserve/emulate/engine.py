@@ -51,17 +51,19 @@ class Metrics:
     """vLLM's metric names (v1 engine) for one replica, in a registry of its own."""
 
     def __init__(self, model: str) -> None:
+        """Each metric is its `model_name` series (it exists, at 0, from the start)."""
         self.registry = CollectorRegistry()
         labels = ["model_name"]
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=self.registry)
+        def gauge(name: str, doc: str):
+            return Gauge(name, doc, labels, registry=self.registry).labels(model)
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, labels, registry=self.registry)
+        def counter(name: str, doc: str):
+            return Counter(name, doc, labels, registry=self.registry).labels(model)
 
-        def histogram(name: str, doc: str) -> Histogram:
-            return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        def histogram(name: str, doc: str):
+            return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS,
+                             registry=self.registry).labels(model)
 
         self.running = gauge("vllm:num_requests_running", "Requests in the running batch.")
         self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled.")
@@ -72,13 +74,6 @@ class Metrics:
         self.prompt_tokens = counter("vllm:prompt_tokens", "Prompt tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Tokens generated.")
         self.preemptions = counter("vllm:num_preemptions", "Preemptions.")
-        self.model = model
-        for metric in (self.running, self.waiting, self.kv_usage, self.ttft, self.itl, self.e2e,
-                       self.prompt_tokens, self.generation_tokens, self.preemptions):
-            self.of(metric)  # every series exists (at 0) from the start
-
-    def of(self, metric):
-        return metric.labels(model_name=self.model)
 
 
 class EmulatedEngine:
@@ -115,7 +110,7 @@ class EmulatedEngine:
         job = Job(req)
         self._jobs[req.id] = job
         self.engine.add(req)
-        self.metrics.of(self.metrics.prompt_tokens).inc(prompt_tokens)
+        self.metrics.prompt_tokens.inc(prompt_tokens)
         self._gauges()
         self._wake.set()
         return job
@@ -128,9 +123,9 @@ class EmulatedEngine:
 
     def _gauges(self) -> None:
         e, m = self.engine, self.metrics
-        m.of(m.running).set(len(e.running))
-        m.of(m.waiting).set(len(e.waiting))
-        m.of(m.kv_usage).set(1.0 - e.free_blocks / e.total_blocks)
+        m.running.set(len(e.running))
+        m.waiting.set(len(e.waiting))
+        m.kv_usage.set(1.0 - e.free_blocks / e.total_blocks)
 
     async def _run(self) -> None:
         """Steps follow the engine's own clock, not the wall clock at which the loop got
@@ -169,19 +164,19 @@ class EmulatedEngine:
             for k in range(job.sent, req.generated):
                 job.tokens.put_nowait(k)
             if new and job.sent == 0:
-                m.of(m.ttft).observe(req.first_token - req.arrival)
+                m.ttft.observe(req.first_token - req.arrival)
             elif new:
-                m.of(m.itl).observe(self.now() - job.last)
+                m.itl.observe(self.now() - job.last)
             if new:
                 job.last = self.now()
-                m.of(m.generation_tokens).inc(new)
+                m.generation_tokens.inc(new)
             job.sent = req.generated
         for req in finished:
             job = self._jobs.pop(req.id, None)
             if job is not None:
                 job.tokens.put_nowait(None)
-                m.of(m.e2e).observe(req.finish - req.arrival)
+                m.e2e.observe(req.finish - req.arrival)
         if self.engine.preemptions > self._preempted:
-            m.of(m.preemptions).inc(self.engine.preemptions - self._preempted)
+            m.preemptions.inc(self.engine.preemptions - self._preempted)
             self._preempted = self.engine.preemptions
         self._gauges()

@@ -180,14 +180,8 @@ class Gateway:
         fleets, routers = self._build(plan, backends, self.queue_factor)
         self.plan, self.fleets, self.routers = plan, fleets, routers
         self.planned.clear()
-        self.planned_share = {}  # (model, group id) -> the plan's share of the model's requests
-        for entry in plan.models:
-            total = sum(c.rate for c in entry.classes) or 1.0
-            for g in plan.groups:
-                if g.model == entry.name:
-                    share = sum(c.rate * g.shares.get(c.name, 0.0) for c in entry.classes) / total
-                    self.planned_share[entry.name, g.id] = share
-                    self.planned.labels(entry.name, g.id).set(share)
+        for g in plan.groups:
+            self.planned.labels(g.model, g.id).set(plan.planned_share(g))
 
     @staticmethod
     def _build(plan: Plan, backends: dict[str, list[str]], queue_factor: float

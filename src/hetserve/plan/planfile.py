@@ -219,6 +219,13 @@ class Plan(Record):
     def model_entry(self, name: str) -> ModelEntry:
         return next(m for m in self.models if m.name == name)
 
+    def planned_share(self, group: ReplicaGroup) -> float:
+        """The share of its model's requests the plan sends to `group` (classes' rates x the
+        group's shares)."""
+        entry = self.model_entry(group.model)
+        total = sum(c.rate for c in entry.classes) or 1.0
+        return sum(c.rate * group.shares.get(c.name, 0.0) for c in entry.classes) / total
+
     def deployment(self, group: ReplicaGroup, accelerator: Accelerator | None = None
                    ) -> Deployment:
         """The group's replica as the performance model sees it (on `accelerator` instead of

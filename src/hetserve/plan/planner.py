@@ -275,6 +275,20 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
     return plan
 
 
+def with_baselines(plan: Plan, demands: Sequence[ModelDemand], catalog: Catalog,
+                   derate: Mapping[str, float] | None = None,
+                   measured: Mapping[str, list[Config]] | None = None) -> Plan:
+    """`plan` (solved with baselines=False on these demands and capacities) with its
+    homogeneous baselines and the saving against the best one, without solving it again."""
+    space = build_space(demands, catalog, plan.budget, derate=derate, measured=measured)
+    base, plans = _baselines(space, plan.objective, plan.budget, dict(catalog.available))
+    best, savings = best_baseline(plan.objective, plan.usd_per_hour, plan.scale, base)
+    out = plan.model_copy(update={"baselines": base, "best_homogeneous": best,
+                                  "savings": savings})
+    out.baseline_plans.update(plans)
+    return out
+
+
 def _to_plan(space: Space, sol: Solution, objective: str, budget,
              base: list[Baseline], considered: list[str], avail: dict[str, int]) -> Plan:
     p = space.problem

@@ -28,8 +28,7 @@ class BadRequest(Exception):
 @dataclass(frozen=True)
 class RouteRequest:
     input_tokens: int
-    max_tokens: int | None = None
-    output_tokens: int = 0  # unknown at a gateway: a KV-fit check counts max_tokens instead
+    max_tokens: int | None = None  # (the output is unknown: a KV-fit check counts this)
 
 
 def _words(text) -> int:

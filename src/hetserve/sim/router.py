@@ -60,15 +60,14 @@ class OracleRouter(PlanRouter):
 POLICIES = (*GATEWAY_POLICIES, "size-aware", "plan-oracle")
 
 
-def make_router(policy: str, fleet: Fleet, table: RoutingTable | None = None,
-                class_table: RoutingTable | None = None) -> Router:
-    """`table`: the plan's routing by prompt range; `class_table`: by true class (oracle)."""
+def make_router(policy: str, fleet: Fleet, table: RoutingTable | None = None) -> Router:
+    """`table`: the plan's routing, by prompt range (by true class for plan-oracle)."""
     if policy == "size-aware":
         return SizeAware(fleet)
     if policy == "plan-oracle":
-        if class_table is None:
+        if table is None:
             raise HetserveError("the plan-oracle router needs the plan's routing by class")
-        return OracleRouter(fleet, class_table)
+        return OracleRouter(fleet, table)
     if policy not in POLICIES:
         raise HetserveError(f"--router '{policy}': expected one of {', '.join(POLICIES)}")
     return gateway_router(policy, fleet, table)

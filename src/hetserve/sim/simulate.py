@@ -268,8 +268,8 @@ def simulate(
                         for _ in range(g.replicas)]
         fleet = SimFleet(engines, members)
         deps = [engines[idx[0]].dep for idx in members]
-        policy = make_router(router, fleet, RoutingTable.from_plan(entry, plan_groups, deps),
-                             RoutingTable.from_plan(entry, plan_groups, deps, by_class=True))
+        policy = make_router(router, fleet, RoutingTable.from_plan(
+            entry, plan_groups, deps, by_class=router == "plan-oracle"))
         cls = classify_for(entry, trace)
         if clients is not None:
             total = requests or len(trace)

@@ -27,6 +27,7 @@ from hetserve.errors import HetserveError, positive
 from hetserve.plan import Plan, solve_plan
 from hetserve.plan.configs import ModelDemand, measure_configs
 from hetserve.plan.planfile import Verification, best_baseline
+from hetserve.plan.planner import with_baselines
 from hetserve.sim.report import SimResult
 from hetserve.sim.simulate import simulate, simulation_limit
 
@@ -99,15 +100,10 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
                           derate=dict(derate), measured=measured)
     final = best_round(history, target)
     # the baselines, with the capacities the chosen round was planned with
-    full = solve_plan(demands, catalog, objective, budget, derate=final.derate,
-                      measured=measured)
-    best, savings = best_baseline(objective, final.plan.usd_per_hour, final.plan.scale,
-                                  full.baselines)
-    plan = final.plan.model_copy(update={
-        "baselines": full.baselines, "best_homogeneous": best, "savings": savings,
-        "verification": Verification(
-            slo_attainment=final.attainment, target=target, met=final.attainment >= target,
-            rounds=len(history), chosen=final.number, router=router, derate=final.derate)})
+    full = with_baselines(final.plan, demands, catalog, final.derate, measured)
+    plan = full.model_copy(update={"verification": Verification(
+        slo_attainment=final.attainment, target=target, met=final.attainment >= target,
+        rounds=len(history), chosen=final.number, router=router, derate=final.derate)})
     plan.baseline_plans.update(full.baseline_plans)
     return plan, history
 
