@@ -4,9 +4,10 @@ A plan for Llama-3.1-8B on azure-conv (A10G and H100-SXM allowed, so that it spl
 between groups) runs as `hetserve serve PLAN --emulate` in a process of its own: the gateway in
 front of an emulated engine per replica. The first REQUESTS requests of azure-conv, time-scaled
 to the plan's rate, are sent open loop at their arrival times (streamed completions, the prompt
-as that many token ids, `max_tokens` the trace's output length); each request's TTFT (first
-chunk) and TPOT ((last - first) / (tokens - 1)) are measured at the client. The same arrivals
-go through `hetserve.sim.simulate` with the same router. Printed and written to
+as that many token ids, the trace's output length as `min_tokens` under a `max_tokens` cap of
+1024, so the gateway routes without knowing the output, as the simulator does); each request's
+TTFT (first chunk) and TPOT ((last - first) / (tokens - 1)) are measured at the client. The
+same arrivals go through `hetserve.sim.simulate` with the same router. Printed and written to
 results/gateway_fidelity.json:
 
 - per replica group: the share of requests the plan gives it (its classes' rates x shares),

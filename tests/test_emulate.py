@@ -81,6 +81,13 @@ def test_completion_counts_text_and_timing_follow_the_engine():
         models = c.models.list().data
         assert [m.id for m in models] == [MODEL]
         assert urllib.request.urlopen(url + "/health", timeout=10).status == 200
+        # the emulated model stops at min_tokens ("stop"); ignore_eos runs to max_tokens
+        short = c.completions.create(model=MODEL, prompt="a", max_tokens=50,
+                                     extra_body={"min_tokens": 3})
+        assert short.usage.completion_tokens == 3 and short.choices[0].finish_reason == "stop"
+        full = c.completions.create(model=MODEL, prompt="a", max_tokens=5,
+                                    extra_body={"min_tokens": 3, "ignore_eos": True})
+        assert full.usage.completion_tokens == 5 and full.choices[0].finish_reason == "length"
 
 
 def test_chat_stream_sends_a_chunk_per_token_and_usage_last():

@@ -90,10 +90,12 @@ def test_requests_are_routed_by_the_plan_and_streamed_through(plan):
     entry = plan.models[0]
     table = RoutingTable.from_plan(entry, plan.groups, [plan.deployment(g) for g in plan.groups])
     ids = [g.id for g in plan.groups]
-    # one prompt length per key that the plan routes to one group only: it must land there
-    only = {k: gs[0][0] for k, gs in table.shares.items() if len(gs) == 1}
+    # one prompt length per key (at max_tokens 3) that the plan routes to one group only: it
+    # must land there
+    keys = {table.key(lo + 1, 3): lo + 1 for lo in table.prompt_edges[:-1]}
+    only = {k: table.shares[k][0][0] for k in keys if len(table.shares.get(k, ())) == 1}
     assert only, "the plan splits every prompt range"
-    lengths = {k: table.prompt_edges[k] + 1 for k in only}
+    lengths = {k: keys[k] for k in only}
     with running(plan) as (url, _):
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
         for n in lengths.values():
@@ -108,7 +110,7 @@ def test_requests_are_routed_by_the_plan_and_streamed_through(plan):
     served = {}
     for k in lengths:
         served[ids[only[k]]] = served.get(ids[only[k]], 0) + 1
-    chat_key = table.key(2 + 4)
+    chat_key = table.key(2 + 4, 4)
     for gid, n in served.items():
         extra = 1 if any(ids[g] == gid for g, _ in table.shares[chat_key]) else 0
         assert got.get((gid, "ok"), 0) >= n and got.get((gid, "ok"), 0) <= n + extra
@@ -343,6 +345,7 @@ def test_access_log_is_one_json_line_per_request_without_text(plan, caplog):
              if r.name == "hetserve.gateway.access"]
     assert [line["stream"] for line in lines] == [False, True]
     assert all(line["outcome"] == "ok" and line["prompt_tokens"] == 5 for line in lines)
+    assert all(line["key"] == "in1-256/out<16" and line["max_tokens"] == 3 for line in lines)
     assert lines[1]["ttft"] is not None and lines[1]["ttft"] <= lines[1]["seconds"]
     assert not any("confidential" in r.getMessage() or "lorem" in r.getMessage()
                    for r in caplog.records)

@@ -207,6 +207,38 @@ def test_plan_router_keys_by_prompt_only_and_falls_back():
     assert router.route(Request(5, 0.0, 10**10, 10), 0.0) == -1  # fits nowhere
 
 
+def test_routing_keys_narrow_by_max_tokens():
+    """A request's max_tokens rules out the classes whose outputs start above it: its key's
+    shares weigh only the classes it can belong to, by their rates."""
+    from types import SimpleNamespace as NS
+
+    def cls(name, inp, out, rate):
+        return NS(name=name, input_range=inp, output_range=out, rate=rate)
+
+    entry = NS(classes=[cls("A", (0, 1000), (1, 16), 3.0), cls("B", (0, 1000), (16, 128), 1.0),
+                        cls("C", (1000, 4000), (16, 128), 2.0)], slo=NS(ttft=2.0))
+    groups = [NS(shares={"A": 1.0, "B": 0.5}, capacity={"A": 5.0, "B": 5.0}),
+              NS(shares={"B": 0.5, "C": 1.0}, capacity={"B": 5.0, "C": 5.0})]
+    dep = NS(chunk_tokens=512, prefill_time=lambda n: n * 1e-4)
+    t = RoutingTable.from_plan(entry, groups, [dep, dep])
+    assert t.output_starts == (1, 16) and t.prompt_edges == (0, 1000, 4000)
+    # no max_tokens, or one of 16 or more: A and B, 3 x 1 + 1 x 0.5 on g0 of 4 in all
+    for asked in (None, 16, 5000):
+        k = t.key(500, asked)
+        assert t.label(k) == "in0-1000"
+        assert t.shares[k] == [(0, pytest.approx(0.875)), (1, pytest.approx(0.125))]
+        assert t.eligible[k] == [0]  # g1 has no capacity for A
+    k = t.key(500, 10)  # only A can be this short
+    assert t.label(k) == "in0-1000/out<16" and t.shares[k] == [(0, 1.0)]
+    # a cap below every class of the prompt range: its shortest class's shares
+    assert t.shares[t.key(2000, 10)] == t.shares[t.key(2000)] == [(1, 1.0)]
+    assert t.eligible[t.key(2000, 10)] == [1]
+    router = PlanRouter(FakeFleet([0, 0], [[0], [1]]), t)
+    assert {router.route(Request(j, 0.0, 500, 100), 0.0) for j in range(20)} == {0, 1}
+    capped = NS(input_tokens=500, output_tokens=5, max_tokens=10)  # as a gateway sees it
+    assert {router.route(capped, 0.0) for _ in range(20)} == {0}
+
+
 def test_plan_router_spills_backed_up_prefill_to_an_eligible_group():
     # g0 (replica 0) has 30k prompt tokens queued at 0.1 ms a token: 3 s > the 1 s allowed
     fleet = FakeFleet([9, 2, 0], [[0], [1], [2]], pending=[30_000, 4_000, 0])

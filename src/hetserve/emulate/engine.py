@@ -7,8 +7,8 @@ saturated emulator queues, batches and preempts exactly as a saturated engine do
 simulation (one copy of the physics).
 
 Prompts are counted, not tokenised (hetserve.route.request, as the gateway counts them).
-Output is deterministic filler, one word a token, always `max_tokens` long (the filler has no
-end-of-sequence token, as with `ignore_eos`).
+Output is deterministic filler, one word a token, as long as the server asks (see
+hetserve.emulate.server: `min_tokens`, else `max_tokens`).
 """
 
 from __future__ import annotations

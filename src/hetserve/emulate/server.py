@@ -7,7 +7,11 @@ vLLM's 400 body: `{"error": {"message", "type": "BadRequestError", "param", "cod
 
 Token counts: see hetserve.route.request (the gateway counts the same way). Without `max_tokens`
 (or `max_completion_tokens`), completions generate 16 tokens (the OpenAI default vLLM keeps)
-and chats DEFAULT_CHAT_TOKENS, within the context left.
+and chats DEFAULT_CHAT_TOKENS, within the context left. The emulated model ends its output
+(finish_reason "stop") as soon as the request lets it: after `min_tokens` when one is given and
+`ignore_eos` is not set; otherwise it runs to `max_tokens` ("length"). So a client sets the
+exact output length with `min_tokens` while `max_tokens` stays the loose cap a real client sends
+(and that a gateway routes on).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hetserve.emulate.engine import EmulatedEngine, Job, filler
 from hetserve.route.request import (
+    DEFAULT_COMPLETION_TOKENS,
     MAX_BODY,
     BadRequest,
     chat_tokens,
@@ -33,7 +38,6 @@ from hetserve.route.request import (
     stream_options,
 )
 
-DEFAULT_COMPLETION_TOKENS = 16
 DEFAULT_CHAT_TOKENS = 256
 
 
@@ -42,7 +46,8 @@ class Ask:
     """A parsed request."""
 
     prompt_tokens: int
-    max_tokens: int
+    output_tokens: int  # what the engine generates
+    stopped: bool  # ended before max_tokens (finish_reason "stop", not "length")
     stream: bool
     include_usage: bool
 
@@ -89,7 +94,9 @@ class ReplicaServer:
                              f"{self.engine.dep.label} ({self.engine.engine.kv_limit} tokens)",
                              "max_tokens")
         options = stream_options(body)
-        return Ask(prompt, out, bool(body.get("stream")), bool(options.get("include_usage")))
+        gets = out if least is None or body.get("ignore_eos") else least
+        return Ask(prompt, gets, gets < out, bool(body.get("stream")),
+                   bool(options.get("include_usage")))
 
     # ---- endpoints ------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -124,17 +131,18 @@ class ReplicaServer:
 
     # ---- responses ------------------------------------------------------------------------
     async def _serve(self, request: web.Request, ask: Ask, chat: bool) -> web.StreamResponse:
-        job = self.engine.submit(ask.prompt_tokens, ask.max_tokens)
+        job = self.engine.submit(ask.prompt_tokens, ask.output_tokens)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        usage = {"prompt_tokens": ask.prompt_tokens, "completion_tokens": ask.max_tokens,
-                 "total_tokens": ask.prompt_tokens + ask.max_tokens}
+        usage = {"prompt_tokens": ask.prompt_tokens, "completion_tokens": ask.output_tokens,
+                 "total_tokens": ask.prompt_tokens + ask.output_tokens}
+        finish = "stop" if ask.stopped else "length"
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": created, "model": self.model}
         try:
             if not ask.stream:
                 text = "".join([filler(k) async for k in _tokens(job)])
-                choice = {"index": 0, "logprobs": None, "finish_reason": "length",
+                choice = {"index": 0, "logprobs": None, "finish_reason": finish,
                           "stop_reason": None}
                 if chat:
                     choice["message"] = {"role": "assistant", "content": text}
@@ -162,10 +170,10 @@ class ReplicaServer:
                                               "finish_reason": None, "stop_reason": None}]}
             before, after = ("data: " + json.dumps(chunk) + "\n\n").encode().split(b"\\u0000")
             async for k in _chain(first, tokens):
-                if k < ask.max_tokens - 1:
+                if k < ask.output_tokens - 1:
                     await resp.write(before + filler(k).encode() + after)
                     continue
-                choice = {"index": 0, "logprobs": None, "finish_reason": "length"}
+                choice = {"index": 0, "logprobs": None, "finish_reason": finish}
                 if chat:
                     choice["delta"] = {"content": filler(k)}
                 else:

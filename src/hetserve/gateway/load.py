@@ -1,5 +1,9 @@
 """Send a trace's requests to an OpenAI endpoint at their arrival times (open loop), streamed,
-and time each one at the client: what `hetserve up --burst` and the gateway benchmarks run."""
+and time each one at the client: what `hetserve up --burst` and the gateway benchmarks run.
+
+Each request asks for its trace output length as `min_tokens` (the emulator stops there) under
+a `max_tokens` cap of at least CAP_TOKENS: the loose cap a real client sends, so that a gateway
+routes without knowing the output, as the simulator does."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from dataclasses import dataclass
 
 import aiohttp
 import numpy as np
+
+CAP_TOKENS = 1024  # the last output range of the default class grid starts here
 
 
 @dataclass(frozen=True)
@@ -38,14 +44,16 @@ class Sent:
 
 
 async def _one(session, url: str, model: str, at: float, inp: int, out: int,
-               headers: dict) -> Sent:
+               cap: int | None, headers: dict) -> Sent:
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
     sent = time.perf_counter()
     first = last = None
     tokens, done = 0, False
     try:
-        async with session.post(url, headers=headers, json={
-                "model": model, "prompt": [1] * inp, "max_tokens": out, "stream": True}) as resp:
+        body = {"model": model, "prompt": [1] * inp, "max_tokens": out, "stream": True}
+        if cap is not None and cap > out:
+            body.update(max_tokens=cap, min_tokens=out)
+        async with session.post(url, headers=headers, json=body) as resp:
             if resp.status != 200:
                 await resp.read()
                 return Sent(sent, None, None, resp.status, 0)
@@ -67,9 +75,11 @@ async def _one(session, url: str, model: str, at: float, inp: int, out: int,
 
 
 async def replay(base_url: str, model: str, arrivals: Sequence[float], inputs: Sequence[int],
-                 outputs: Sequence[int], api_key: str | None = None) -> list[Sent]:
+                 outputs: Sequence[int], api_key: str | None = None,
+                 cap: int | None = CAP_TOKENS) -> list[Sent]:
     """Each request at `arrivals[k]` seconds from now: `inputs[k]` prompt tokens (token ids),
-    `max_tokens` `outputs[k]`, to `base_url`/v1/completions."""
+    `outputs[k]` tokens out (`min_tokens`, under a `max_tokens` of at least `cap`; cap None:
+    `max_tokens` is the output), to `base_url`/v1/completions."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector,
@@ -77,4 +87,4 @@ async def replay(base_url: str, model: str, arrivals: Sequence[float], inputs: S
         start = time.perf_counter() + 0.2
         return await asyncio.gather(*(
             _one(session, base_url + "/v1/completions", model, start + a, int(i), int(o),
-                 headers) for a, i, o in zip(arrivals, inputs, outputs, strict=True)))
+                 cap, headers) for a, i, o in zip(arrivals, inputs, outputs, strict=True)))

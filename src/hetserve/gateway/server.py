@@ -17,10 +17,11 @@ replica holding QUEUE_FACTOR x max_num_seqs requests takes no more; when the pla
 a request are that full the router spills it to another group, and when every replica is, the
 client gets a 503 with Retry-After. Nothing is dropped silently:
 every attempt is counted per model, group and outcome in `/metrics`, with TTFT and time per
-output token per group and prompt range, and the share of requests each group served beside
-the plan's share; with the `hetserve.gateway.access` logger at INFO, every attempt is also one
-JSON line (model, group, backend, prompt range and tokens, outcome, seconds, TTFT; never a
-prompt's or a completion's text).
+output token per group and routing key (the request's class as a gateway sees it: prompt
+range, and `/out<N` when its max_tokens rules out longer outputs), and the share of requests
+each group served beside the plan's share; with the `hetserve.gateway.access` logger at INFO,
+every attempt is also one JSON line (model, group, backend, key, prompt and max tokens,
+outcome, seconds, TTFT; never a prompt's or a completion's text).
 """
 
 from __future__ import annotations
@@ -148,12 +149,13 @@ class Gateway:
                                   registry=self.registry)
         self.retries = Counter("hetserve:retries", "Requests sent again to another replica.",
                                ["model"], registry=self.registry)
-        by_prompt = ["model", "group", "prompt"]
+        by_key = ["model", "group", "key"]
         self.ttft = Histogram("hetserve:time_to_first_token_seconds", "TTFT of streamed "
-                              "requests, by group and prompt range.", by_prompt,
+                              "requests, by group and routing key (prompt range, and output "
+                              "bound by max_tokens).", by_key,
                               buckets=LATENCY_BUCKETS, registry=self.registry)
         self.tpot = Histogram("hetserve:time_per_output_token_seconds", "Mean time between "
-                              "streamed chunks after the first.", by_prompt,
+                              "streamed chunks after the first.", by_key,
                               buckets=LATENCY_BUCKETS, registry=self.registry)
         self.share = Gauge("hetserve:group_share", "Share of the model's completed requests "
                            "each group served (compare hetserve:planned_share).",
@@ -356,7 +358,7 @@ class Gateway:
                      ) -> web.StreamResponse:
         replica = fleet.replicas[k]
         group = fleet.group_ids[replica.group]
-        prompt = router.table.label(router.key_of(view))
+        key = router.table.label(router.key_of(view))
         replica.in_flight += 1
         replica.waiting_tokens += view.input_tokens
         waiting = True
@@ -396,7 +398,7 @@ class Gateway:
                             replica.waiting_tokens -= view.input_tokens
                             waiting = False
                             first = time.monotonic()
-                            self.ttft.labels(model, group, prompt).observe(first - start)
+                            self.ttft.labels(model, group, key).observe(first - start)
                         events += chunk.count(b"data: {")
                         if not await _client_write(resp, chunk):
                             outcome = "cancelled"  # the client went away
@@ -408,7 +410,7 @@ class Gateway:
                         None, "BadGatewayError")).encode() + b"\n\n", eof=True)
                     return resp
                 if events > 2:  # the usage chunk, if any, counts as one: a close estimate
-                    self.tpot.labels(model, group, prompt).observe(
+                    self.tpot.labels(model, group, key).observe(
                         (time.monotonic() - first) / (events - 1))
                 outcome = "ok" if await _client_write(resp, eof=True) else "cancelled"
                 return resp
@@ -428,7 +430,7 @@ class Gateway:
             if ACCESS_LOG.isEnabledFor(logging.INFO):  # one JSON line, never prompt or text
                 ACCESS_LOG.info(json.dumps({
                     "ts": round(time.time(), 3), "model": model, "group": group,
-                    "backend": replica.url, "prompt": prompt,
+                    "backend": replica.url, "key": key,
                     "prompt_tokens": view.input_tokens, "max_tokens": view.max_tokens,
                     "stream": bool(body.get("stream")), "outcome": outcome,
                     "seconds": round(took, 4),

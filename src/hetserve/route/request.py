@@ -1,5 +1,6 @@
 """What a gateway reads of an OpenAI request to route it: the prompt's token count and the
-`max_tokens` asked for, never the output it will get.
+`max_tokens` asked for (a completion without one gets DEFAULT_COMPLETION_TOKENS, as the engines
+give it), never the output it will get.
 
 Prompts are counted without a tokenizer: a string has one token per whitespace-separated word
 (at least one), a list of token ids its length; a chat counts its messages' words plus
@@ -14,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CHAT_OVERHEAD = 4
+# a completion without max_tokens stops after 16 tokens (OpenAI's default, which vLLM keeps); a
+# chat without one may run to the end of the context
+DEFAULT_COMPLETION_TOKENS = 16
 MAX_BODY = 8 * 2**20  # bytes of a request body the gateway and the emulator accept
 
 
@@ -82,6 +86,8 @@ def route_request(body: dict, chat: bool) -> RouteRequest:
     stream_options(body)
     tokens = chat_tokens(body.get("messages")) if chat else prompt_tokens(body.get("prompt"))
     asked = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
+    if asked is None and not chat:
+        asked = DEFAULT_COMPLETION_TOKENS
     return RouteRequest(tokens, asked)
 
 
