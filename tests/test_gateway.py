@@ -24,6 +24,7 @@ from hetserve.emulate import Emulator
 from hetserve.errors import HetserveError
 from hetserve.gateway import Gateway, GatewayServer, parse_backends
 from hetserve.route import RoutingTable
+from hetserve.route.request import WORDS, PromptCounter
 
 from .conftest import hang_up_after
 
@@ -44,9 +45,11 @@ def running(plan, dead: dict[str, int] | None = None, extra: dict[str, list[str]
             **options):
     """Emulators for every replica of the plan and the gateway in front, on one loop in a
     thread. `dead`: group id -> how many of its URLs point at a closed port instead;
-    `options`: Gateway's (api_keys, admin_token, max_body)."""
+    `options`: Gateway's (api_keys, admin_token, max_body, counters: the emulators' too)."""
     loop = asyncio.new_event_loop()
-    emulators = [Emulator(plan.deployment(g), g.model, g.replicas) for g in plan.groups]
+    counters = options.get("counters") or {}
+    emulators = [Emulator(plan.deployment(g), g.model, g.replicas,
+                          counter=counters.get(g.model, WORDS)) for g in plan.groups]
     urls = {g.id: loop.run_until_complete(e.start())
             for g, e in zip(plan.groups, emulators, strict=True)}
     for gid, n in (dead or {}).items():
@@ -188,6 +191,57 @@ def test_serve_and_emulate_refuse_bad_input_in_one_line(run_cli, plan, tmp_path)
     assert_bad_input(run_cli("emulate", "-m", MODEL, "-a", "L4", "--replicas", "0"),
                      needs=["--replicas"])
     assert_bad_input(run_cli("up", path), needs=["--emulate"])
+    assert_bad_input(run_cli("serve", path, "--emulate", "--tokenizer", tmp_path / "no.json"),
+                     needs=["no.json", "no such file"], scrub=[tmp_path])
+    bad.write_text("{}")
+    assert_bad_input(run_cli("serve", path, "--emulate", "--tokenizer", bad),
+                     needs=["backends.yaml", "tokenizer.json"], scrub=[tmp_path])
+    assert_bad_input(run_cli("up", path, "--emulate", "--tokenizer", f"gpt-9={bad}"),
+                     needs=["gpt-9", MODEL])
+
+
+def make_tokenizer(path) -> None:
+    """A small BPE tokenizer.json (Hugging Face tokenizers) that splits words into several
+    tokens and puts a BOS token first, as Llama's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20,
+                            trainers.BpeTrainer(vocab_size=40, special_tokens=["<unk>", "<s>"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.save(str(path))
+
+
+def test_a_tokenizer_file_counts_prompts_at_the_gateway_and_the_emulators(plan, tmp_path,
+                                                                          caplog):
+    import logging
+
+    from tokenizers import Tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    make_tokenizer(path)
+    tok = Tokenizer.from_file(str(path))
+    text = "the quick brown fox jumps over the lazy dog " * 40  # 360 words
+    exact = len(tok.encode(text).ids)
+    assert exact > 512  # over 2 tokens a word: another prompt range than the word count's
+    counter = PromptCounter.from_file(path)
+    table = RoutingTable.from_plan(plan.models[0], plan.groups,
+                                   [plan.deployment(g) for g in plan.groups])
+    with caplog.at_level(logging.INFO, logger="hetserve.gateway.access"), \
+            running(plan, counters={MODEL: counter}) as (url, _):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        r = c.completions.create(model=MODEL, prompt=text, max_tokens=2)
+        chat = c.chat.completions.create(model=MODEL, max_tokens=2, messages=[
+            {"role": "user", "content": text}])
+    assert r.usage.prompt_tokens == exact  # the emulator counts as the tokenizer does
+    # a chat: the content without BOS, plus the template's overhead
+    assert chat.usage.prompt_tokens == exact - 1 + 4
+    lines = [json.loads(r.getMessage()) for r in caplog.records
+             if r.name == "hetserve.gateway.access"]
+    assert [line["prompt_tokens"] for line in lines] == [exact, exact + 3]
+    assert lines[0]["key"] == table.label(table.key(exact, 2)) != table.label(table.key(360, 2))
 
 
 def test_up_runs_a_plan_and_a_burst_through_it(run_cli, small_plan):

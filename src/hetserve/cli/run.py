@@ -10,8 +10,26 @@ from typing import Annotated
 import typer
 
 from hetserve.errors import HetserveError, positive
+from hetserve.route.request import WORDS, PromptCounter
 
 MAX_REPLICAS = 256  # one process, one event loop: enough for a plan on a laptop
+TOKENIZER_HELP = ("[MODEL=]FILE: count MODEL's prompts with this tokenizer.json (Hugging Face "
+                  "tokenizers; read locally); without MODEL= for every model of the plan; "
+                  "repeatable. Default: one token per word")
+
+
+def tokenizers(values: list[str] | None, plan) -> dict:
+    """--tokenizer values -> {model name: PromptCounter}, each file read once."""
+    names = [e.name for e in plan.models]
+    counters = {}
+    for value in values or []:
+        model, sep, path = value.rpartition("=")
+        if sep and model not in names:
+            raise HetserveError(f"--tokenizer {value}: the plan has no model {model!r} "
+                                f"(it has {', '.join(names)})")
+        counter = PromptCounter.from_file(path)
+        counters.update({m: counter for m in ([model] if sep else names)})
+    return counters
 
 
 def emulate_cmd(
@@ -33,6 +51,9 @@ def emulate_cmd(
     host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
     catalog: Annotated[Path | None, typer.Option(
         "--catalog", help="YAML file extending/overriding the catalog")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        "--tokenizer", help="the model's tokenizer.json: count prompts with it (default: one "
+        "token per word)")] = None,
 ) -> None:
     """Serve an emulated engine (the simulator's engine in real time) behind the OpenAI API:
     /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
@@ -59,7 +80,9 @@ def emulate_cmd(
     if not dep.fits:
         raise HetserveError(f"{dep.label}: {dep.why_not()}")
     ports = [port + k if port else 0 for k in range(replicas)]
-    asyncio.run(_serve(Emulator(dep, spec.name, replicas, host, ports), dep.label))
+    counter = PromptCounter.from_file(tokenizer) if tokenizer is not None else WORDS
+    asyncio.run(_serve(Emulator(dep, spec.name, replicas, host, ports, counter=counter),
+                       dep.label))
 
 
 async def _serve(emulator, label: str) -> None:
@@ -94,6 +117,8 @@ def serve_cmd(
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="one JSON line per request on stderr (no prompt "
         "or completion text)")] = True,
+    tokenizer: Annotated[list[str] | None, typer.Option(
+        "--tokenizer", help=TOKENIZER_HELP)] = None,
 ) -> None:
     """Route live OpenAI traffic by a plan: an OpenAI-compatible gateway in front of the plan's
     engines (--backends), or of emulated ones started here (--emulate)."""
@@ -109,15 +134,18 @@ def serve_cmd(
         if not key.strip() or any(c.isspace() for c in key):
             raise HetserveError("--api-key/--admin-token: expected a token without spaces")
     urls = load_backends(backends, plan) if backends is not None else None
+    counters = tokenizers(tokenizer, plan)
     if access_log:
         _log_json_lines()
     asyncio.run(_gateway(plan, urls, host, port, lambda u: Gateway(
-        plan, u, api_key or (), admin_token), GatewayServer))
+        plan, u, api_key or (), admin_token, counters=counters), GatewayServer,
+        counters=counters))
 
 
 async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
-                   then=None) -> None:
-    """Start emulators (when `urls` is None) and the gateway; then run `then(url, gateway)`
+                   then=None, counters=None) -> None:
+    """Start emulators (when `urls` is None; they count prompts by `counters`, model ->
+    PromptCounter, as the gateway does) and the gateway; then run `then(url, gateway)`
     (default: wait until interrupted) and stop everything."""
     from hetserve.emulate import Emulator
 
@@ -127,7 +155,8 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
             urls = {}
             for g in plan.groups:
                 emu = Emulator(plan.deployment(g), g.model, g.replicas, host,
-                               kv_tokens=g.kv_tokens)
+                               kv_tokens=g.kv_tokens,
+                               counter=(counters or {}).get(g.model, WORDS))
                 emulators.append(emu)
                 try:
                     urls[g.id] = await emu.start()
@@ -180,6 +209,8 @@ def up_cmd(
     burst: Annotated[int | None, typer.Option(
         "--burst", help="send this many requests of the plan's workload at the plan's rate "
         "through the gateway, print what they got, and stop")] = None,
+    tokenizer: Annotated[list[str] | None, typer.Option(
+        "--tokenizer", help=TOKENIZER_HELP)] = None,
 ) -> None:
     """Run a plan on this machine: an emulated engine for every replica, the gateway in front,
     a live table of requests per group (Ctrl-C stops it), or a burst of the plan's workload."""
@@ -195,6 +226,7 @@ def up_cmd(
     if not 0 <= port <= 65535:
         raise HetserveError(f"--port: expected 0..65535, got {port}")
     keys = [api_key] if api_key else []
+    counters = tokenizers(tokenizer, plan)
 
     async def then(url: str, gateway) -> None:
         model = plan.models[0].name
@@ -210,8 +242,8 @@ def up_cmd(
 
             Console(width=160).print(_status(gateway, "after the burst"))
 
-    asyncio.run(_gateway(plan, None, host, port, lambda u: Gateway(plan, u, keys),
-                         GatewayServer, then))
+    asyncio.run(_gateway(plan, None, host, port, lambda u: Gateway(
+        plan, u, keys, counters=counters), GatewayServer, then, counters))
 
 
 async def _live(gateway) -> None:

@@ -29,12 +29,12 @@ from hetserve.emulate.engine import EmulatedEngine, Job, filler
 from hetserve.route.request import (
     DEFAULT_COMPLETION_TOKENS,
     MAX_BODY,
+    WORDS,
     BadRequest,
-    chat_tokens,
+    PromptCounter,
     error_body,
     openai_routes,
     positive_int,
-    prompt_tokens,
     stream_options,
 )
 
@@ -55,10 +55,12 @@ class Ask:
 class ReplicaServer:
     """One replica's HTTP endpoints over its EmulatedEngine."""
 
-    def __init__(self, engine: EmulatedEngine, model: str, max_model_len: int) -> None:
+    def __init__(self, engine: EmulatedEngine, model: str, max_model_len: int,
+                 counter: PromptCounter = WORDS) -> None:
         self.engine = engine
         self.model = model
         self.max_model_len = max_model_len
+        self.counter = counter
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes(openai_routes(self))
 
@@ -109,9 +111,10 @@ class ReplicaServer:
         try:
             body = await self._body(request)
             if chat:
-                ask = self._ask(body, chat_tokens(body.get("messages")), DEFAULT_CHAT_TOKENS)
+                ask = self._ask(body, self.counter.chat(body.get("messages")),
+                                DEFAULT_CHAT_TOKENS)
             else:
-                ask = self._ask(body, prompt_tokens(body.get("prompt")),
+                ask = self._ask(body, self.counter.prompt(body.get("prompt")),
                                 DEFAULT_COMPLETION_TOKENS)
         except BadRequest as exc:
             return _error(exc)
@@ -214,8 +217,9 @@ class Emulator:
     """Replicas of one deployment, each on its own port of 127.0.0.1 (or `host`)."""
 
     def __init__(self, dep, model: str, replicas: int = 1, host: str = "127.0.0.1",
-                 ports: Sequence[int] = (0,), kv_tokens: int | None = None) -> None:
-        self.dep, self.model, self.host = dep, model, host
+                 ports: Sequence[int] = (0,), kv_tokens: int | None = None,
+                 counter: PromptCounter = WORDS) -> None:
+        self.dep, self.model, self.host, self.counter = dep, model, host, counter
         self.engines = [EmulatedEngine(dep, model, kv_tokens) for _ in range(replicas)]
         self.ports = list(ports) + [0] * (replicas - len(ports))
         self._runners: list[web.AppRunner] = []
@@ -225,7 +229,7 @@ class Emulator:
         max_len = min(self.dep.model.max_context, self.engines[0].engine.kv_limit)
         for engine, port in zip(self.engines, self.ports, strict=True):
             engine.start()
-            runner = web.AppRunner(ReplicaServer(engine, self.model, max_len).app,
+            runner = web.AppRunner(ReplicaServer(engine, self.model, max_len, self.counter).app,
                                    access_log=None, handle_signals=False,
                                    handler_cancellation=True,  # a client gone frees its slot
                                    shutdown_timeout=2.0)

@@ -51,7 +51,9 @@ from hetserve.plan.planfile import Plan, parse_plan
 from hetserve.route import PlanRouter, RoutingTable
 from hetserve.route.request import (
     MAX_BODY,
+    WORDS,
     BadRequest,
+    PromptCounter,
     RouteRequest,
     error_body,
     openai_routes,
@@ -63,6 +65,8 @@ DOWN_SECONDS = 5.0  # a backend that refused a connection is not chosen again fo
 # as many waiting); when every replica that could serve a request is that full, the request is
 # answered 503 with Retry-After (seconds) instead of queueing without bound
 QUEUE_FACTOR = 2.0
+# bodies larger than this (bytes) are tokenised off the event loop
+TOKENIZE_INLINE = 64 * 1024
 RETRY_AFTER = 1
 RETRY_COOLDOWN = 1.0  # a backend that answered 5xx is not chosen again for this long
 READ_TIMEOUT = 300.0  # s without a byte from a backend: it has failed (a hung engine)
@@ -122,13 +126,16 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.
 class Gateway:
     """Routes by `plan` over `backends` (group id -> URLs). `api_keys`: the Bearer tokens
     clients must send to /v1 (none: open); `admin_token`: the Bearer token of /admin (none:
-    /admin is off)."""
+    /admin is off); `counters`: model -> how its prompts are counted (default: words; see
+    hetserve.route.request)."""
 
     def __init__(self, plan: Plan, backends: dict[str, list[str]],
                  api_keys: Sequence[str] = (), admin_token: str | None = None,
                  max_body: int = MAX_BODY, queue_factor: float = QUEUE_FACTOR,
-                 health_interval: float = HEALTH_INTERVAL) -> None:
+                 health_interval: float = HEALTH_INTERVAL,
+                 counters: dict[str, PromptCounter] | None = None) -> None:
         self.api_keys = frozenset(api_keys)
+        self.counters = dict(counters or {})
         self.health_interval = health_interval
         self._health_task: asyncio.Task | None = None
         self.queue_factor = queue_factor
@@ -315,8 +322,12 @@ class Gateway:
         except LookupError:
             return self._refuse(404, f"The model `{body.get('model')}` does not exist.",
                                 "NotFoundError", "model")
+        counter = self.counters.get(model, WORDS)
         try:
-            view = route_request(body, chat)
+            if counter is not WORDS and (request.content_length or 0) > TOKENIZE_INLINE:
+                view = await asyncio.to_thread(route_request, body, chat, counter)
+            else:
+                view = route_request(body, chat, counter)
         except BadRequest as exc:
             return self._refuse(400, str(exc), param=exc.param)
         fleet, router = self.fleets[model], self.routers[model]

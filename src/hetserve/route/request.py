@@ -2,17 +2,24 @@
 `max_tokens` asked for (a completion without one gets DEFAULT_COMPLETION_TOKENS, as the engines
 give it), never the output it will get.
 
-Prompts are counted without a tokenizer: a string has one token per whitespace-separated word
-(at least one), a list of token ids its length; a chat counts its messages' words plus
-CHAT_OVERHEAD tokens per message (the chat template's role markers). The emulator counts the
-same way, so a gateway in front of emulated engines routes on exact counts; in front of real
-engines the count is an estimate (English runs about 1.3 tokens a word), which moves a request
-across a prompt range's edge only near it.
+Prompts are counted by a PromptCounter. With a tokenizer file (the `tokenizer.json` of Hugging
+Face tokenizers that every model repository ships; read locally, never downloaded) a string
+prompt counts as that tokenizer encodes it, special tokens (BOS) included, as vLLM counts a
+completion's prompt. Without one, a string has one token per whitespace-separated word (at
+least one): English runs about 1.3 tokens a word, so the estimate moves a request across a
+prompt range's edge only near it. A list of token ids counts its length either way. A chat
+counts its messages' contents (without special tokens) plus CHAT_OVERHEAD tokens per message
+for the chat template's role markers. The emulator counts the same way (words, unless given
+the same tokenizer), so a gateway in front of emulated engines routes on exact counts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hetserve.errors import HetserveError
 
 CHAT_OVERHEAD = 4
 # a completion without max_tokens stops after 16 tokens (OpenAI's default, which vLLM keeps); a
@@ -35,30 +42,67 @@ class RouteRequest:
     max_tokens: int | None = None  # (the output is unknown: a KV-fit check counts this)
 
 
-def _words(text) -> int:
-    if isinstance(text, str):
-        return len(text.split())
-    if isinstance(text, list):  # content parts
-        return sum(_words(p.get("text", "")) for p in text if isinstance(p, dict))
-    return 0
+class PromptCounter:
+    """Counts prompt tokens: by a tokenizer file when given, else one token per word."""
+
+    def __init__(self, tokenizer: Any = None, name: str = "words") -> None:
+        self._tokenizer = tokenizer
+        self.name = name
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PromptCounter:
+        """A Hugging Face `tokenizer.json`; HetserveError naming the file if it is not one."""
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise HetserveError(f"--tokenizer {path}: needs the tokenizers package (pip "
+                                "install 'hetserve[tokenizer]')") from None
+        if not Path(path).is_file():
+            raise HetserveError(f"--tokenizer {path}: no such file (expected a tokenizer.json "
+                                "of Hugging Face tokenizers)")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises its own Exception for any bad file
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise HetserveError(f"--tokenizer {path}: not a tokenizer.json of Hugging Face "
+                                f"tokenizers ({reason})") from None
+        return cls(tokenizer, str(path))
+
+    def text(self, text: str, special: bool = True) -> int:
+        if self._tokenizer is None:
+            return len(text.split())
+        return len(self._tokenizer.encode(text, add_special_tokens=special).ids)
+
+    def _content(self, content) -> int:
+        if isinstance(content, str):
+            return self.text(content, special=False)
+        if isinstance(content, list):  # content parts
+            return sum(self.text(p.get("text", ""), special=False) for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text", ""), str))
+        return 0
+
+    def prompt(self, prompt) -> int:
+        """A completion's `prompt`: a string, or a list of token ids (one prompt per request)."""
+        if isinstance(prompt, str):
+            return max(1, self.text(prompt))
+        if isinstance(prompt, list) and prompt and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return len(prompt)
+        if isinstance(prompt, list) and len(prompt) == 1:
+            return self.prompt(prompt[0])
+        raise BadRequest("prompt: expected a string, or a list of token ids (one prompt per "
+                         "request)", "prompt")
+
+    def chat(self, messages) -> int:
+        """A chat's `messages`: their contents plus CHAT_OVERHEAD per message."""
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and "role" in m for m in messages):
+            raise BadRequest("messages: expected a non-empty list of {role, content}",
+                             "messages")
+        return sum(self._content(m.get("content") or "") + CHAT_OVERHEAD for m in messages)
 
 
-def prompt_tokens(prompt) -> int:
-    if isinstance(prompt, str):
-        return max(1, len(prompt.split()))
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return len(prompt)
-    if isinstance(prompt, list) and len(prompt) == 1:
-        return prompt_tokens(prompt[0])
-    raise BadRequest("prompt: expected a string, or a list of token ids (one prompt per "
-                     "request)", "prompt")
-
-
-def chat_tokens(messages) -> int:
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and "role" in m for m in messages):
-        raise BadRequest("messages: expected a non-empty list of {role, content}", "messages")
-    return sum(_words(m.get("content") or "") + CHAT_OVERHEAD for m in messages)
+WORDS = PromptCounter()
 
 
 def positive_int(body: dict, name: str) -> int | None:
@@ -80,11 +124,11 @@ def stream_options(body: dict) -> dict:
     return options
 
 
-def route_request(body: dict, chat: bool) -> RouteRequest:
+def route_request(body: dict, chat: bool, counter: PromptCounter = WORDS) -> RouteRequest:
     """The routing view of an OpenAI request body (/v1/chat/completions when `chat`); a body
     the engines would refuse is refused here (BadRequest)."""
     stream_options(body)
-    tokens = chat_tokens(body.get("messages")) if chat else prompt_tokens(body.get("prompt"))
+    tokens = counter.chat(body.get("messages")) if chat else counter.prompt(body.get("prompt"))
     asked = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
     if asked is None and not chat:
         asked = DEFAULT_COMPLETION_TOKENS
