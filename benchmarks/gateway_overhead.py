@@ -9,9 +9,15 @@ own (aiohttp on this machine's cores; the load generator is a fourth process):
 - gateway: `hetserve.gateway.Gateway` on a one-group plan whose replicas are all that backend
   (parses the body, counts the prompt, routes by the plan, counts metrics, pipes streams).
 
+To choose the stack by measurement, the bare proxy and the gateway also run on uvloop (the same
+aiohttp code on libuv's event loop), and a bare pass-through runs as a raw ASGI app under
+uvicorn with uvloop and httptools (the other common stack; its client is aiohttp's).
+
 Low load: LOW_REQUESTS requests one at a time: added latency p50/p99 over direct. Peak:
 CONCURRENCY clients back to back for PEAK_SECONDS: requests/s. Then PACED_SECONDS of requests at
-half the gateway's peak rate (open loop): p99 latency. Non-streaming and streaming (64 tokens).
+half the gateway's peak rate (open loop): p99 latency. Peak and paced are the medians of REPEATS
+runs each (on this virtual machine a stall of the host's now and then decides a single run;
+every paced run's p99 is in the JSON). Non-streaming and streaming (64 tokens).
 
 Usage: python benchmarks/gateway_overhead.py [--quick]   (writes results/gateway_overhead.json)
 """
@@ -34,8 +40,10 @@ from aiohttp import web
 RESULTS = Path(__file__).parent / "results" / "gateway_overhead.json"
 LOW_REQUESTS = 1000
 CONCURRENCY = 64
-PEAK_SECONDS = 5.0
-PACED_SECONDS = 5.0
+PEAK_SECONDS = 3.0
+PACED_SECONDS = 3.0
+REPEATS = 3  # peak and paced runs per path: the median is quoted
+BACKLOG = 2048  # every server's listen backlog, as the gateway's (uvicorn's default)
 STREAM_TOKENS = 64
 MODEL = "llama-3.1-8b"
 BODY = {"model": MODEL, "prompt": "the quick brown fox " * 25, "max_tokens": STREAM_TOKENS}
@@ -70,12 +78,25 @@ def run_backend(port: int) -> None:
         await resp.write_eof()
         return resp
 
+    async def health(request: web.Request) -> web.Response:  # the gateway checks it
+        return web.Response()
+
     app = web.Application()
-    app.add_routes([web.post("/v1/completions", handle)])
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    app.add_routes([web.post("/v1/completions", handle), web.get("/health", health)])
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
+                backlog=BACKLOG)
 
 
-def run_bare_proxy(port: int, backend: str) -> None:
+def _use_uvloop() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # run_app's new loop is uvloop's
+
+
+def run_bare_proxy(port: int, backend: str, uvloop: bool = False) -> None:
+    if uvloop:
+        _use_uvloop()
+
     async def start(app):
         app["session"] = aiohttp.ClientSession()
 
@@ -99,10 +120,50 @@ def run_bare_proxy(port: int, backend: str) -> None:
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     app.add_routes([web.post("/v1/completions", handle)])
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
+                backlog=BACKLOG)
 
 
-def run_gateway(port: int, backend: str, replicas: int) -> None:
+def run_bare_asgi(port: int, backend: str) -> None:
+    """The bare pass-through as a raw ASGI app under uvicorn (uvloop, httptools)."""
+    import uvicorn
+
+    session: aiohttp.ClientSession | None = None
+
+    async def app(scope, receive, send):
+        nonlocal session
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    session = aiohttp.ClientSession()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await session.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        data = b""
+        while True:
+            message = await receive()
+            data += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        async with session.post(backend + scope["path"], data=data,
+                                headers={"Content-Type": "application/json"}) as up:
+            kind = up.headers.get("Content-Type", "application/json").encode()
+            await send({"type": "http.response.start", "status": up.status,
+                        "headers": [(b"content-type", kind)]})
+            async for chunk in up.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                lifespan="on", log_level="warning", access_log=False, backlog=BACKLOG)
+
+
+def run_gateway(port: int, backend: str, replicas: int, uvloop: bool = False) -> None:
+    if uvloop:
+        _use_uvloop()
     import hetserve
     from hetserve.catalog import load_catalog
     from hetserve.gateway import Gateway
@@ -111,7 +172,7 @@ def run_gateway(port: int, backend: str, replicas: int) -> None:
                               catalog=load_catalog().only(["L4"]))
     urls = {g.id: [backend] * max(g.replicas, replicas) for g in plan.groups}
     web.run_app(Gateway(plan, urls).app, host="127.0.0.1", port=port, access_log=None,
-                print=None, handler_cancellation=True)
+                print=None, handler_cancellation=True, backlog=BACKLOG)
 
 
 # ---- load ---------------------------------------------------------------------------------
@@ -164,6 +225,12 @@ async def paced(url: str, body: dict, rate: float, seconds: float) -> np.ndarray
         return np.array(await asyncio.gather(*tasks))
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def _wait(port: int) -> None:
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -180,13 +247,20 @@ def main() -> None:
     args = ap.parse_args()
     low_n, peak_s, paced_s = (200, 2.0, 2.0) if args.quick else \
         (LOW_REQUESTS, PEAK_SECONDS, PACED_SECONDS)
-    ports = {name: _free_port() for name in ("direct", "bare proxy", "gateway")}
+    servers = {  # path -> (process target, its arguments after port and backend)
+        "direct": (run_backend, ()),
+        "bare proxy": (run_bare_proxy, ()),
+        "bare/uvloop": (run_bare_proxy, (True,)),
+        "bare/uvicorn": (run_bare_asgi, ()),
+        "gateway": (run_gateway, (4,)),
+        "gateway/uvloop": (run_gateway, (4, True)),
+    }
+    ports = {name: _free_port() for name in servers}
     backend = f"http://127.0.0.1:{ports['direct']}"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=run_backend, args=(ports["direct"],), daemon=True),
-             ctx.Process(target=run_bare_proxy, args=(ports["bare proxy"], backend),
-                         daemon=True),
-             ctx.Process(target=run_gateway, args=(ports["gateway"], backend, 4), daemon=True)]
+    procs = [ctx.Process(target=target, args=(ports[name],) + ((backend,) if name != "direct"
+                                                                 else ()) + extra, daemon=True)
+             for name, (target, extra) in servers.items()]
     for p in procs:
         p.start()
     try:
@@ -200,13 +274,15 @@ def main() -> None:
             for name, port in ports.items():
                 url = f"http://127.0.0.1:{port}/v1/completions"
                 lat = asyncio.run(low_load(url, body, low_n))
-                rps = asyncio.run(peak(url, body, peak_s))
+                rps = float(np.median([asyncio.run(peak(url, body, peak_s))
+                                       for _ in range(REPEATS)]))
                 results[name] = (lat, rps, url)
                 if base is None:
                     base = lat
             half = results["gateway"][1] / 2
             for name, (lat, rps, url) in results.items():
-                tail = asyncio.run(paced(url, body, half, paced_s))
+                tails = [float(np.quantile(asyncio.run(paced(url, body, half, paced_s)), 0.99)
+                               * 1e3) for _ in range(REPEATS)]
                 row = {
                     "path": name, "stream": stream, "p50_ms": float(np.median(lat) * 1e3),
                     "p99_ms": float(np.quantile(lat, 0.99) * 1e3),
@@ -214,9 +290,9 @@ def main() -> None:
                     "added_p99_ms": float((np.quantile(lat, 0.99) - np.quantile(base, 0.99))
                                           * 1e3),
                     "peak_rps": rps, "paced_rps": half,
-                    "paced_p99_ms": float(np.quantile(tail, 0.99) * 1e3)}
+                    "paced_p99_ms": float(np.median(tails)), "paced_p99_runs_ms": tails}
                 rows.append(row)
-                print(f"{'stream ' if stream else 'plain  '} {name:10s}  p50 "
+                print(f"{'stream ' if stream else 'plain  '} {name:14s}  p50 "
                       f"{row['p50_ms']:6.2f} ms (+{row['added_p50_ms']:5.2f})  p99 "
                       f"{row['p99_ms']:6.2f} ms  peak {rps:7,.0f} req/s  p99 at "
                       f"{half:,.0f} req/s: {row['paced_p99_ms']:6.2f} ms", flush=True)
@@ -226,6 +302,12 @@ def main() -> None:
                   f"its throughput (target >= 70%), +{gw['p50_ms'] - bare['p50_ms']:.2f} ms "
                   f"p50 (target <= 0.3), p99 {gw['paced_p99_ms']:.2f} ms at half its peak "
                   f"(target < 3)", flush=True)
+            same = {r["path"]: r for r in rows if r["stream"] == stream}
+            print("        stacks, bare pass-through peak: aiohttp {:,.0f}, aiohttp+uvloop {:,.0f}"
+                  ", uvicorn+uvloop {:,.0f} req/s; gateway on aiohttp {:,.0f}, on aiohttp+uvloop "
+                  "{:,.0f} req/s".format(*(same[k]["peak_rps"] for k in (
+                      "bare proxy", "bare/uvloop", "bare/uvicorn", "gateway", "gateway/uvloop"))),
+                  flush=True)
     finally:
         for p in procs:
             p.terminate()
@@ -235,7 +317,9 @@ def main() -> None:
         RESULTS.write_text(json.dumps({
             "rows": rows, "low_requests": low_n, "concurrency": CONCURRENCY,
             "peak_seconds": peak_s, "paced_seconds": paced_s, "stream_tokens": STREAM_TOKENS,
-            "stack": f"aiohttp {aiohttp.__version__} (server and client)",
+            "stack": f"aiohttp {aiohttp.__version__} (server and client); compared: uvloop "
+                     f"{_version('uvloop')}, uvicorn {_version('uvicorn')} (httptools "
+                     f"{_version('httptools')})",
             "machine": platform.platform(), "cores": multiprocessing.cpu_count(),
             "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": "python benchmarks/gateway_overhead.py"}, indent=2) + "\n")

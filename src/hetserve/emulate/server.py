@@ -39,6 +39,7 @@ from hetserve.route.request import (
 )
 
 DEFAULT_CHAT_TOKENS = 256
+BACKLOG = 2048  # connections queued before accept (aiohttp's 128 drops bursts; see gateway)
 
 
 @dataclass
@@ -234,7 +235,7 @@ class Emulator:
                                    handler_cancellation=True,  # a client gone frees its slot
                                    shutdown_timeout=2.0)
             await runner.setup()
-            site = web.TCPSite(runner, self.host, port)
+            site = web.TCPSite(runner, self.host, port, backlog=BACKLOG)
             await site.start()
             bound = runner.addresses[0][1]
             self._runners.append(runner)

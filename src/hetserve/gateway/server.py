@@ -65,6 +65,10 @@ DOWN_SECONDS = 5.0  # a backend that refused a connection is not chosen again fo
 # as many waiting); when every replica that could serve a request is that full, the request is
 # answered 503 with Retry-After (seconds) instead of queueing without bound
 QUEUE_FACTOR = 2.0
+# Connections the kernel queues before the gateway accepts them. aiohttp's default, 128,
+# overflowed under a burst of new client connections (gateway_overhead.py, paced): the SYNs
+# were dropped and retried after 1, 3 and 7 s, a 7 s p99. uvicorn's default is 2048.
+BACKLOG = 2048
 # bodies larger than this (bytes) are tokenised off the event loop
 TOKENIZE_INLINE = 64 * 1024
 RETRY_AFTER = 1
@@ -508,7 +512,7 @@ class GatewayServer:
         self._runner = web.AppRunner(self.gateway.app, access_log=None, handle_signals=False,
                                      handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        await web.TCPSite(self._runner, self.host, self.port, backlog=BACKLOG).start()
         self.url = f"http://{self.host}:{self._runner.addresses[0][1]}"
         return self.url
 
