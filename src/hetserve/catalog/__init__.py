@@ -19,12 +19,37 @@ from hetserve.errors import HetserveError, Record, load_yaml, lookup, validation
 
 __all__ = [
     "Accelerator",
+    "Fit",
     "Catalog",
     "load_catalog",
     "parse_assignments",
     "apply_available",
     "parse_names",
 ]
+
+
+class Fit(Record):
+    """Step-time coefficients measured for one deployment of a model on this accelerator (a
+    profile's fit, `hetserve profile`): where a deployment matches model, TP, PP, engine and
+    weight dtype, they replace the accelerator's efficiencies and step overhead and the
+    engine's host time per sequence, in the closed form and the simulator alike."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(min_length=1, description="model name, as the model registry has it")
+    tp: int = Field(ge=1)
+    pp: int = Field(default=1, ge=1)
+    engine: str = Field(min_length=1)
+    dtype: str = Field(min_length=1, description="weight dtype")
+    eta_compute: float = Field(gt=0, le=1)
+    eta_memory: float = Field(gt=0, le=1)
+    step_overhead_ms: float = Field(ge=0)
+    seq_host_us: float = Field(ge=0, description="host time per sequence per step, us")
+    source: str = Field(default="", description="the profile it came from")
+
+    def matches(self, model: str, tp: int, pp: int, engine: str, dtype: str) -> bool:
+        return (self.model, self.tp, self.pp, self.engine, self.dtype) == (
+            model, tp, pp, engine, dtype)
 
 
 class Accelerator(Record):
@@ -49,6 +74,12 @@ class Accelerator(Record):
     step_overhead_ms: float = Field(ge=0)
     ecc_reserved: float = Field(default=0.0, ge=0, lt=1, description="share kept for ECC")
     notes: str = ""
+    fits: tuple[Fit, ...] = Field(default=(), strict=False,  # a list from YAML or JSON
+                                  description="measured deployments (profiles)")
+
+    def fit_for(self, model: str, tp: int, pp: int, engine: str, dtype: str) -> Fit | None:
+        """The measured coefficients of that deployment, if a profile gave them."""
+        return next((f for f in self.fits if f.matches(model, tp, pp, engine, dtype)), None)
 
     @property
     def memory_bytes(self) -> float:
@@ -102,6 +133,17 @@ class Catalog:
                 raise HetserveError(f"--available {name}: expected a count >= 0, got {count!r}")
             merged[self.get(name).name] = int(count)
         return Catalog(self.accelerators.values(), merged)
+
+    def with_fits(self, fits: Iterable[tuple[str, Fit]]) -> Catalog:
+        """A copy whose accelerators carry these (accelerator name, Fit) pairs; a later fit of
+        the same deployment replaces an earlier one."""
+        updated = dict(self.accelerators)
+        for name, fit in fits:
+            acc = updated[self.get(name).name]
+            kept = tuple(f for f in acc.fits if not f.matches(fit.model, fit.tp, fit.pp,
+                                                                fit.engine, fit.dtype))
+            updated[acc.name] = acc.model_copy(update={"fits": (*kept, fit)})
+        return Catalog(updated.values(), self.available)
 
     def only(self, names: Iterable[str]) -> Catalog:
         """A copy restricted to the named accelerators."""

@@ -58,6 +58,11 @@ OnlyOpt = Annotated[
     typer.Option("--only", help="NAME,...: consider only these accelerator types"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+ProfileOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--profile", help="profile file (hetserve profile --out): the deployment it "
+                 "measured uses its fitted coefficients (repeatable)"),
+]
 
 
 def parse_duration(text: str, option: str) -> float:
@@ -73,11 +78,16 @@ def parse_duration(text: str, option: str) -> float:
 
 
 def build_catalog(path: Path | None, prices: list[str] | None, avail: list[str] | None,
-                  only: list[str] | None = None) -> Catalog:
+                  only: list[str] | None = None, profiles: list[Path] | None = None) -> Catalog:
     cat = apply_available(load_catalog(path, parse_assignments(prices or [], "--price")),
                           avail or [])
     names = parse_names(only, "--only")
-    return cat.only(names) if names is not None else cat
+    cat = cat.only(names) if names is not None else cat
+    if profiles:
+        from hetserve.profile.file import apply_profiles
+
+        cat = apply_profiles(cat, profiles)
+    return cat
 
 
 def _finite(data):
@@ -212,6 +222,7 @@ def estimate_cmd(
     only: OnlyOpt = None,
     input_edges: InEdgesOpt = None,
     output_edges: OutEdgesOpt = None,
+    profile: ProfileOpt = None,
     as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the best-accelerator map")]
     = None,
@@ -223,7 +234,8 @@ def estimate_cmd(
     est = hetserve.estimate(model, workload=workload, rate=rate,
                             ttft=parse_duration(ttft, "--ttft"),
                             tpot=parse_duration(tpot, "--tpot"),
-                            catalog=build_catalog(catalog, price, available, only), dtype=dtype,
+                            catalog=build_catalog(catalog, price, available, only, profile),
+                            dtype=dtype,
                             grid=grid_from_options(input_edges, output_edges), engine=engine,
                             attainment=attainment)
     if plot:
@@ -242,12 +254,13 @@ def calibrate_cmd(
         "--engine", help="only the measurements of this engine")] = None,
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
+    profile: ProfileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare the performance model with published serving measurements."""
     from hetserve.sim.calibrate import calibrate, median_abs_error
 
-    points = calibrate(build_catalog(catalog, price, None), data, engine)
+    points = calibrate(build_catalog(catalog, price, None, None, profile), data, engine)
     median = median_abs_error(points)
     if as_json:
         _emit_json({
@@ -294,6 +307,7 @@ def plan_cmd(
     only: OnlyOpt = None,
     input_edges: InEdgesOpt = None,
     output_edges: OutEdgesOpt = None,
+    profile: ProfileOpt = None,
     max_devices: Annotated[int | None, typer.Option(
         "--max-devices", help="at most this many devices (TP x PP) per replica")] = None,
     verify: Annotated[bool, typer.Option(
@@ -323,7 +337,7 @@ def plan_cmd(
                             max_devices=max_devices,
                             grid=grid_from_options(input_edges, output_edges), engine=engine,
                             attainment=attainment)
-    cat = build_catalog(catalog, price, available, only)
+    cat = build_catalog(catalog, price, available, only, profile)
     if verify:
         from hetserve.sim.verify import check_verify_options
         from hetserve.sim.verify import verify as verify_plan
@@ -406,6 +420,7 @@ def simulate_cmd(
     engine: Annotated[str | None, typer.Option(
         "--engine", help="run every group on this engine instead of the plan's")] = None,
     catalog: CatalogOpt = None,
+    profile: ProfileOpt = None,
     as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="write latency CDFs per replica group (PNG)")] = None,
@@ -421,6 +436,10 @@ def simulate_cmd(
     check_output(per_request, "--per-request")
     plan = load_plan(plan_file)
     cat = build_catalog(catalog, None, None) if catalog else None
+    if profile:  # on the plan's own accelerator rows unless --catalog replaces them
+        from hetserve.profile.file import apply_profiles
+
+        cat = apply_profiles(cat or Catalog(plan.accelerators), profile)
     traces = load_trace(workload) if workload else None
     policies = list(dict.fromkeys([router, *POLICIES])) if compare else [router]
     results = [simulate(plan, traces, catalog=cat, router=p, arrivals=arrivals, rate=rate,
@@ -583,6 +602,10 @@ from hetserve.cli.run import emulate_cmd, serve_cmd, up_cmd  # noqa: E402  (need
 app.command("emulate")(emulate_cmd)
 app.command("serve")(serve_cmd)
 app.command("up")(up_cmd)
+
+from hetserve.cli.profile import profile_cmd  # noqa: E402
+
+app.command("profile")(profile_cmd)
 
 
 def _fail(message: str, code: int) -> int:

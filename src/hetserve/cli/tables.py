@@ -216,3 +216,44 @@ def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
                         _s(c["ttft_p90"]), _ms(c["tpot_p90"]), _s(c["e2e_p90"]),
                         _s(c["queue_p90"]))
     return [head, groups, classes]
+
+
+def profile_table(prof, dep) -> Table:
+    """Measured against predicted, per profile point: the model's defaults and the fit."""
+    from hetserve.profile.report import METRICS, rows
+
+    fit = prof.fit
+    title = f"{prof.model} on {dep.label} ({prof.engine}), {len(prof.points)} points"
+    if not prof.complete:
+        title += f" [red]partial: {prof.failure}[/]"
+    caption = ""
+    if fit is not None:
+        r = prof.fit_report
+        caption = (f"fit: eta_compute {fit.eta_compute:.3f}, eta_memory {fit.eta_memory:.3f}, "
+                   f"step overhead {fit.step_overhead_ms:.2f} ms, host {fit.seq_host_us:.0f} us "
+                   f"per sequence. Median |error| {r.before:.1%} with the model's defaults, "
+                   f"{r.after:.1%} fitted")
+        if r.held_back_after is not None:
+            caption += (f"; on {len(r.held_back)} held-back shapes {r.held_back_before:.1%} -> "
+                        f"{r.held_back_after:.1%}")
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    table.add_column("point")
+    names = {"ttft": "TTFT ms", "itl": "ITL ms", "output_throughput": "tok/s"}
+    for m in METRICS:
+        for what in ("measured", "model", "fitted"):
+            if what == "fitted" and fit is None:
+                continue
+            table.add_column(f"{names[m]} {what}", justify="right")
+    for row in rows(prof, dep):
+        cells = [row.point.label + (" (held back)" if fit and row.point.label
+                                    in prof.fit_report.held_back else "")]
+        for m in METRICS:
+            scale = 1e3 if m != "output_throughput" else 1.0
+            cells.append(f"{row.measured[m] * scale:.1f}")
+            for pred in (row.model, row.fitted):
+                if pred is None:
+                    continue
+                err = pred[m] / row.measured[m] - 1.0 if row.measured[m] > 0 else 0.0
+                cells.append(f"{pred[m] * scale:.1f} ({err:+.0%})")
+        table.add_row(*cells)
+    return table

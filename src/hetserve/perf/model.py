@@ -159,12 +159,31 @@ class Deployment:
 
     # ---- speed -------------------------------------------------------------------------
     @cached_property
+    def fit(self):
+        """The measured coefficients of this deployment (catalog.Fit), if a profile gave
+        them; else None and the accelerator's and engine's defaults apply."""
+        return self.accelerator.fit_for(self.model.name, self.tp, self.pp, self.engine,
+                                        self.weight_dtype)
+
+    @cached_property
+    def efficiency(self) -> tuple[float, float, float, float]:
+        """(eta_compute, eta_memory, step overhead s, host s per sequence): a profile's fit,
+        else the accelerator's and the engine's."""
+        if self.fit is not None:
+            f = self.fit
+            return f.eta_compute, f.eta_memory, f.step_overhead_ms * 1e-3, f.seq_host_us * 1e-6
+        acc = self.accelerator
+        return (acc.eta_compute, acc.eta_memory, acc.step_overhead_ms * 1e-3,
+                ENGINE_PROFILES[self.engine] * 1e-6)
+
+    @cached_property
     def _rates(self) -> tuple[float, float, float]:
         acc = self.accelerator
+        eta_c, eta_m, _, _ = self.efficiency
         fp8 = self.weight_dtype == "fp8"
-        flops = acc.peak_flops(fp8) * acc.eta_compute
-        attn_flops = acc.peak_flops(False) * acc.eta_compute
-        bw = acc.memory_bw_gbs * GB * acc.eta_memory
+        flops = acc.peak_flops(fp8) * eta_c
+        attn_flops = acc.peak_flops(False) * eta_c
+        bw = acc.memory_bw_gbs * GB * eta_m
         return flops, attn_flops, bw
 
     @cached_property
@@ -202,8 +221,7 @@ class Deployment:
         if self.pp > 1:
             c0 += (self.pp - 1) * hop_lat
             c1 += (self.pp - 1) * msg / self.pp / hop_bw
-        h0 = self.accelerator.step_overhead_ms * 1e-3
-        h1 = ENGINE_PROFILES[self.engine] * 1e-6
+        _, _, h0, h1 = self.efficiency
         return a_t, a_s, w, f, b, c0, c1, h0, h1
 
     def step_time(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0, chunk=0.0,

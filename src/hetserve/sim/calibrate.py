@@ -12,11 +12,13 @@ from __future__ import annotations
 import csv
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from hetserve.catalog import Catalog
@@ -25,8 +27,8 @@ from hetserve.models import Dtype, get_model
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.route import make_router
-from hetserve.sim.engine import Engine
-from hetserve.sim.simulate import SimFleet, run_closed
+from hetserve.sim.engine import Engine, Request
+from hetserve.sim.simulate import SimFleet, run_closed, run_open
 from hetserve.workload.trace import MAX_TOKENS
 
 DEFAULT_SHAPE = (512, 256)  # prompt, output tokens where a measurement does not state them
@@ -111,15 +113,26 @@ def read_measurements(path: Path | str | None = None) -> list[Measurement]:
 
 
 @dataclass(frozen=True)
-class ClosedLoopResult:
+class LoopResult:
+    """What a load generator reads off one load point (closed or open loop)."""
+
     ttft: float  # mean, s
     itl: float  # mean inter-token latency, s
     e2e_latency: float  # mean, s
     output_throughput: float  # tok/s over the measured window
 
 
+# A client's next request reaches the engine this long after its last one finished (the
+# response's last bytes, then the next request, on a LAN). Any gap at all matters: the engine
+# has started its next step by then, so the prompt waits for the step after (as on a real
+# engine); with none, every finished request's successor joined the very next step, and the
+# simulated closed loop ran TTFT half and ITL 15% above what an emulated engine measured
+# over HTTP (tests/test_profile.py).
+CLIENT_GAP = 1e-3
+
+
 def closed_loop(dep: Deployment, clients: int, prompt: int, output: int,
-                rounds: int = 4) -> ClosedLoopResult:
+                rounds: int = 4) -> LoopResult:
     """Simulate `clients` users each sending (prompt, output) requests back to back.
 
     Real clients are not in lockstep: their first requests are spread evenly over the latency of
@@ -130,14 +143,63 @@ def closed_loop(dep: Deployment, clients: int, prompt: int, output: int,
     warmup, measure = clients, max(rounds * clients, 16)
     fleet = SimFleet([Engine(dep)], [[0]])
     run_closed(fleet, make_router("round-robin", fleet), [(prompt, output)], clients,
-               total=clients + warmup + measure, stagger=alone)
+               total=clients + warmup + measure, stagger=alone, gap=CLIENT_GAP)
     done = fleet.done[warmup:warmup + measure]
     window = max(done[-1].finish - fleet.done[warmup - 1].finish, 1e-9)
-    return ClosedLoopResult(
+    return LoopResult(
         ttft=statistics.fmean(r.ttft for r in done),
         itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,
         e2e_latency=statistics.fmean(r.latency for r in done),
         output_throughput=sum(r.output_tokens for r in done) / window,
+    )
+
+
+def open_loop(dep: Deployment, rate: float, prompt: int, output: int, seconds: float,
+              seed: int) -> LoopResult:
+    """Simulate Poisson arrivals of (prompt, output) requests at `rate` for `seconds` on one
+    replica (the arrivals hetserve.profile sends with the same seed); every request measured,
+    throughput over the whole run."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=max(1, int(rate * seconds)))
+    arrivals = np.cumsum(gaps) - gaps[0]
+    fleet = SimFleet([Engine(dep)], [[0]])
+    requests = [Request(k, float(a), prompt, output) for k, a in enumerate(arrivals)]
+    run_open(fleet, make_router("round-robin", fleet), requests)
+    done = fleet.done
+    if len(done) < len(requests):
+        raise HetserveError(f"{dep.label}: {len(requests) - len(done)} of {len(requests)} "
+                            f"requests of {prompt} + {output} tokens do not fit")
+    return LoopResult(
+        ttft=statistics.fmean(r.ttft for r in done),
+        itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,
+        e2e_latency=statistics.fmean(r.latency for r in done),
+        output_throughput=sum(r.output_tokens for r in done) / max(
+            max(r.finish for r in done), 1e-9),
+    )
+
+
+def replay(dep: Deployment, sent_at: Sequence[float], measured: Sequence[bool], prompt: int,
+           output: int, closed_clients: int | None = None) -> LoopResult:
+    """Replay requests sent at these times (seconds) on one replica; the means over the
+    `measured` ones, and throughput as hetserve.profile measured it: their tokens over the
+    window from the `closed_clients`-th completion (open loop: the first arrival) to the last
+    measured one."""
+    fleet = SimFleet([Engine(dep)], [[0]])
+    requests = [Request(k, float(a), prompt, output) for k, a in enumerate(sent_at)]
+    run_open(fleet, make_router("round-robin", fleet), requests)
+    if len(fleet.done) < len(requests):
+        raise HetserveError(f"{dep.label}: requests of {prompt} + {output} tokens do not fit")
+    done = [r for r, m in zip(requests, measured, strict=True) if m]
+    if closed_clients and len(requests) > closed_clients + 1:
+        finishes = sorted(r.finish for r in requests[1:])  # the first went alone, before
+        start = finishes[closed_clients - 1]
+    else:
+        start = min(r.arrival for r in done)
+    return LoopResult(
+        ttft=statistics.fmean(r.ttft for r in done),
+        itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,
+        e2e_latency=statistics.fmean(r.latency for r in done),
+        output_throughput=sum(r.output_tokens for r in done) / max(
+            max(r.finish for r in done) - start, 1e-9),
     )
 
 

@@ -121,10 +121,11 @@ def run_open(fleet: SimFleet, router: Router, requests: Sequence[Request]) -> No
 
 
 def run_closed(fleet: SimFleet, router: Router, sizes: Sequence[tuple[int, int]], clients: int,
-               total: int, stagger: float = 0.0, cls: Sequence[int] | None = None
-               ) -> list[Request]:
+               total: int, stagger: float = 0.0, cls: Sequence[int] | None = None,
+               gap: float = 0.0) -> list[Request]:
     """`clients` users each send requests back to back, `total` in all, with the (prompt,
-    output) sizes in order (cycling). Client k sends its first request at k * stagger / clients.
+    output) sizes in order (cycling). Client k sends its first request at k * stagger / clients,
+    and each next one `gap` seconds after its last finished (the client's round trip).
     Returns the requests in the order they were sent."""
     ready = [(k * stagger / clients, k) for k in range(clients)]  # (time, client)
     heapq.heapify(ready)
@@ -157,8 +158,8 @@ def run_closed(fleet: SimFleet, router: Router, sizes: Sequence[tuple[int, int]]
         else:
             finished = engine.step(engine.clock)[1]
         fleet.done += finished
-        for req in finished:  # its client sends the next request at once
-            heapq.heappush(ready, (req.finish, req.id))
+        for req in finished:  # its client sends the next request
+            heapq.heappush(ready, (req.finish + gap, req.id))
     return sent
 
 

@@ -1,0 +1,158 @@
+"""The profile file: what `hetserve profile` measured on one deployment, and the coefficients
+fitted to it (docs/design.md, section 5.7).
+
+JSON, versioned (`version`), validated on load. A profile names the deployment it measured
+(model, accelerator, TP, PP, engine, weight dtype, the engine's knobs), holds every measured
+point, and, once fitted, the step-time coefficients (`fit`) with the fit's errors. A profile
+whose measurement stopped early is `complete: false` with the reason in `failure`: its points
+are kept, and it is never fitted or used to override the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from hetserve.catalog import Catalog, Fit
+from hetserve.errors import HetserveError, Record, read_text, validation_message, write_text
+
+PROFILE_VERSION = 1
+
+
+class EngineMetrics(Record):
+    """What the engine's /metrics said (vLLM's names), None where it does not export one."""
+
+    running: float | None = None
+    waiting: float | None = None
+    kv_usage: float | None = None  # 0..1
+    preemptions: float | None = None  # counter
+
+
+class ProfilePoint(Record):
+    """One measured load point: requests of one size, closed loop at a concurrency or open
+    loop (Poisson) at a rate."""
+
+    mode: Literal["closed", "open"]
+    concurrency: int | None = Field(default=None, ge=1)
+    rate: float | None = Field(default=None, gt=0, description="req/s, open loop")
+    input_tokens: int = Field(ge=1)
+    output_tokens: int = Field(ge=1)
+    seconds: float = Field(gt=0, description="wall time of the measured window")
+    sent: int = Field(ge=0)
+    completed: int = Field(ge=0, description="completed in the window, the means' sample")
+    ttft: float = Field(ge=0, description="mean seconds to the first token")
+    ttft_p90: float = Field(ge=0)
+    itl: float = Field(ge=0, description="mean seconds between tokens after the first")
+    e2e_latency: float = Field(ge=0, description="mean seconds")
+    output_throughput: float = Field(ge=0, description="tokens/s over the window")
+    short_outputs: int = Field(default=0, ge=0, description="requests that got fewer tokens "
+                               "than asked (the engine ignored min_tokens/ignore_eos)")
+    before: EngineMetrics = EngineMetrics()
+    after: EngineMetrics = EngineMetrics()
+    # every request the point sent, in order: seconds after the point's first, and whether it
+    # is one of the measured ones (closed loop: warm-up requests are not); the fit replays them
+    sent_at: list[float] = Field(default_factory=list)
+    measured: list[bool] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _load(self) -> ProfilePoint:
+        if (self.mode == "closed") != (self.concurrency is not None) or \
+                (self.mode == "open") != (self.rate is not None):
+            raise ValueError("a closed-loop point has a concurrency, an open-loop one a rate")
+        if len(self.sent_at) != len(self.measured) or (
+                self.sent_at and sum(self.measured) != self.completed):
+            raise ValueError("sent_at and measured: one entry per request sent, as many "
+                             "measured as completed")
+        if any(b < a for a, b in zip(self.sent_at, self.sent_at[1:], strict=False)):
+            raise ValueError("sent_at: expected times in order")
+        return self
+
+    @property
+    def label(self) -> str:
+        load = f"c={self.concurrency}" if self.mode == "closed" else f"{self.rate:g} req/s"
+        return f"{self.input_tokens}/{self.output_tokens} {load}"
+
+
+class FitReport(Record):
+    """How well the coefficients reproduce the points: median |relative error| over every
+    point's TTFT, ITL and throughput, with the model's defaults and with the fit, on the points
+    fitted and on the points held back."""
+
+    before: float
+    after: float
+    held_back_before: float | None = None
+    held_back_after: float | None = None
+    held_back: list[str] = Field(default_factory=list, description="labels of held-back points")
+    client_latency_ms: float = Field(default=0.0, ge=0, description="what the client adds to "
+                                     "TTFT beyond the engine (fitted; not part of the model)")
+
+
+class Profile(Record):
+    version: int = PROFILE_VERSION
+    model: str = Field(min_length=1, description="model name in hetserve's registry")
+    accelerator: str = Field(min_length=1)
+    tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
+    engine: str = "vllm"
+    dtype: str = Field(min_length=1, description="weight dtype")
+    max_num_seqs: int = Field(ge=1)
+    max_num_batched_tokens: int = Field(ge=1)
+    endpoint: str = ""
+    served_model: str = ""
+    measured_at: str = ""
+    complete: bool = True
+    failure: str = ""
+    points: list[ProfilePoint] = Field(default_factory=list)
+    fit: Fit | None = None
+    fit_report: FitReport | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        if self.version != PROFILE_VERSION:
+            raise ValueError(f"version {self.version}: this hetserve reads version "
+                             f"{PROFILE_VERSION}")
+        if self.fit is not None and not self.complete:
+            raise ValueError("a partial profile (complete: false) cannot carry a fit")
+        if self.fit is not None and not self.fit.matches(self.model, self.tp, self.pp,
+                                                         self.engine, self.dtype):
+            raise ValueError("fit: names another deployment than the profile")
+        return self
+
+    def save(self, path: Path | str) -> None:
+        write_text(path, self.model_dump_json(indent=2) + "\n")
+
+
+def load_profile(path: Path | str) -> Profile:
+    import json
+
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise HetserveError(f"{path}: expected a profile (a JSON object)")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as err:
+        raise HetserveError(validation_message(err, str(path))) from None
+
+
+def apply_profiles(catalog: Catalog, paths: Iterable[Path | str]) -> Catalog:
+    """`catalog` with the fits of these profile files on their accelerators: every deployment
+    they measured uses its fitted coefficients (profiles of accelerators the catalog does not
+    hold are left out). A profile without a fit (partial, or not fitted) is refused, naming
+    the file."""
+    fits = []
+    for path in paths:
+        prof = load_profile(path)
+        if not prof.complete:
+            raise HetserveError(f"{path}: a partial profile ({prof.failure}); measure again")
+        if prof.fit is None:
+            raise HetserveError(f"{path}: no fit (run hetserve profile --fit {path})")
+        if prof.accelerator in catalog.accelerators:  # else a type not considered here
+            fits.append((prof.accelerator, prof.fit.model_copy(update={"source": str(path)})))
+    return catalog.with_fits(fits)

@@ -1,0 +1,178 @@
+"""Fit a deployment's step-time coefficients to measurements (docs/design.md, section 5.7).
+
+The coefficients are the four the performance model takes from the accelerator and the engine:
+compute efficiency (eta_compute), memory efficiency (eta_memory), the fixed host overhead per
+step and the host time per sequence per step. A fifth, fitted beside them and kept in the
+report rather than the model, is the latency the client adds to TTFT and end-to-end latency
+(network, HTTP, tokenisation): left out, the fit would push it into the step overhead.
+
+Every measured value is predicted by the same simulator the planner trusts, replaying the
+requests exactly as the profiler sent them (or, for measurements without their arrival times,
+running the load generator's closed or open loop), and scipy's bounded Nelder-Mead moves the
+coefficients to minimise the squared log errors (a TTFT of 20 ms and a throughput of 2,000
+tok/s weigh alike).
+
+Which measurements pin which coefficient: a decode step costs weights / eta_memory + overhead
++ host x batch (+ KV reads, by context); a long prefill compute / eta_compute + overhead. So
+TTFT at two compute-bound prompt lengths separates eta_compute from the overhead, a short
+prompt's then gives eta_memory, and ITL across batch sizes the host time per sequence: the
+default sizes measure a short and two long prompts.
+
+An `Observation` is one measured number of one load shape: a profile point gives three (TTFT,
+ITL, output throughput), a row of a published-measurements CSV one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from hetserve.catalog import Fit
+from hetserve.errors import HetserveError
+from hetserve.perf import Deployment
+from hetserve.profile.drive import SEED
+from hetserve.profile.file import FitReport, ProfilePoint
+from hetserve.sim.calibrate import LoopResult, closed_loop, open_loop, replay
+
+# bounds of the fitted coefficients: (eta_compute, eta_memory, overhead ms, us per sequence,
+# the client's latency ms)
+LOWER = (1e-3, 1e-3, 0.0, 0.0, 0.0)
+UPPER = (1.0, 1.0, 1000.0, 20_000.0, 1000.0)
+SCALE = np.array([1.0, 1.0, 1.0, 100.0, 1.0])  # the search moves coefficients / SCALE
+HOLD_BACK = 0.25  # share of the points held back to check the fit generalises
+
+
+@dataclass(frozen=True)
+class Observation:
+    label: str
+    mode: str  # "closed" or "open"
+    load: float  # concurrency, or req/s
+    input_tokens: int
+    output_tokens: int
+    metric: str  # ttft, itl, e2e_latency or output_throughput (s, s, s, tok/s)
+    value: float
+    seconds: float = 0.0  # open loop: how long arrivals ran
+    sent_at: tuple[float, ...] = ()  # the requests as sent, when the profile recorded them
+    measured: tuple[bool, ...] = ()
+
+    def predict(self, dep: Deployment, cache: dict, latency: float = 0.0) -> float:
+        """The simulator's value; `latency` (s): what the client adds to TTFT and end-to-end
+        latency beyond the engine (network, HTTP, tokenisation)."""
+        key = (self.label, self.mode, self.load, self.input_tokens, self.output_tokens)
+        if key not in cache:
+            cache[key] = _loop(dep, self)
+        value = getattr(cache[key], self.metric)
+        return value + latency if self.metric in ("ttft", "e2e_latency") else value
+
+
+def _loop(dep: Deployment, o: Observation) -> LoopResult:
+    """The simulator's value for the load shape: the profile's own requests replayed where it
+    recorded them (the engine sees exactly the arrivals it saw), else the load generator's
+    loop simulated."""
+    if o.sent_at:
+        return replay(dep, o.sent_at, o.measured, o.input_tokens, o.output_tokens,
+                      int(o.load) if o.mode == "closed" else None)
+    if o.mode == "closed":
+        return closed_loop(dep, int(o.load), o.input_tokens, o.output_tokens)
+    return open_loop(dep, o.load, o.input_tokens, o.output_tokens, o.seconds, SEED)
+
+
+def observations(points: Sequence[ProfilePoint]) -> list[Observation]:
+    out = []
+    for p in points:
+        load = p.concurrency if p.mode == "closed" else p.rate
+        for metric in ("ttft", "itl", "output_throughput"):
+            value = getattr(p, metric)
+            if value > 0 and not (metric == "itl" and p.output_tokens < 2):
+                out.append(Observation(p.label, p.mode, float(load), p.input_tokens,
+                                       p.output_tokens, metric, value, p.seconds,
+                                       tuple(p.sent_at), tuple(p.measured)))
+    return out
+
+
+def with_fit(dep: Deployment, fit: Fit) -> Deployment:
+    """`dep` with these coefficients (on a copy of its accelerator row)."""
+    acc = dep.accelerator
+    others = tuple(f for f in acc.fits if not f.matches(fit.model, fit.tp, fit.pp, fit.engine,
+                                                        fit.dtype))
+    return replace(dep, accelerator=acc.model_copy(update={"fits": (*others, fit)}))
+
+
+def current_fit(dep: Deployment) -> Fit:
+    """The coefficients `dep` runs with now, as a Fit."""
+    eta_c, eta_m, h0, h1 = dep.efficiency
+    return Fit(model=dep.model.name, tp=dep.tp, pp=dep.pp, engine=dep.engine,
+               dtype=dep.weight_dtype, eta_compute=eta_c, eta_memory=eta_m,
+               step_overhead_ms=h0 * 1e3, seq_host_us=h1 * 1e6)
+
+
+def errors(dep: Deployment, obs: Sequence[Observation], latency: float = 0.0) -> np.ndarray:
+    """Signed relative errors (predicted - measured) / measured."""
+    cache: dict = {}
+    return np.array([o.predict(dep, cache, latency) / o.value - 1.0 for o in obs])
+
+
+def median_abs(errs: np.ndarray) -> float:
+    return float(statistics.median(np.abs(errs))) if len(errs) else math.nan
+
+
+def _as_fit(dep: Deployment, x: np.ndarray, source: str = "") -> Fit:
+    return Fit(model=dep.model.name, tp=dep.tp, pp=dep.pp, engine=dep.engine,
+               dtype=dep.weight_dtype, eta_compute=float(x[0]), eta_memory=float(x[1]),
+               step_overhead_ms=float(x[2]), seq_host_us=float(x[3]), source=source)
+
+
+def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BACK
+        ) -> tuple[Fit, FitReport]:
+    """The coefficients that best reproduce `obs` on `dep`'s deployment, fitted on all but a
+    held-back share of the load shapes (every k-th, k = 1 / hold_back), and the errors before
+    (the model's coefficients) and after, on both parts."""
+    from scipy.optimize import minimize
+
+    if not obs:
+        raise HetserveError("no measurements to fit")
+    shapes = sorted({o.label for o in obs})
+    held: set[str] = set()
+    if hold_back > 0 and len(shapes) >= 4:
+        step = max(2, round(1.0 / hold_back))
+        held = {s for k, s in enumerate(shapes) if k % step == step - 1}
+    train = [o for o in obs if o.label not in held]
+    test = [o for o in obs if o.label in held]
+    if len(train) < len(LOWER):
+        raise HetserveError(f"{len(train)} measurements to fit {len(LOWER)} coefficients: "
+                            "measure more points (sizes, concurrencies or rates)")
+    measured = np.array([o.value for o in train])
+
+    def cost(z: np.ndarray) -> float:
+        x = np.clip(z * SCALE, LOWER, UPPER)
+        d = with_fit(dep, _as_fit(dep, x))
+        cache: dict = {}
+        predicted = np.array([o.predict(d, cache, x[4] * 1e-3) for o in train])
+        return float(np.sum(np.log(predicted / measured) ** 2))
+
+    start = current_fit(dep)
+    # The simulator answers in whole steps and whole requests: the cost is piecewise flat
+    # with local minima, so a derivative-free search (Nelder-Mead, bounded) from two starts,
+    # the model's values and a point with a heavy host time, keeping the better
+    starts = [[start.eta_compute, start.eta_memory, max(start.step_overhead_ms, 1.0),
+               max(start.seq_host_us, 100.0), 1.0],
+              [start.eta_compute / 2, start.eta_memory / 2, 0.5, 400.0, 1.0]]
+    bounds = [(lo / k, hi / k) for lo, hi, k in zip(LOWER, UPPER, SCALE, strict=True)]
+    found = min((minimize(cost, np.clip(x0, LOWER, UPPER) / SCALE, method="Nelder-Mead",
+                          bounds=bounds, options={"xatol": 1e-4, "fatol": 1e-7,
+                                                  "maxfev": 3000, "adaptive": True})
+                 for x0 in starts), key=lambda r: r.fun)
+    best_x = np.clip(found.x * SCALE, LOWER, UPPER)
+    fitted = _as_fit(dep, best_x)
+    after = with_fit(dep, fitted)
+    latency = float(best_x[4]) * 1e-3
+    report = FitReport(before=median_abs(errors(dep, train)),
+                       after=median_abs(errors(after, train, latency)),
+                       held_back_before=median_abs(errors(dep, test)) if test else None,
+                       held_back_after=median_abs(errors(after, test, latency)) if test else None,
+                       held_back=sorted(held), client_latency_ms=latency * 1e3)
+    return fitted, report

@@ -1,0 +1,165 @@
+"""hetserve profile: measure an emulated engine started with known coefficients over real HTTP,
+fit, and get those coefficients back; profiles override the model in plans; failures stop with
+the endpoint named and partial points kept, marked, never fitted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+import hetserve
+from hetserve.catalog import Fit, load_catalog
+from hetserve.emulate import Emulator
+from hetserve.models import get_model
+from hetserve.perf import Deployment
+from hetserve.profile.drive import Endpoint, MeasureError, Plan, measure
+from hetserve.profile.file import Profile, apply_profiles, load_profile
+from hetserve.profile.fit import fit, observations
+
+from .conftest import assert_bad_input
+
+MODEL = "llama-3.1-8b"
+ACC = "H100-SXM"
+# what the emulated engine runs with, unknown to the profiler (the catalog says 0.6/0.8/1 ms/0)
+TRUTH = dict(eta_compute=0.4, eta_memory=0.55, step_overhead_ms=3.0, seq_host_us=150.0)
+
+
+def truth_fit() -> Fit:
+    return Fit(model=MODEL, tp=1, engine="vllm", dtype="bf16", **TRUTH)
+
+
+@contextmanager
+def emulated(dep: Deployment, replicas: int = 1):
+    loop = asyncio.new_event_loop()
+    emu = Emulator(dep, MODEL, replicas)
+    urls = loop.run_until_complete(emu.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield urls
+    finally:
+        asyncio.run_coroutine_threadsafe(emu.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """One profile of an emulated H100 running TRUTH (`hetserve emulate` in a process of its
+    own, given TRUTH as a fit in its --catalog): a short and two long prompts (the sizes that
+    tell the coefficients apart, see hetserve.profile.fit) at 1 and 16 clients."""
+    path = tmp_path_factory.mktemp("truth") / "catalog.yaml"
+    path.write_text(yaml.safe_dump({"accelerators": [
+        {"name": ACC, "fits": [truth_fit().model_dump(exclude={"source"})]}]}))
+    cli = str(Path(sys.executable).with_name("hetserve"))
+    server = subprocess.Popen([cli, "emulate", "-m", MODEL, "-a", ACC, "--catalog", str(path),
+                               "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().split()[2]
+        plan = Plan(((256, 32), (2048, 32), (8192, 32)), (1, 16), (), 1.5)
+        points = []
+        asyncio.run(measure(Endpoint(url), plan, 128_256,
+                            lambda p, _: points.append(p) if p is not None else None))
+    finally:
+        server.terminate()
+        server.wait(10)
+    return points
+
+
+def test_profiling_an_emulator_recovers_its_coefficients(measured):
+    assert len(measured) == 6
+    for p in measured:
+        assert p.completed >= 1 and p.short_outputs == 0 and p.itl > 0
+        assert p.sent == len(p.sent_at) and sum(p.measured) == p.completed
+        assert p.after.preemptions == 0  # the emulator's vLLM metrics were read
+    dep = Deployment(get_model(MODEL), load_catalog().get(ACC))  # the catalog's defaults
+    got, report = fit(dep, observations(measured))
+    for name, want in TRUTH.items():
+        assert getattr(got, name) == pytest.approx(want, rel=0.10), name
+    assert report.after < 0.02 and report.before > 0.2  # median |error|: fitted, defaults
+    assert report.held_back and report.held_back_after < 0.05 < report.held_back_before
+    assert 0 < report.client_latency_ms < 20  # HTTP on loopback, not the engine
+
+
+def test_a_plan_from_the_profile_equals_the_plan_from_the_truth(measured, tmp_path):
+    cat = load_catalog()
+    dep = Deployment(get_model(MODEL), cat.get(ACC))
+    got, report = fit(dep, observations(measured))
+    prof = Profile(model=MODEL, accelerator=ACC, engine="vllm", dtype="bf16", max_num_seqs=256,
+                   max_num_batched_tokens=8192, points=measured, fit=got, fit_report=report)
+    path = tmp_path / "h100.json"
+    prof.save(path)
+    assert load_profile(path) == prof  # round trip, validated
+
+    def plan(catalog):
+        """The plan's cost and devices per type (the engine knobs of equal-cost replicas may
+        split differently: near-ties the MILP breaks either way)."""
+        p = hetserve.make_plan(MODEL, workload="azure-code", rate=6, baselines=False,
+                               catalog=catalog.only([ACC, "L4"]))
+        devices = {}
+        for g in p.groups:
+            devices[g.accelerator] = devices.get(g.accelerator, 0) + g.replicas * g.tp * g.pp
+        return (round(p.usd_per_hour, 2), devices), p
+
+    profiled, p = plan(apply_profiles(cat, [path]))
+    truth, _ = plan(cat.with_fits([(ACC, truth_fit())]))
+    default, _ = plan(cat)
+    assert profiled == truth != default
+    # the plan records the profile it used, and simulating it uses the fitted coefficients
+    used = [f for a in p.accelerators for f in a.fits]
+    assert [f.source for f in used] == [str(path)]
+    h100 = next(g for g in p.groups if g.accelerator == ACC)
+    assert p.deployment(h100).fit.eta_compute == pytest.approx(got.eta_compute)
+
+
+def test_measurement_failures_name_the_endpoint(tmp_path):
+    plan = Plan(((64, 4),), (1,), (), 0.2)
+    dead = Endpoint("http://127.0.0.1:9")
+    with pytest.raises(MeasureError, match=r"127\.0\.0\.1:9/v1/models"):
+        asyncio.run(measure(dead, plan, 1000, lambda *_: None))
+    dep = Deployment(get_model(MODEL), load_catalog().get(ACC))
+    with emulated(dep) as (url,):
+        with pytest.raises(MeasureError, match="no model 'gpt-9'.*llama-3.1-8b"):
+            asyncio.run(measure(Endpoint(url, "gpt-9"), plan, 1000, lambda *_: None))
+        # an open-loop point: Poisson arrivals at the rate, every request measured
+        points = []
+        asyncio.run(measure(Endpoint(url), Plan(((64, 4),), (), (20.0,), 0.5), 1000,
+                            lambda p, _: points.append(p) if p else None))
+        (p,) = points
+        assert p.mode == "open" and p.rate == 20.0 and p.sent == 10 == p.completed
+        assert all(p.measured) and p.sent_at[0] == 0.0
+        with pytest.raises(MeasureError, match="HTTP 400"):  # more than the context holds
+            asyncio.run(measure(Endpoint(url), Plan(((200_000, 4),), (1,), (), 0.2), 1000,
+                                lambda *_: None))
+
+
+def test_cli_profile_keeps_partial_points_marked_and_reports(run_cli, tmp_path):
+    dep = Deployment(get_model(MODEL), load_catalog().get(ACC))
+    out = tmp_path / "p.json"
+    with emulated(dep) as (url,):
+        # the first point is fast; the second takes longer than --timeout allows
+        res = run_cli("profile", "--endpoint", url + "/v1", "-m", MODEL, "-a", ACC,
+                      "--sizes", "64:2,4096:400", "--concurrency", "1",
+                      "--seconds-per-point", "0.3", "--timeout", "0.5", "--out", out)
+        assert res.code == 2 and "took over 0.5 s" in res.err and "1 of 2 points" in res.err
+        prof = json.loads(out.read_text())
+        assert prof["complete"] is False and prof["fit"] is None and len(prof["points"]) == 1
+        assert "took over" in prof["failure"]
+        res = run_cli("profile", "--report", out)
+        assert res.code == 0 and "partial" in res.out
+        assert_bad_input(run_cli("profile", "--fit", out), needs=["partial"])
+        assert_bad_input(run_cli("plan", "-m", MODEL, "--profile", out), needs=["p.json",
+                                                                                  "partial"],
+                         scrub=[tmp_path])
+    assert_bad_input(run_cli("profile", "--endpoint", "localhost:1", "-m", MODEL, "-a", ACC,
+                             "--out", out), needs=["--endpoint", "http://"])
+    assert_bad_input(run_cli("profile", "--endpoint", "http://127.0.0.1:9", "-m", MODEL, "-a",
+                             ACC, "--sizes", "512", "--out", out), needs=["--sizes"])
