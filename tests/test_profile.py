@@ -120,6 +120,33 @@ def test_a_plan_from_the_profile_equals_the_plan_from_the_truth(measured, tmp_pa
     assert p.deployment(h100).fit.eta_compute == pytest.approx(got.eta_compute)
 
 
+def test_profile_report_plot_and_estimate_with_the_profile(run_cli, measured, tmp_path):
+    dep = Deployment(get_model(MODEL), load_catalog().get(ACC))
+    got, report = fit(dep, observations(measured))
+    path = tmp_path / "h100.json"
+    Profile(model=MODEL, accelerator=ACC, engine="vllm", dtype="bf16", max_num_seqs=256,
+            max_num_batched_tokens=8192, points=measured, fit=got, fit_report=report
+            ).save(path)
+    res = run_cli("profile", "--report", path, "--plot", tmp_path / "p.png")
+    assert res.code == 0, res.summary()
+    assert "8192/32 c=16" in res.out and "fit: eta_compute" in res.out
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+    def capacity(*extra):
+        res = run_cli("estimate", "-m", MODEL, "-w", "azure-code", "--only", ACC, "--json",
+                      *extra)
+        assert res.code == 0, res.summary()
+        return {(c["class"], name): v["rate"] for c in json.loads(res.out)["classes"]
+                for name, v in c["configs"].items()}
+
+    fitted, default = capacity("--profile", path), capacity()
+    # the measured deployment (TP1) runs slower than the catalog says; TP2 keeps the model
+    tp1 = [k for k in default if k[1] == f"{ACC} TP1" and default[k] > 0]
+    tp2 = [k for k in default if k[1] == f"{ACC} TP2"]
+    assert tp1 and all(fitted[k] < default[k] for k in tp1)
+    assert tp2 and all(fitted[k] == default[k] for k in tp2)
+
+
 def test_measurement_failures_name_the_endpoint(tmp_path):
     plan = Plan(((64, 4),), (1,), (), 0.2)
     dead = Endpoint("http://127.0.0.1:9")

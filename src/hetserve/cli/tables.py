@@ -236,8 +236,10 @@ def profile_table(prof, dep) -> Table:
         if r.held_back_after is not None:
             caption += (f"; on {len(r.held_back)} held-back shapes {r.held_back_before:.1%} -> "
                         f"{r.held_back_after:.1%}")
+    if fit is not None and prof.fit_report.held_back:
+        caption += " (* held back from the fit)"
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
-    table.add_column("point")
+    table.add_column("point", no_wrap=True)
     names = {"ttft": "TTFT ms", "itl": "ITL ms", "output_throughput": "tok/s"}
     for m in METRICS:
         for what in ("measured", "model", "fitted"):
@@ -245,7 +247,7 @@ def profile_table(prof, dep) -> Table:
                 continue
             table.add_column(f"{names[m]} {what}", justify="right")
     for row in rows(prof, dep):
-        cells = [row.point.label + (" (held back)" if fit and row.point.label
+        cells = [row.point.label + (" *" if fit and row.point.label
                                     in prof.fit_report.held_back else "")]
         for m in METRICS:
             scale = 1e3 if m != "output_throughput" else 1.0

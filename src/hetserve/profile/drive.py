@@ -9,8 +9,8 @@ llama.cpp's server honour; a request that still gets fewer tokens is counted in 
 
 - Closed loop at concurrency c: c clients send back to back for the point's seconds, their
   starts spread over one request's latency; as in hetserve.sim.calibrate.closed_loop, the
-  first c completions warm the engine and the rest are measured, throughput over the window
-  between the c-th completion and the last.
+  first c completions warm the engine and the rest are measured; throughput by Little's law
+  (c x tokens per request / mean latency).
 - Open loop at rate r: Poisson arrivals (seeded) for the point's seconds; every request
   measured, throughput over the whole run.
 
@@ -234,10 +234,20 @@ def point(mode: str, load: float, inp: int, out: int, every: list[Sample],
         seconds=window, sent=len(every), completed=len(samples), ttft=float(ttft.mean()),
         ttft_p90=float(np.quantile(ttft, 0.9)), itl=float(itl.mean()) if len(itl) else 0.0,
         e2e_latency=float(np.mean([s.end - s.sent for s in samples])),
-        output_throughput=sum(s.tokens for s in samples) / max(window, 1e-9),
+        output_throughput=_throughput(mode, load, samples, window),
         short_outputs=sum(s.tokens < out for s in samples), before=before, after=after,
         sent_at=[s.sent - order[0].sent for s in order],
         measured=[id(s) in chosen for s in order])
+
+
+def _throughput(mode: str, load: float, samples: list[Sample], window: float) -> float:
+    """Output tokens/s. Closed loop: Little's law, clients x tokens per request / latency (a
+    window of a few seconds holds too few completions to count them); open loop: tokens over
+    the run."""
+    if mode == "closed":
+        return load * float(np.mean([s.tokens for s in samples])) / float(
+            np.mean([s.end - s.sent for s in samples]))
+    return sum(s.tokens for s in samples) / max(window, 1e-9)
 
 
 @dataclass(frozen=True)

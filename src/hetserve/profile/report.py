@@ -84,6 +84,11 @@ def plot_profile(prof: Profile, dep: Deployment, path: Path | str) -> None:
             ax.plot(x, [r.model[metric] * scale for r in pts], "--", color=colour, alpha=0.6,
                     label=f"{size[0]}/{size[1]} model defaults")
         ax.set_xscale("log", base=2)
+        loads = sorted({r.point.concurrency for r in data})
+        ax.set_xticks(loads, [str(c) for c in loads])
+        if metric == "ttft":  # short and long prompts differ by 100x
+            ax.set_yscale("log")
+            name += ", log scale"
         ax.set_xlabel("concurrent clients (closed loop)")
         ax.set_ylabel(f"{name} ({unit})")
         ax.set_title(name)

@@ -180,27 +180,25 @@ def open_loop(dep: Deployment, rate: float, prompt: int, output: int, seconds: f
 def replay(dep: Deployment, sent_at: Sequence[float], measured: Sequence[bool], prompt: int,
            output: int, closed_clients: int | None = None) -> LoopResult:
     """Replay requests sent at these times (seconds) on one replica; the means over the
-    `measured` ones, and throughput as hetserve.profile measured it: their tokens over the
-    window from the `closed_clients`-th completion (open loop: the first arrival) to the last
-    measured one."""
+    `measured` ones, and throughput as hetserve.profile measures it: closed loop (with
+    `closed_clients`), clients x tokens per request / mean latency; open loop, the measured
+    requests' tokens from the first arrival to the last finish."""
     fleet = SimFleet([Engine(dep)], [[0]])
     requests = [Request(k, float(a), prompt, output) for k, a in enumerate(sent_at)]
     run_open(fleet, make_router("round-robin", fleet), requests)
     if len(fleet.done) < len(requests):
         raise HetserveError(f"{dep.label}: requests of {prompt} + {output} tokens do not fit")
     done = [r for r, m in zip(requests, measured, strict=True) if m]
-    if closed_clients and len(requests) > closed_clients + 1:
-        finishes = sorted(r.finish for r in requests[1:])  # the first went alone, before
-        start = finishes[closed_clients - 1]
+    latency = statistics.fmean(r.latency for r in done)
+    if closed_clients:
+        throughput = closed_clients * output / latency
     else:
-        start = min(r.arrival for r in done)
+        throughput = sum(r.output_tokens for r in done) / max(
+            max(r.finish for r in done) - min(r.arrival for r in done), 1e-9)
     return LoopResult(
         ttft=statistics.fmean(r.ttft for r in done),
         itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,
-        e2e_latency=statistics.fmean(r.latency for r in done),
-        output_throughput=sum(r.output_tokens for r in done) / max(
-            max(r.finish for r in done) - start, 1e-9),
-    )
+        e2e_latency=latency, output_throughput=throughput)
 
 
 def engine_profile(engine: str) -> str:
