@@ -190,3 +190,32 @@ def test_cli_profile_keeps_partial_points_marked_and_reports(run_cli, tmp_path):
                              "--out", out), needs=["--endpoint", "http://"])
     assert_bad_input(run_cli("profile", "--endpoint", "http://127.0.0.1:9", "-m", MODEL, "-a",
                              ACC, "--sizes", "512", "--out", out), needs=["--sizes"])
+
+
+def test_calibrate_fit_recovers_coefficients_from_a_measurements_file(run_cli, tmp_path):
+    """Rows the model itself computed with known coefficients (closed loop, as published
+    benchmarks run): calibrate --fit gets the coefficients back, and --out writes them as a
+    catalog that calibrate --catalog then predicts with."""
+    from hetserve.sim.calibrate import FIELDS, closed_loop
+
+    truth = Fit(model=MODEL, tp=1, engine="vllm", dtype="bf16", eta_compute=0.5,
+                eta_memory=0.7, step_overhead_ms=2.0, seq_host_us=100.0)
+    dep = Deployment(get_model(MODEL), load_catalog().with_fits([("L4", truth)]).get("L4"))
+    lines = [",".join(FIELDS) + ",engine"]
+    for inp, c in ((256, 1), (256, 8), (2048, 1), (2048, 8), (8192, 1), (8192, 3)):
+        res = closed_loop(dep, c, inp, 32)
+        for metric, value, unit in (("ttft", res.ttft * 1e3, "ms"),
+                                    ("itl", res.itl * 1e3, "ms")):
+            lines.append(f"r{inp}-{c}-{metric},L4,1,1,{MODEL},bf16,{inp},32,{c},{metric},"
+                         f"{value:.6g},{unit},vLLM 0.8")
+    data = tmp_path / "rows.csv"
+    data.write_text("\n".join(lines) + "\n")
+    res = run_cli("calibrate", "--fit", "--data", data, "--hold-back", "0", "--json",
+                  "--out", tmp_path / "fits.yaml")
+    assert res.code == 0, res.summary()
+    (group,) = json.loads(res.out)["deployments"]
+    assert group["rows"] == 12 and group["report"]["after"] < 0.01 < group["report"]["before"]
+    for name in ("eta_compute", "eta_memory", "step_overhead_ms", "seq_host_us"):
+        assert group["fit"][name] == pytest.approx(getattr(truth, name), rel=0.05), name
+    again = run_cli("calibrate", "--data", data, "--catalog", tmp_path / "fits.yaml", "--json")
+    assert again.code == 0 and json.loads(again.out)["median_abs_error"] < 0.01

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -255,11 +256,25 @@ def calibrate_cmd(
     catalog: CatalogOpt = None,
     price: PriceOpt = None,
     profile: ProfileOpt = None,
+    fit: Annotated[bool, typer.Option(
+        "--fit", help="fit each deployment's coefficients to its rows (those with at least 6) "
+        "and report the error before and after")] = False,
+    hold_back: Annotated[float, typer.Option(
+        "--hold-back", help="--fit: share of each deployment's load shapes held back")] = 0.25,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="--fit: write the fits as a catalog YAML (use with --catalog)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare the performance model with published serving measurements."""
     from hetserve.sim.calibrate import calibrate, median_abs_error
 
+    if fit:
+        check_output(out_file, "--out")
+        _calibrate_fit(build_catalog(catalog, price, None, None, profile), data, engine,
+                       hold_back, out_file, as_json)
+        return
+    if out_file is not None:
+        raise HetserveError("--out goes with --fit")
     points = calibrate(build_catalog(catalog, price, None, None, profile), data, engine)
     median = median_abs_error(points)
     if as_json:
@@ -281,6 +296,58 @@ def calibrate_cmd(
     worst = max(points, key=lambda p: max(p.predicted / p.measured, p.measured / p.predicted))
     out.print(f"median absolute error: {median:.1%} over {len(points)} points; worst: {worst.id} "
               f"({worst.error:+.0%})")
+
+
+def _calibrate_fit(cat: Catalog, data: Path | None, engine: str | None, hold_back: float,
+                   out_file: Path | None, as_json: bool) -> None:
+    from rich.progress import Progress
+
+    from hetserve.profile.fit import fit_measurements
+    from hetserve.sim.calibrate import engine_profile, read_measurements
+
+    if not 0 <= hold_back < 1:
+        raise HetserveError(f"--hold-back: expected a share in [0, 1), got {hold_back}")
+    rows = read_measurements(data)
+    if engine is not None:
+        rows = [m for m in rows if engine_profile(m.engine) == engine]
+    with Progress(console=_console(stderr=True), transient=True) as bar:
+        task = bar.add_task("fitting", total=None)
+        groups = fit_measurements(rows, cat, hold_back)
+        bar.update(task, completed=1, total=1)
+    fitted = [g for g in groups if g.fit is not None]
+    if out_file is not None:
+        by_acc: dict[str, list] = {}
+        for g in fitted:
+            by_acc.setdefault(g.accelerator, []).append(
+                g.fit.model_dump(exclude={"source"}) | {"source": str(data or "published")})
+        write_text(out_file, yaml.safe_dump({"accelerators": [
+            {"name": name, "fits": fits} for name, fits in by_acc.items()]}, sort_keys=False))
+    if as_json:
+        _emit_json({"deployments": [{
+            "deployment": g.label, "rows": g.rows,
+            "fit": g.fit.model_dump() if g.fit else None,
+            "report": g.report.model_dump() if g.report else None} for g in groups]})
+        return
+    table = Table(title="Coefficients fitted per deployment (closed-loop simulation of each "
+                  "row)", title_justify="left", caption=f"{len(fitted)} of {len(groups)} "
+                  "deployments have enough rows to fit (6)", caption_justify="left")
+    for col in ("deployment", "rows", "eta_compute", "eta_memory", "overhead ms", "host us/seq",
+                "median |error| before -> after", "held back before -> after"):
+        table.add_column(col, justify="left" if col == "deployment" else "right",
+                         no_wrap=col == "deployment")
+    for g in groups:
+        if g.fit is None:
+            table.add_row(g.label, str(g.rows), *["-"] * 6)
+            continue
+        r = g.report
+        held = (f"{r.held_back_before:.1%} -> {r.held_back_after:.1%}"
+                if r.held_back_after is not None else "-")
+        table.add_row(g.label, str(g.rows), f"{g.fit.eta_compute:.3f}",
+                      f"{g.fit.eta_memory:.3f}", f"{g.fit.step_overhead_ms:.2f}",
+                      f"{g.fit.seq_host_us:.0f}", f"{r.before:.1%} -> {r.after:.1%}", held)
+    out.print(table)
+    if out_file is not None:
+        out.print(f"wrote {out_file}")
 
 
 ModelsOpt = Annotated[

@@ -193,3 +193,41 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
                        held_back_after=median_abs(errors(after, test, latency)) if test else None,
                        held_back=sorted(held), client_latency_ms=latency * 1e3)
     return fitted, report
+
+
+MIN_ROWS = 6  # measurements of one deployment needed to fit its five numbers
+
+
+@dataclass(frozen=True)
+class DeploymentFit:
+    """A fit of one deployment's rows in a measurements file (None: too few rows)."""
+
+    label: str
+    accelerator: str
+    rows: int
+    fit: Fit | None
+    report: FitReport | None
+
+
+def fit_measurements(rows: Sequence, catalog, hold_back: float = HOLD_BACK
+                     ) -> list[DeploymentFit]:
+    """Fit every deployment of a measurements file (hetserve.sim.calibrate.Measurement rows,
+    closed loop) that has at least MIN_ROWS rows; the rest are listed unfitted."""
+    from hetserve.sim.calibrate import METRICS, measured_deployment
+
+    groups: dict[Deployment, list] = {}
+    for m in rows:
+        groups.setdefault(measured_deployment(m, catalog), []).append(m)
+    out = []
+    for dep, ms in groups.items():
+        label = f"{dep.label} {dep.model.name} {dep.engine}"
+        if len(ms) < MIN_ROWS:
+            out.append(DeploymentFit(label, dep.accelerator.name, len(ms), None, None))
+            continue
+        obs = [Observation(f"{m.input_tokens}/{m.output_tokens} c={m.concurrency}", "closed",
+                           float(m.concurrency), m.input_tokens, m.output_tokens, m.metric,
+                           m.value * (1e-3 if METRICS[m.metric] == "ms" else 1.0))
+               for m in ms]
+        got, report = fit(dep, obs, hold_back)
+        out.append(DeploymentFit(label, dep.accelerator.name, len(ms), got, report))
+    return out

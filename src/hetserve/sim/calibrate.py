@@ -214,8 +214,9 @@ def engine_profile(engine: str) -> str:
     return "vllm"
 
 
-def predict(m: Measurement, catalog: Catalog) -> float:
-    """The model's value for a measurement, in the measurement's unit."""
+def measured_deployment(m: Measurement, catalog: Catalog) -> Deployment:
+    """The deployment a measurement ran on, as the model sees it (an error naming the row if
+    it does not fit or the request does not fit its KV cache)."""
     try:
         model, acc = get_model(m.model), catalog.get(m.gpu)
     except HetserveError as exc:
@@ -235,6 +236,12 @@ def predict(m: Measurement, catalog: Catalog) -> float:
         raise HetserveError(f"measurement {m.id}: a {m.input_tokens + m.output_tokens}-token "
                             f"request exceeds the KV cache of {dep.label} "
                             f"({dep.kv_capacity_tokens} tokens)")
+    return dep
+
+
+def predict(m: Measurement, catalog: Catalog) -> float:
+    """The model's value for a measurement, in the measurement's unit."""
+    dep = measured_deployment(m, catalog)
     res = closed_loop(dep, m.concurrency, m.input_tokens, m.output_tokens)
     value = getattr(res, m.metric)
     return value * 1e3 if METRICS[m.metric] == "ms" else value
