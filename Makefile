@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench lock clean
+.PHONY: install demo test test-engines lint bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ demo: install
 	$(BIN)/hetserve up $(VENV)/demo-plan.json --emulate --port 0 --burst 200
 
 test: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests tests_engines benchmarks
 	$(BIN)/python -m pytest
+
+# A real engine on this CPU: llama.cpp's server through llama-cpp-python, which compiles
+# llama.cpp on install (about 6 minutes on 2 cores; cached afterwards), profiled by hetserve.
+# Not part of `make test`.
+test-engines: install
+	$(BIN)/python -m pip install -q -c requirements.lock -c requirements-engines.lock \
+	  'llama-cpp-python[server]' gguf
+	$(BIN)/python -m pytest tests_engines -s
 
 bench: install
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -153,7 +153,7 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
     if not points:
         raise HetserveError("--concurrency/--rates: nothing to measure")
     ep = Endpoint(normalise(endpoint), served_model or "", api_key, timeout)
-    prof = Profile(model=spec.name, accelerator=dep.accelerator.name, tp=tp, pp=pp,
+    prof = Profile(model=spec.name, spec=spec, accelerator=dep.accelerator.name, tp=tp, pp=pp,
                    engine=engine, dtype=dep.weight_dtype, max_num_seqs=max_seqs,
                    max_num_batched_tokens=chunk, endpoint=ep.base,
                    measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -169,6 +169,8 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
             if p is not None:
                 prof.points.append(p)
                 bar.advance(task)
+            else:
+                prof.prompts = label
             nxt = len(prof.points)
             if nxt < len(points):
                 mode, load, inp, outp = points[nxt]

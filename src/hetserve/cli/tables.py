@@ -231,7 +231,8 @@ def profile_table(prof, dep) -> Table:
         r = prof.fit_report
         caption = (f"fit: eta_compute {fit.eta_compute:.3f}, eta_memory {fit.eta_memory:.3f}, "
                    f"step overhead {fit.step_overhead_ms:.2f} ms, host {fit.seq_host_us:.0f} us "
-                   f"per sequence. Median |error| {r.before:.1%} with the model's defaults, "
+                   f"per sequence; the client adds {r.client_latency_ms:.1f} ms. Median "
+                   f"|error| {r.before:.1%} with the model's defaults, "
                    f"{r.after:.1%} fitted")
         if r.held_back_after is not None:
             caption += (f"; on {len(r.held_back)} held-back shapes {r.held_back_before:.1%} -> "

@@ -1,7 +1,9 @@
 """Drive an OpenAI-compatible endpoint and measure it: `hetserve profile`.
 
 Each request is a streamed completion whose prompt is a list of random token ids of the asked
-length (exact without a tokenizer, and never a prefix-cache hit) and whose output is held to
+length (exact without a tokenizer, and never a prefix-cache hit; where the endpoint refuses
+token ids, as llama-cpp-python's server does, random words sized with its tokenizer, see
+Prompts) and whose output is held to
 the asked length (`max_tokens` = `min_tokens` = N with `ignore_eos`, which vLLM, SGLang and
 llama.cpp's server honour; a request that still gets fewer tokens is counted in the point's
 `short_outputs`). Latencies are taken at the client: TTFT at the first streamed token, ITL as
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -112,7 +114,7 @@ async def engine_metrics(session: aiohttp.ClientSession, ep: Endpoint) -> Engine
                          preemptions=get("vllm:num_preemptions_total"))
 
 
-async def request(session: aiohttp.ClientSession, ep: Endpoint, prompt: list[int],
+async def request(session: aiohttp.ClientSession, ep: Endpoint, prompt: list[int] | str,
                   output: int) -> Sample:
     url = ep.base + "/v1/completions"
     body = {"model": ep.served_model, "prompt": prompt, "max_tokens": output,
@@ -145,8 +147,9 @@ async def request(session: aiohttp.ClientSession, ep: Endpoint, prompt: list[int
                         first = first or last
                         chunks += 1
     except TimeoutError:
-        raise MeasureError(f"{url}: a request of {len(prompt)} prompt and {output} output "
-                           f"tokens took over {ep.timeout:g} s (--timeout)") from None
+        size = len(prompt) if isinstance(prompt, list) else f"{len(prompt.split())}-word"
+        raise MeasureError(f"{url}: a request of {size} prompt and {output} output tokens "
+                           f"took over {ep.timeout:g} s (--timeout)") from None
     except (aiohttp.ClientError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MeasureError(f"{url}: {_reason(exc)}") from None
     if not done or not chunks:
@@ -155,18 +158,86 @@ async def request(session: aiohttp.ClientSession, ep: Endpoint, prompt: list[int
     return Sample(sent, first, last, tokens)
 
 
-class _Prompts:
-    """Random token ids, a fresh prompt each call (no two share a prefix block)."""
+# short common words: most tokenizers give each one token (with its leading space)
+_WORD_TEXT = """time year people way day man thing woman life child world school state family
+student group country problem hand part place case week company system program question work
+government number night point home water room mother area money story fact month lot right study
+book eye job word business issue side kind head house service friend father power hour game line
+end member law car city community name president team minute idea kid body information back
+parent face level office door health person art war history party result change morning reason
+research girl guy moment air teacher force education"""
+WORDS = tuple(_WORD_TEXT.split())
+
+
+class Prompts:
+    """A fresh prompt of n tokens per call, no two sharing a prefix: random token ids where the
+    endpoint takes them (exact); else random words, as many as its tokenizer makes n tokens of
+    (its /tokenize, llama-cpp-python's /extras/tokenize, or a one-token completion's usage)."""
 
     def __init__(self, vocab: int, seed: int = SEED) -> None:
         self.rng = np.random.default_rng(seed)
         self.high = max(vocab - 1, 101)
+        self.words: dict[int, int] | None = None  # text mode: prompt tokens -> words
+        self.how = "token ids"
 
-    def __call__(self, n: int) -> list[int]:
-        return self.rng.integers(100, self.high, size=n).tolist()
+    def __call__(self, n: int) -> list[int] | str:
+        if self.words is None:
+            return self.rng.integers(100, self.high, size=n).tolist()
+        return " ".join(self.rng.choice(WORDS, size=self.words[n]))
+
+    async def prepare(self, session, ep: Endpoint, sizes: Sequence[int]) -> None:
+        try:
+            await _usage(session, ep, [100, 101, 102, 103])
+            return
+        except MeasureError:  # token ids refused (llama-cpp-python's server): text
+            pass
+        self.words = {}
+        for n in sorted(set(sizes)):
+            self.words[n] = await self._words_for(session, ep, n)
+
+    async def _words_for(self, session, ep: Endpoint, n: int) -> int:
+        best, best_gap, k = 1, None, n
+        for _ in range(8):
+            got = await self._count(session, ep, " ".join(self.rng.choice(WORDS, size=k)))
+            if best_gap is None or abs(got - n) < best_gap:
+                best, best_gap = k, abs(got - n)
+            if got == n:
+                break
+            k = max(1, round(k * n / got) if abs(got - n) > 2 else k + (n - got))
+        return best
+
+    async def _count(self, session, ep: Endpoint, text: str) -> int:
+        body = {"model": ep.served_model, "prompt": text, "content": text, "input": text}
+        for path in ("/tokenize", "/extras/tokenize"):
+            try:
+                async with session.post(ep.base + path, json=body, headers=ep.headers) as resp:
+                    if resp.status == 200:
+                        data = await resp.json(content_type=None)
+                        if isinstance(data, dict) and ("count" in data or "tokens" in data):
+                            self.how = f"text ({path})"
+                            return int(data.get("count") or len(data["tokens"]))
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+        self.how = "text (usage)"
+        return await _usage(session, ep, text)
 
 
-async def closed_loop(session, ep: Endpoint, prompts: _Prompts, concurrency: int, inp: int,
+async def _usage(session, ep: Endpoint, prompt) -> int:
+    """The prompt tokens a one-token completion of `prompt` reports (its usage)."""
+    url = ep.base + "/v1/completions"
+    body = {"model": ep.served_model, "prompt": prompt, "max_tokens": 1}
+    try:
+        async with asyncio.timeout(ep.timeout):
+            async with session.post(url, json=body, headers=ep.headers) as resp:
+                if resp.status != 200:
+                    raise MeasureError(f"{url}: HTTP {resp.status}: {await _message(resp)}")
+                data = await resp.json(content_type=None)
+        return int(data["usage"]["prompt_tokens"])
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        raise MeasureError(f"{url}: {_reason(exc)}") from None
+
+
+async def closed_loop(session, ep: Endpoint, prompts: Prompts, concurrency: int, inp: int,
                       out: int, seconds: float) -> tuple[list[Sample], list[Sample], float]:
     """Every request sent, those measured (past the warm-up), and the window's seconds.
 
@@ -193,7 +264,7 @@ async def closed_loop(session, ep: Endpoint, prompts: _Prompts, concurrency: int
     return [alone, *samples], samples, samples[-1].end - min(s.sent for s in samples)
 
 
-async def open_loop(session, ep: Endpoint, prompts: _Prompts, rate: float, inp: int, out: int,
+async def open_loop(session, ep: Endpoint, prompts: Prompts, rate: float, inp: int, out: int,
                     seconds: float, seed: int = SEED
                     ) -> tuple[list[Sample], list[Sample], float]:
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=max(1, int(rate * seconds)))
@@ -268,8 +339,9 @@ class Plan:
 async def measure(ep: Endpoint, plan: Plan, vocab: int,
                   on_point: Callable[[ProfilePoint | None, str], None]) -> None:
     """Measure every point of `plan` against `ep`, calling `on_point(point, label)` after each
-    (None first, with the served model resolved into ep). Raises MeasureError."""
-    prompts = _Prompts(vocab)
+    (first `on_point(None, how prompts are built)`, once the served model is resolved into
+    ep). Raises MeasureError."""
+    prompts = Prompts(vocab)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -282,7 +354,8 @@ async def measure(ep: Endpoint, plan: Plan, vocab: int,
         elif ep.served_model not in models:
             raise MeasureError(f"{ep.base}/v1/models: no model {ep.served_model!r} (it serves "
                                f"{', '.join(models) or 'none'})")
-        on_point(None, "")
+        await prompts.prepare(session, ep, [inp for inp, _ in plan.sizes])
+        on_point(None, prompts.how)
         for mode, load, inp, out in plan.points():
             before = await engine_metrics(session, ep)
             run = closed_loop if mode == "closed" else open_loop

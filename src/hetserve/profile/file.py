@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from hetserve.catalog import Catalog, Fit
 from hetserve.errors import HetserveError, Record, read_text, validation_message, write_text
+from hetserve.models import ModelSpec
 
 PROFILE_VERSION = 1
 
@@ -93,6 +94,8 @@ class FitReport(Record):
 class Profile(Record):
     version: int = PROFILE_VERSION
     model: str = Field(min_length=1, description="model name in hetserve's registry")
+    spec: ModelSpec | None = Field(default=None, description="the architecture measured (a "
+                                   "profile of a config.json model reads back without it)")
     accelerator: str = Field(min_length=1)
     tp: int = Field(default=1, ge=1)
     pp: int = Field(default=1, ge=1)
@@ -102,6 +105,8 @@ class Profile(Record):
     max_num_batched_tokens: int = Field(ge=1)
     endpoint: str = ""
     served_model: str = ""
+    prompts: str = Field(default="token ids", description="how prompts were built: token "
+                         "ids, or text sized by the endpoint's tokenizer")
     measured_at: str = ""
     complete: bool = True
     failure: str = ""

@@ -22,8 +22,8 @@ def deployment_of(prof: Profile, catalog: Catalog) -> Deployment:
     acc = acc.model_copy(update={"fits": tuple(
         f for f in acc.fits if not f.matches(prof.model, prof.tp, prof.pp, prof.engine,
                                              prof.dtype))})
-    dep = Deployment(get_model(prof.model), acc, tp=prof.tp, pp=prof.pp, dtype=prof.dtype,
-                     engine=prof.engine, max_seqs=prof.max_num_seqs,
+    dep = Deployment(prof.spec or get_model(prof.model), acc, tp=prof.tp, pp=prof.pp,
+                     dtype=prof.dtype, engine=prof.engine, max_seqs=prof.max_num_seqs,
                      chunk_tokens=prof.max_num_batched_tokens)
     if not dep.fits:
         raise HetserveError(f"profile of {dep.label}: {dep.why_not()}")
@@ -38,18 +38,21 @@ class Row:
     fitted: dict[str, float] | None  # the profile's fit
 
 
-def _predict(dep: Deployment, p: ProfilePoint, cache: dict) -> dict[str, float]:
+def _predict(dep: Deployment, p: ProfilePoint, cache: dict, latency: float = 0.0
+             ) -> dict[str, float]:
     load = p.concurrency if p.mode == "closed" else p.rate
     return {m: Observation(p.label, p.mode, float(load), p.input_tokens, p.output_tokens, m,
                            1.0, p.seconds, tuple(p.sent_at), tuple(p.measured)
-                           ).predict(dep, cache) for m in METRICS}
+                           ).predict(dep, cache, latency) for m in METRICS}
 
 
 def rows(prof: Profile, dep: Deployment) -> list[Row]:
+    """Per point: measured; the model's defaults; the fit, with the client latency it found."""
     fitted = with_fit(dep, prof.fit) if prof.fit is not None else None
+    latency = prof.fit_report.client_latency_ms * 1e-3 if prof.fit_report else 0.0
     base, tuned = {}, {}
     return [Row(p, {m: getattr(p, m) for m in METRICS}, _predict(dep, p, base),
-                _predict(fitted, p, tuned) if fitted is not None else None)
+                _predict(fitted, p, tuned, latency) if fitted is not None else None)
             for p in prof.points]
 
 
