@@ -22,7 +22,7 @@ from hetserve.models import get_model
 from hetserve.perf import Deployment
 from hetserve.profile.drive import Endpoint, MeasureError, Plan, measure
 from hetserve.profile.file import Profile, apply_profiles, load_profile
-from hetserve.profile.fit import fit, observations
+from hetserve.profile.fit import fit, observations, with_fit
 
 from .conftest import assert_bad_input
 
@@ -64,7 +64,7 @@ def measured(tmp_path_factory):
                                "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().split()[2]
-        plan = Plan(((256, 32), (2048, 32), (8192, 32)), (1, 16), (), 1.5)
+        plan = Plan(((256, 96), (2048, 96), (8192, 32)), (1, 16), (), 2.5)
         points = []
         asyncio.run(measure(Endpoint(url), plan, 128_256,
                             lambda p, _: points.append(p) if p is not None else None))
@@ -82,8 +82,19 @@ def test_profiling_an_emulator_recovers_its_coefficients(measured):
         assert p.after.preemptions == 0  # the emulator's vLLM metrics were read
     dep = Deployment(get_model(MODEL), load_catalog().get(ACC))  # the catalog's defaults
     got, report = fit(dep, observations(measured))
-    for name, want in TRUTH.items():
-        assert getattr(got, name) == pytest.approx(want, rel=0.10), name
+    for name in ("eta_compute", "seq_host_us"):
+        assert getattr(got, name) == pytest.approx(TRUTH[name], rel=0.10), name
+    # A decode step costs weights / eta_memory + overhead: 8.7 + 3 ms here. The steps pin
+    # their sum; the split moves with the emulator's jitter on a busy 2-core machine (tenths
+    # of a ms a step): a 4% change of eta_memory is 12% of the overhead, which alone has come
+    # out up to 35% off. The step times the plan uses are what must hold
+    assert got.eta_memory == pytest.approx(TRUTH["eta_memory"], rel=0.25)
+    fitted = with_fit(dep, got)
+    truth = with_fit(dep, truth_fit())
+    for batch, context in ((1, 300), (16, 2100), (16, 8200), (64, 2000)):
+        assert fitted.decode_step_time(batch, context) == pytest.approx(
+            truth.decode_step_time(batch, context), rel=0.05), (batch, context)
+    assert fitted.prefill_time(8192) == pytest.approx(truth.prefill_time(8192), rel=0.03)
     assert report.after < 0.02 and report.before > 0.2  # median |error|: fitted, defaults
     assert report.held_back and report.held_back_after < 0.05 < report.held_back_before
     assert 0 < report.client_latency_ms < 20  # HTTP on loopback, not the engine
