@@ -38,7 +38,7 @@ RESULTS = Path(__file__).parent / "results" / "profile_fit.json"
 MODEL, ACC = "llama-3.1-8b", "H100-SXM"
 TRUTH = {"eta_compute": 0.4, "eta_memory": 0.55, "step_overhead_ms": 3.0, "seq_host_us": 150.0}
 CONCURRENCY = (1, 4, 16)
-RATES = (4.0,)
+RATES: tuple[float, ...] = ()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import typer
 
 from hetserve.errors import HetserveError, check_output, positive
 
-DEFAULT_SIZES = "256:32,2048:32,8192:32"  # a short and two long prompts: see profile/fit.py
+DEFAULT_SIZES = "256:96,2048:96,8192:32"  # a short and two long prompts: see profile/fit.py
 DEFAULT_CONCURRENCY = "1,4,16,64"
 
 
