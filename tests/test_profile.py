@@ -82,8 +82,10 @@ def test_profiling_an_emulator_recovers_its_coefficients(measured):
         assert p.after.preemptions == 0  # the emulator's vLLM metrics were read
     dep = Deployment(get_model(MODEL), load_catalog().get(ACC))  # the catalog's defaults
     got, report = fit(dep, observations(measured))
-    for name in ("eta_compute", "seq_host_us"):
-        assert getattr(got, name) == pytest.approx(TRUTH[name], rel=0.10), name
+    assert got.eta_compute == pytest.approx(TRUTH["eta_compute"], rel=0.05)
+    # the host time per sequence: within 8% in eight runs of this test; the margin is for a
+    # CI machine busier than this one
+    assert got.seq_host_us == pytest.approx(TRUTH["seq_host_us"], rel=0.15)
     # A decode step costs weights / eta_memory + overhead: 8.7 + 3 ms here. The steps pin
     # their sum; the split moves with the emulator's jitter on a busy 2-core machine (tenths
     # of a ms a step): a 4% change of eta_memory is 12% of the overhead, which alone has come
