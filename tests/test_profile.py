@@ -28,7 +28,7 @@ from .conftest import assert_bad_input
 
 MODEL = "llama-3.1-8b"
 ACC = "H100-SXM"
-# what the emulated engine runs with, unknown to the profiler (the catalog says 0.6/0.8/1 ms/0)
+# what the emulated engine runs with, unknown to the profiler (the catalog: 0.6/0.8/2.5 ms/0)
 TRUTH = dict(eta_compute=0.4, eta_memory=0.55, step_overhead_ms=3.0, seq_host_us=150.0)
 
 

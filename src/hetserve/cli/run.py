@@ -18,18 +18,6 @@ TOKENIZER_HELP = ("[MODEL=]FILE: count MODEL's prompts with this tokenizer.json 
                   "repeatable. Default: one token per word")
 
 
-def run_loop(main) -> None:
-    """Run `main` on uvloop where it is installed (not on Windows), else asyncio's own loop:
-    the gateway on uvloop sustained 13% more requests/s (benchmarks/gateway_overhead.py)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
-
-
 def tokenizers(values: list[str] | None, plan) -> dict:
     """--tokenizer values -> {model name: PromptCounter}, each file read once."""
     names = [e.name for e in plan.models]
@@ -93,7 +81,7 @@ def emulate_cmd(
         raise HetserveError(f"{dep.label}: {dep.why_not()}")
     ports = [port + k if port else 0 for k in range(replicas)]
     counter = PromptCounter.from_file(tokenizer) if tokenizer is not None else WORDS
-    run_loop(_serve(Emulator(dep, spec.name, replicas, host, ports, counter=counter),
+    asyncio.run(_serve(Emulator(dep, spec.name, replicas, host, ports, counter=counter),
                        dep.label))
 
 
@@ -149,7 +137,7 @@ def serve_cmd(
     counters = tokenizers(tokenizer, plan)
     if access_log:
         _log_json_lines()
-    run_loop(_gateway(plan, urls, host, port, lambda u: Gateway(
+    asyncio.run(_gateway(plan, urls, host, port, lambda u: Gateway(
         plan, u, api_key or (), admin_token, counters=counters), GatewayServer,
         counters=counters))
 
@@ -254,7 +242,7 @@ def up_cmd(
 
             Console(width=160).print(_status(gateway, "after the burst"))
 
-    run_loop(_gateway(plan, None, host, port, lambda u: Gateway(
+    asyncio.run(_gateway(plan, None, host, port, lambda u: Gateway(
         plan, u, keys, counters=counters), GatewayServer, then, counters))
 
 

@@ -383,7 +383,10 @@ class Gateway:
         outcome = "error"
         try:
             try:
-                upstream = await self.session.post(replica.url + path, json=body)
+                # the client's own bytes (read once, cached by aiohttp): no re-encoding
+                upstream = await self.session.post(replica.url + path,
+                                                   data=await request.read(),
+                                                   headers=JSON_HEADERS)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome = "unreachable"
                 raise _Unreachable(str(exc) or type(exc).__name__) from None
@@ -488,6 +491,9 @@ async def _json(request: web.Request):
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequest("body: not valid JSON") from None
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def _bearer(request: web.Request) -> str | None:
