@@ -232,3 +232,42 @@ def test_calibrate_fit_recovers_coefficients_from_a_measurements_file(run_cli, t
         assert group["fit"][name] == pytest.approx(getattr(truth, name), rel=0.05), name
     again = run_cli("calibrate", "--data", data, "--catalog", tmp_path / "fits.yaml", "--json")
     assert again.code == 0 and json.loads(again.out)["median_abs_error"] < 0.01
+
+
+def test_a_melange_throughput_matrix_imports_as_a_fitted_profile(run_cli, tmp_path):
+    """A 2 x 3 throughput matrix that hetserve's capacity model gives under known
+    coefficients, in Mélange's solver input: imported, its fit reproduces the matrix, and
+    plans use it through --profile."""
+    from hetserve.perf.capacity import SLO, class_capacity
+
+    truth = Fit(model=MODEL, tp=1, engine="vllm", dtype="bf16", eta_compute=0.35,
+                eta_memory=0.6, step_overhead_ms=4.0, seq_host_us=60.0)
+    dep = Deployment(get_model(MODEL), load_catalog().with_fits([("A10G", truth)]).get("A10G"))
+    edges_in, edges_out = (1, 512, 4096), (1, 64, 256, 1024)
+    mids_in = [(a + b) // 2 for a, b in zip(edges_in[:-1], edges_in[1:], strict=True)]
+    mids_out = [(a + b) // 2 for a, b in zip(edges_out[:-1], edges_out[1:], strict=True)]
+    rates = class_capacity(dep, [i for i in mids_in for _ in mids_out],
+                           [o for _ in mids_in for o in mids_out], SLO(2.0, 0.1, 0.5)).rate
+    tputs = [[round(float(rates[3 * i + j]), 4) for j in range(3)] for i in range(2)]
+    path = tmp_path / "melange.json"
+    path.write_text(json.dumps({"gpu_info": {"A10G": {"cost": 1.01, "tputs": tputs}},
+                                "workload_distribution": [[1, 1, 1]] * 2,
+                                "total_request_rate": 10}))
+    out = tmp_path / "a10g.json"
+    args = ["profile", "--import-melange", path, "-m", MODEL, "-a", "A10G", "--ttft", "2s",
+            "--tpot", "100ms", "--input-edges", ",".join(map(str, edges_in)),
+            "--output-edges", ",".join(map(str, edges_out)), "--out", out]
+    res = run_cli(*args)
+    assert res.code == 0, res.summary()
+    assert "capacities imported" in res.out and "1/32" not in res.out
+    prof = load_profile(out)
+    assert len(prof.capacities) == 6 and prof.fit is not None
+    assert prof.fit_report.after < 0.02 < prof.fit_report.before
+    fitted = Deployment(get_model(MODEL), apply_profiles(load_catalog(), [out]).get("A10G"))
+    got = class_capacity(fitted, [i for i in mids_in for _ in mids_out],
+                         [o for _ in mids_in for o in mids_out], SLO(2.0, 0.1, 0.5)).rate
+    assert got == pytest.approx(rates, rel=0.05)
+    # bad input, in one line each
+    assert_bad_input(run_cli(*args[:-6], "--input-edges", "1,256", "--output-edges",
+                             "1,64,256,1024", "--out", out), needs=["2 x 3", "3 and 4"])
+    assert_bad_input(run_cli(*args, "--gpu", "H100"), needs=["H100", "A10G", "--gpu"])

@@ -93,6 +93,22 @@ def profile_cmd(
         "--fit", help="fit an existing profile's points again and save it")] = None,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="with --report: latency and throughput against load (PNG)")] = None,
+    melange: Annotated[Path | None, typer.Option(
+        "--import-melange", help="Mélange solver input: fit a profile to one GPU's throughput "
+        "matrix (gpu_info.NAME.tputs) instead of measuring")] = None,
+    gpu: Annotated[str | None, typer.Option(
+        "--gpu", help="--import-melange: the gpu_info entry (default: --accelerator)")] = None,
+    input_edges: Annotated[str | None, typer.Option(
+        "--input-edges", help="--import-melange: prompt-token edges of the matrix's rows")]
+    = None,
+    output_edges: Annotated[str | None, typer.Option(
+        "--output-edges", help="--import-melange: output-token edges of its columns")] = None,
+    ttft: Annotated[str | None, typer.Option(
+        "--ttft", help="--import-melange: the TTFT limit the matrix was measured at")] = None,
+    tpot: Annotated[str | None, typer.Option(
+        "--tpot", help="--import-melange: the TPOT limit it was measured at")] = None,
+    quantile: Annotated[float, typer.Option(
+        "--quantile", help="--import-melange: share of requests within the limits")] = 0.5,
 ) -> None:
     """Measure an OpenAI-compatible endpoint (closed loop at each concurrency, Poisson at each
     rate), fit the deployment's step-time coefficients to it, and save a profile that --profile
@@ -106,6 +122,16 @@ def profile_cmd(
             raise HetserveError("--report/--fit read a profile file; --endpoint measures one "
                                 "(give one of them)")
         _existing(report or refit, cat, refit is not None, hold_back, plot)
+        return
+    if melange is not None:
+        if endpoint is not None:
+            raise HetserveError("--import-melange reads a file; --endpoint measures (give one)")
+        if model is None or accelerator is None or out is None:
+            raise HetserveError("--import-melange: give --model, --accelerator and --out")
+        check_output(out, "--out")
+        _import(melange, gpu or accelerator, model, accelerator, tp, pp, dtype, engine,
+                max_seqs, chunk, input_edges, output_edges, ttft, tpot, quantile, hold_back,
+                cat, out)
         return
     if endpoint is None or model is None or accelerator is None or out is None:
         raise HetserveError("hetserve profile: give --endpoint, --model, --accelerator and "
@@ -125,26 +151,15 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hetserve.cli import out as console
-    from hetserve.models import check_dtype, get_model
-    from hetserve.perf import Deployment
-    from hetserve.perf.model import check_engine
     from hetserve.profile.drive import Endpoint, MeasureError, Plan, measure, normalise
     from hetserve.profile.file import Profile
 
-    check_dtype(dtype)
-    check_engine(engine)
-    for value, option in ((tp, "--tp"), (pp, "--pp"), (max_seqs, "--max-num-seqs"),
-                          (chunk, "--max-num-batched-tokens")):
-        positive(value, option, integer=True)
     positive(seconds, "--seconds-per-point")
     positive(timeout, "--timeout")
     if not 0 <= hold_back < 1:
         raise HetserveError(f"--hold-back: expected a share in [0, 1), got {hold_back}")
-    spec = get_model(model)
-    dep = Deployment(spec, cat.get(accelerator), tp=tp, pp=pp, dtype=dtype, engine=engine,
-                     max_seqs=max_seqs, chunk_tokens=chunk)
-    if not dep.fits:
-        raise HetserveError(f"{dep.label}: {dep.why_not()}")
+    dep = _deployment(model, accelerator, tp, pp, dtype, engine, max_seqs, chunk, cat)
+    spec = dep.model
     plan = Plan(_sizes(sizes), _ints(concurrency, "--concurrency"), _rates(rates), seconds)
     for inp, outp in plan.sizes:
         if inp + outp > min(dep.kv_capacity_tokens, spec.max_context):
@@ -190,20 +205,67 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
     _fit_and_save(prof, dep, hold_back, out)
 
 
+def _import(path, gpu, model, accelerator, tp, pp, dtype, engine, max_seqs, chunk,
+            input_edges, output_edges, ttft, tpot, quantile, hold_back, cat, out) -> None:
+    from rich.progress import Progress
+
+    from hetserve.cli import out as console
+    from hetserve.cli import parse_duration
+    from hetserve.cli.tables import profile_tables
+    from hetserve.profile.melange import import_melange, melange_points
+
+    if input_edges is None or output_edges is None:
+        raise HetserveError("--import-melange: give --input-edges and --output-edges, the "
+                            "token edges of the matrix's buckets (Mélange's files do not say)")
+    if not 0 < quantile < 1:
+        raise HetserveError(f"--quantile: expected a share in (0, 1), got {quantile}")
+    dep = _deployment(model, accelerator, tp, pp, dtype, engine, max_seqs, chunk, cat)
+    args = (path, gpu, dep, _ints(input_edges, "--input-edges"),
+            _ints(output_edges, "--output-edges"),
+            parse_duration(ttft, "--ttft") if ttft else None,
+            parse_duration(tpot, "--tpot") if tpot else None, quantile)
+    melange_points(path, gpu, *args[3:])  # bad input is refused before any work
+    with Progress(console=console, transient=True) as bar:
+        bar.add_task(f"fitting {dep.label} to {path}", total=None)
+        prof = import_melange(*args, hold_back)
+    prof.save(out)
+    for table in profile_tables(prof, dep):
+        console.print(table)
+    console.print(f"wrote {out}")
+
+
+def _deployment(model, accelerator, tp, pp, dtype, engine, max_seqs, chunk, cat):
+    from hetserve.models import check_dtype, get_model
+    from hetserve.perf import Deployment
+    from hetserve.perf.model import check_engine
+
+    check_dtype(dtype)
+    check_engine(engine)
+    for value, option in ((tp, "--tp"), (pp, "--pp"), (max_seqs, "--max-num-seqs"),
+                          (chunk, "--max-num-batched-tokens")):
+        positive(value, option, integer=True)
+    dep = Deployment(get_model(model), cat.get(accelerator), tp=tp, pp=pp, dtype=dtype,
+                     engine=engine, max_seqs=max_seqs, chunk_tokens=chunk)
+    if not dep.fits:
+        raise HetserveError(f"{dep.label}: {dep.why_not()}")
+    return dep
+
+
 def _fit_and_save(prof, dep, hold_back: float, out: Path) -> None:
     from hetserve.cli import out as console
-    from hetserve.cli.tables import profile_table
+    from hetserve.cli.tables import profile_tables
     from hetserve.profile.fit import fit, observations
 
-    prof.fit, prof.fit_report = fit(dep, observations(prof.points), hold_back)
+    prof.fit, prof.fit_report = fit(dep, observations(prof.points, prof.capacities), hold_back)
     prof.save(out)
-    console.print(profile_table(prof, dep))
+    for table in profile_tables(prof, dep):
+        console.print(table)
     console.print(f"wrote {out}")
 
 
 def _existing(path: Path, cat, refit: bool, hold_back: float, plot: Path | None) -> None:
     from hetserve.cli import out as console
-    from hetserve.cli.tables import profile_table
+    from hetserve.cli.tables import profile_tables
     from hetserve.profile.file import load_profile
     from hetserve.profile.report import deployment_of
 
@@ -214,7 +276,8 @@ def _existing(path: Path, cat, refit: bool, hold_back: float, plot: Path | None)
             raise HetserveError(f"{path}: a partial profile ({prof.failure}) is never fitted")
         _fit_and_save(prof, dep, hold_back, path)
         return
-    console.print(profile_table(prof, dep))
+    for table in profile_tables(prof, dep):
+        console.print(table)
     if plot is not None:
         from hetserve.profile.report import plot_profile
 

@@ -218,7 +218,59 @@ def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
     return [head, groups, classes]
 
 
-def profile_table(prof, dep) -> Table:
+def profile_tables(prof, dep) -> list[Table]:
+    """A profile's measured points and imported capacities against the model's defaults and
+    the fit."""
+    tables = [_points_table(prof, dep)] if prof.points or not prof.capacities else []
+    if prof.capacities:
+        tables.append(_capacity_table(prof, dep))
+    return tables
+
+
+def _fit_caption(prof) -> str:
+    fit, r = prof.fit, prof.fit_report
+    if fit is None:
+        return ""
+    caption = (f"fit: eta_compute {fit.eta_compute:.3f}, eta_memory {fit.eta_memory:.3f}, "
+               f"step overhead {fit.step_overhead_ms:.2f} ms, host {fit.seq_host_us:.0f} us "
+               f"per sequence; the client adds {r.client_latency_ms:.1f} ms. Median "
+               f"|error| {r.before:.1%} with the model's defaults, {r.after:.1%} fitted")
+    if r.held_back_after is not None:
+        caption += (f"; on {len(r.held_back)} held-back shapes {r.held_back_before:.1%} -> "
+                    f"{r.held_back_after:.1%} (* held back from the fit)")
+    return caption
+
+
+def _capacity_table(prof, dep) -> Table:
+    from hetserve.profile.fit import with_fit
+    from hetserve.profile.report import capacity_rows
+
+    table = Table(title=f"{prof.model} on {dep.label}: capacities imported from "
+                  f"{prof.endpoint}", caption=_fit_caption(prof) if not prof.points else "",
+                  title_justify="left", caption_justify="left")
+    for col in ("prompt/output tokens", "SLO", "req/s measured", "model", "fitted"):
+        table.add_column(col, justify="left" if col in ("prompt/output tokens", "SLO")
+                         else "right", no_wrap=True)
+    held = set(prof.fit_report.held_back) if prof.fit_report else set()
+    fitted = with_fit(dep, prof.fit) if prof.fit is not None else None
+    for c, model, tuned in capacity_rows(prof, dep, fitted):
+        ttft, tpot, q = c.slo
+        slo = (f"TTFT {ttft:g}s " if ttft < float("inf") else "") + \
+            (f"TPOT {tpot * 1e3:g}ms " if tpot < float("inf") else "") + f"@{q:g}"
+        cells = [f"{c.input_tokens}/{c.output_tokens}" + (" *" if c.label in held else ""),
+                 slo, f"{c.rate:.2f}"]
+        for pred in (model, tuned):
+            if pred is None:
+                cells.append("-")
+            elif c.rate > 0:
+                cells.append(f"{pred:.2f} ({pred / c.rate - 1:+.0%})")
+            else:
+                cells.append(f"{pred:.2f}")
+        table.add_row(*cells)
+    return table
+
+
+def _points_table(prof, dep) -> Table:
     """Measured against predicted, per profile point: the model's defaults and the fit."""
     from hetserve.profile.report import METRICS, rows
 
@@ -226,19 +278,7 @@ def profile_table(prof, dep) -> Table:
     title = f"{prof.model} on {dep.label} ({prof.engine}), {len(prof.points)} points"
     if not prof.complete:
         title += f" [red]partial: {prof.failure}[/]"
-    caption = ""
-    if fit is not None:
-        r = prof.fit_report
-        caption = (f"fit: eta_compute {fit.eta_compute:.3f}, eta_memory {fit.eta_memory:.3f}, "
-                   f"step overhead {fit.step_overhead_ms:.2f} ms, host {fit.seq_host_us:.0f} us "
-                   f"per sequence; the client adds {r.client_latency_ms:.1f} ms. Median "
-                   f"|error| {r.before:.1%} with the model's defaults, "
-                   f"{r.after:.1%} fitted")
-        if r.held_back_after is not None:
-            caption += (f"; on {len(r.held_back)} held-back shapes {r.held_back_before:.1%} -> "
-                        f"{r.held_back_after:.1%}")
-    if fit is not None and prof.fit_report.held_back:
-        caption += " (* held back from the fit)"
+    caption = _fit_caption(prof)
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     table.add_column("point", no_wrap=True)
     names = {"ttft": "TTFT ms", "itl": "ITL ms", "output_throughput": "tok/s"}

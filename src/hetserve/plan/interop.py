@@ -82,7 +82,8 @@ class AbstractInput(Record):
         return self
 
 
-def _read(path: Path | str, model: type[Record]):
+def read_problem(path: Path | str, model: type[Record]):
+    """A published-format problem file, validated (HetserveError naming the file)."""
     data = load_json(path)
     if not isinstance(data, dict):
         raise HetserveError(f"{path}: expected a JSON object")
@@ -99,7 +100,7 @@ def solve_melange(path: Path | str, continuous: bool = False) -> dict:
     slice_factor equal slices of a bucket goes wholly to one GPU type), which reproduces Mélange's
     published answers; `continuous` (or no slice_factor) solves the relaxation, formulation A,
     which is never dearer."""
-    data = _read(path, MelangeInput)
+    data = read_problem(path, MelangeInput)
     dist = np.asarray(data.workload_distribution, dtype=np.float64)
     shape = dist.shape
     names = list(data.gpu_info)
@@ -136,7 +137,7 @@ def solve_melange(path: Path | str, continuous: bool = False) -> dict:
 def solve_abstract(path: Path | str) -> dict:
     """The ICML'25 form: gpu_types {price, available}, workloads {demand}, configs {gpus,
     throughput}, budget. Minimises the makespan exactly (formulation B)."""
-    data = _read(path, AbstractInput)
+    data = read_problem(path, AbstractInput)
     tnames, wnames, cnames = list(data.gpu_types), list(data.workloads), list(data.configs)
     usage = np.zeros((len(cnames), len(tnames)))
     cap = np.zeros((len(cnames), len(wnames)))

@@ -10,6 +10,7 @@ are kept, and it is never fitted or used to override the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -77,6 +78,26 @@ class ProfilePoint(Record):
         return f"{self.input_tokens}/{self.output_tokens} {load}"
 
 
+class CapacityPoint(Record):
+    """A throughput matrix's entry (Mélange's profiles): the most requests per second of one
+    size the deployment serves within an SLO (0: it cannot)."""
+
+    input_tokens: int = Field(ge=1)
+    output_tokens: int = Field(ge=1)
+    rate: float = Field(ge=0, description="req/s")
+    ttft: float | None = Field(default=None, gt=0, description="seconds (None: no limit)")
+    tpot: float | None = Field(default=None, gt=0, description="seconds (None: no limit)")
+    quantile: float = Field(default=0.5, gt=0, lt=1)
+
+    @property
+    def slo(self) -> tuple[float, float, float]:
+        return (self.ttft or math.inf, self.tpot or math.inf, self.quantile)
+
+    @property
+    def label(self) -> str:
+        return f"{self.input_tokens}/{self.output_tokens} capacity"
+
+
 class FitReport(Record):
     """How well the coefficients reproduce the points: median |relative error| over every
     point's TTFT, ITL and throughput, with the model's defaults and with the fit, on the points
@@ -111,6 +132,8 @@ class Profile(Record):
     complete: bool = True
     failure: str = ""
     points: list[ProfilePoint] = Field(default_factory=list)
+    capacities: list[CapacityPoint] = Field(default_factory=list, description="imported "
+                                            "throughput-matrix entries (Mélange)")
     fit: Fit | None = None
     fit_report: FitReport | None = None
 

@@ -34,8 +34,9 @@ import numpy as np
 from hetserve.catalog import Fit
 from hetserve.errors import HetserveError
 from hetserve.perf import Deployment
+from hetserve.perf.capacity import SLO, class_capacity
 from hetserve.profile.drive import SEED
-from hetserve.profile.file import FitReport, ProfilePoint
+from hetserve.profile.file import CapacityPoint, FitReport, ProfilePoint
 from hetserve.sim.calibrate import LoopResult, closed_loop, open_loop, replay
 
 # bounds of the fitted coefficients: (eta_compute, eta_memory, overhead ms, us per sequence,
@@ -59,10 +60,17 @@ class Observation:
     seconds: float = 0.0  # open loop: how long arrivals ran
     sent_at: tuple[float, ...] = ()  # the requests as sent, when the profile recorded them
     measured: tuple[bool, ...] = ()
+    slo: tuple[float, float, float] | None = None  # mode "capacity": TTFT, TPOT, quantile
 
     def predict(self, dep: Deployment, cache: dict, latency: float = 0.0) -> float:
         """The simulator's value; `latency` (s): what the client adds to TTFT and end-to-end
         latency beyond the engine (network, HTTP, tokenisation)."""
+        if self.mode == "capacity":  # a throughput matrix's entry: req/s within the SLO
+            key = ("capacity", self.input_tokens, self.output_tokens, self.slo)
+            if key not in cache:
+                cache[key] = float(class_capacity(dep, [self.input_tokens],
+                                                  [self.output_tokens], SLO(*self.slo)).rate[0])
+            return max(cache[key], 1e-9)
         key = (self.label, self.mode, self.load, self.input_tokens, self.output_tokens)
         if key not in cache:
             cache[key] = _loop(dep, self)
@@ -86,8 +94,10 @@ def _loop(dep: Deployment, o: Observation) -> LoopResult:
     return open_loop(dep, o.load, o.input_tokens, o.output_tokens, o.seconds, SEED)
 
 
-def observations(points: Sequence[ProfilePoint]) -> list[Observation]:
-    out = []
+def observations(points: Sequence[ProfilePoint],
+                 capacities: Sequence[CapacityPoint] = ()) -> list[Observation]:
+    out = [Observation(c.label, "capacity", 0.0, c.input_tokens, c.output_tokens, "capacity",
+                       c.rate, slo=c.slo) for c in capacities if c.rate > 0]
     for p in points:
         load = p.concurrency if p.mode == "closed" else p.rate
         for metric in ("ttft", "itl", "output_throughput"):
@@ -115,9 +125,24 @@ def current_fit(dep: Deployment) -> Fit:
                step_overhead_ms=h0 * 1e3, seq_host_us=h1 * 1e6)
 
 
+def prefill_capacities(dep: Deployment, obs: Sequence[Observation], cache: dict) -> None:
+    """Compute every capacity observation of `obs` in one vectorised call per SLO (into the
+    cache Observation.predict reads)."""
+    by_slo: dict = {}
+    for o in obs:
+        if o.mode == "capacity":
+            by_slo.setdefault(o.slo, []).append(o)
+    for slo, group in by_slo.items():
+        rates = class_capacity(dep, [o.input_tokens for o in group],
+                               [o.output_tokens for o in group], SLO(*slo)).rate
+        for o, rate in zip(group, rates, strict=True):
+            cache[("capacity", o.input_tokens, o.output_tokens, slo)] = float(rate)
+
+
 def errors(dep: Deployment, obs: Sequence[Observation], latency: float = 0.0) -> np.ndarray:
     """Signed relative errors (predicted - measured) / measured."""
     cache: dict = {}
+    prefill_capacities(dep, obs, cache)
     return np.array([o.predict(dep, cache, latency) / o.value - 1.0 for o in obs])
 
 
@@ -152,10 +177,17 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
                             "measure more points (sizes, concurrencies or rates)")
     measured = np.array([o.value for o in train])
 
+    # the client latency is searched only where a measured latency could show it
+    dims = 5 if any(o.metric in ("ttft", "e2e_latency") for o in train) else 4
+
+    def full(z: np.ndarray) -> np.ndarray:
+        return np.clip(np.append(z, [0.0] * (5 - dims)) * SCALE, LOWER, UPPER)
+
     def cost(z: np.ndarray) -> float:
-        x = np.clip(z * SCALE, LOWER, UPPER)
+        x = full(z)
         d = with_fit(dep, _as_fit(dep, x))
         cache: dict = {}
+        prefill_capacities(d, train, cache)
         predicted = np.array([o.predict(d, cache, x[4] * 1e-3) for o in train])
         return float(np.sum(np.log(predicted / measured) ** 2))
 
@@ -166,7 +198,7 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
     starts = [[start.eta_compute, start.eta_memory, max(start.step_overhead_ms, 1.0),
                max(start.seq_host_us, 100.0), 1.0],
               [start.eta_compute / 2, start.eta_memory / 2, 0.5, 400.0, 1.0]]
-    bounds = [(lo / k, hi / k) for lo, hi, k in zip(LOWER, UPPER, SCALE, strict=True)]
+    bounds = [(lo / k, hi / k) for lo, hi, k in zip(LOWER, UPPER, SCALE, strict=True)][:dims]
 
     def search(z0: np.ndarray):
         """Nelder-Mead, restarted from where it stopped until that gains nothing (a simplex
@@ -181,9 +213,9 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
             found, z0 = r, r.x
         return found
 
-    found = min((search(np.clip(x0, LOWER, UPPER) / SCALE) for x0 in starts),
+    found = min((search((np.clip(x0, LOWER, UPPER) / SCALE)[:dims]) for x0 in starts),
                 key=lambda r: r.fun)
-    best_x = np.clip(found.x * SCALE, LOWER, UPPER)
+    best_x = full(found.x)
     fitted = _as_fit(dep, best_x)
     after = with_fit(dep, fitted)
     latency = float(best_x[4]) * 1e-3

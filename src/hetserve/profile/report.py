@@ -10,8 +10,8 @@ from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError
 from hetserve.models import get_model
 from hetserve.perf import Deployment
-from hetserve.profile.file import Profile, ProfilePoint
-from hetserve.profile.fit import Observation, with_fit
+from hetserve.profile.file import CapacityPoint, Profile, ProfilePoint
+from hetserve.profile.fit import Observation, prefill_capacities, with_fit
 
 METRICS = ("ttft", "itl", "output_throughput")
 
@@ -101,3 +101,16 @@ def plot_profile(prof: Profile, dep: Deployment, path: Path | str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def capacity_rows(prof: Profile, dep: Deployment, fitted: Deployment | None
+                  ) -> list[tuple[CapacityPoint, float, float | None]]:
+    """Per imported capacity: the entry, the model's req/s, the fit's."""
+    obs = [Observation(c.label, "capacity", 0.0, c.input_tokens, c.output_tokens, "capacity",
+                       1.0, slo=c.slo) for c in prof.capacities]
+    base, tuned = {}, {}
+    prefill_capacities(dep, obs, base)
+    if fitted is not None:
+        prefill_capacities(fitted, obs, tuned)
+    return [(c, o.predict(dep, base), o.predict(fitted, tuned) if fitted is not None else None)
+            for c, o in zip(prof.capacities, obs, strict=True)]
