@@ -31,7 +31,7 @@ from hetserve.catalog import Fit, load_catalog
 from hetserve.cli.profile import DEFAULT_SIZES, _sizes
 from hetserve.models import get_model
 from hetserve.perf import Deployment
-from hetserve.profile.drive import Endpoint, Plan, measure
+from hetserve.profile.drive import Endpoint, Sweep, measure
 from hetserve.profile.fit import fit, observations
 
 RESULTS = Path(__file__).parent / "results" / "profile_fit.json"
@@ -56,10 +56,10 @@ def main() -> None:
                                   text=True)
         try:
             url = server.stdout.readline().split()[2]
-            plan = Plan(_sizes(DEFAULT_SIZES), CONCURRENCY, RATES, args.seconds)
+            sweep = Sweep(_sizes(DEFAULT_SIZES), CONCURRENCY, RATES, args.seconds)
             points = []
             start = time.perf_counter()
-            asyncio.run(measure(Endpoint(url), plan, get_model(MODEL).vocab,
+            asyncio.run(measure(Endpoint(url), sweep, get_model(MODEL).vocab,
                                 lambda p, _: points.append(p) if p is not None else None))
             measured_s = time.perf_counter() - start
         finally:

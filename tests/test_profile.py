@@ -20,7 +20,7 @@ from hetserve.catalog import Fit, load_catalog
 from hetserve.emulate import Emulator
 from hetserve.models import get_model
 from hetserve.perf import Deployment
-from hetserve.profile.drive import Endpoint, MeasureError, Plan, measure
+from hetserve.profile.drive import Endpoint, MeasureError, Sweep, measure
 from hetserve.profile.file import Profile, apply_profiles, load_profile
 from hetserve.profile.fit import fit, observations, with_fit
 
@@ -64,9 +64,9 @@ def measured(tmp_path_factory):
                                "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().split()[2]
-        plan = Plan(((256, 96), (2048, 96), (8192, 32)), (1, 16), (), 2.5)
+        sweep = Sweep(((256, 96), (2048, 96), (8192, 32)), (1, 16), (), 2.5)
         points = []
-        asyncio.run(measure(Endpoint(url), plan, 128_256,
+        asyncio.run(measure(Endpoint(url), sweep, 128_256,
                             lambda p, _: points.append(p) if p is not None else None))
     finally:
         server.terminate()
@@ -161,23 +161,23 @@ def test_profile_report_plot_and_estimate_with_the_profile(run_cli, measured, tm
 
 
 def test_measurement_failures_name_the_endpoint(tmp_path):
-    plan = Plan(((64, 4),), (1,), (), 0.2)
+    sweep = Sweep(((64, 4),), (1,), (), 0.2)
     dead = Endpoint("http://127.0.0.1:9")
     with pytest.raises(MeasureError, match=r"127\.0\.0\.1:9/v1/models"):
-        asyncio.run(measure(dead, plan, 1000, lambda *_: None))
+        asyncio.run(measure(dead, sweep, 1000, lambda *_: None))
     dep = Deployment(get_model(MODEL), load_catalog().get(ACC))
     with emulated(dep) as (url,):
         with pytest.raises(MeasureError, match="no model 'gpt-9'.*llama-3.1-8b"):
-            asyncio.run(measure(Endpoint(url, "gpt-9"), plan, 1000, lambda *_: None))
+            asyncio.run(measure(Endpoint(url, "gpt-9"), sweep, 1000, lambda *_: None))
         # an open-loop point: Poisson arrivals at the rate, every request measured
         points = []
-        asyncio.run(measure(Endpoint(url), Plan(((64, 4),), (), (20.0,), 0.5), 1000,
+        asyncio.run(measure(Endpoint(url), Sweep(((64, 4),), (), (20.0,), 0.5), 1000,
                             lambda p, _: points.append(p) if p else None))
         (p,) = points
         assert p.mode == "open" and p.rate == 20.0 and p.sent == 10 == p.completed
         assert all(p.measured) and p.sent_at[0] == 0.0
         with pytest.raises(MeasureError, match="HTTP 400"):  # more than the context holds
-            asyncio.run(measure(Endpoint(url), Plan(((200_000, 4),), (1,), (), 0.2), 1000,
+            asyncio.run(measure(Endpoint(url), Sweep(((200_000, 4),), (1,), (), 0.2), 1000,
                                 lambda *_: None))
 
 

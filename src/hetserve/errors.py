@@ -129,6 +129,17 @@ def load_json(path: Path | str) -> Any:
         raise HetserveError(f"{path}: not valid JSON ({exc})") from None
 
 
+def load_record(path: Path | str, model: type[Record], what: str = "a JSON object"):
+    """A JSON file validated as `model` (HetserveError naming the file, line or field)."""
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise HetserveError(f"{path}: expected {what}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise HetserveError(validation_message(err, str(path))) from None
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 

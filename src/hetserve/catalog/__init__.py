@@ -77,6 +77,12 @@ class Accelerator(Record):
     fits: tuple[Fit, ...] = Field(default=(), strict=False,  # a list from YAML or JSON
                                   description="measured deployments (profiles)")
 
+    def with_fit(self, fit: Fit) -> Accelerator:
+        """A copy carrying `fit`, in place of any earlier fit of the same deployment."""
+        kept = tuple(f for f in self.fits
+                     if not f.matches(fit.model, fit.tp, fit.pp, fit.engine, fit.dtype))
+        return self.model_copy(update={"fits": (*kept, fit)})
+
     def fit_for(self, model: str, tp: int, pp: int, engine: str, dtype: str) -> Fit | None:
         """The measured coefficients of that deployment, if a profile gave them."""
         return next((f for f in self.fits if f.matches(model, tp, pp, engine, dtype)), None)
@@ -140,9 +146,7 @@ class Catalog:
         updated = dict(self.accelerators)
         for name, fit in fits:
             acc = updated[self.get(name).name]
-            kept = tuple(f for f in acc.fits if not f.matches(fit.model, fit.tp, fit.pp,
-                                                                fit.engine, fit.dtype))
-            updated[acc.name] = acc.model_copy(update={"fits": (*kept, fit)})
+            updated[acc.name] = acc.with_fit(fit)
         return Catalog(updated.values(), self.available)
 
     def only(self, names: Iterable[str]) -> Catalog:

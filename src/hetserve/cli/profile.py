@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from hetserve.cli.run import deployment_from_options
 from hetserve.errors import HetserveError, check_output, positive
 
 DEFAULT_SIZES = "256:96,2048:96,8192:32"  # a short and two long prompts: see profile/fit.py
@@ -151,20 +152,21 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hetserve.cli import out as console
-    from hetserve.profile.drive import Endpoint, MeasureError, Plan, measure, normalise
+    from hetserve.profile.drive import Endpoint, MeasureError, Sweep, measure, normalise
     from hetserve.profile.file import Profile
 
     positive(seconds, "--seconds-per-point")
     positive(timeout, "--timeout")
     if not 0 <= hold_back < 1:
         raise HetserveError(f"--hold-back: expected a share in [0, 1), got {hold_back}")
-    dep = _deployment(model, accelerator, tp, pp, dtype, engine, max_seqs, chunk, cat)
+    dep = deployment_from_options(model, cat.get(accelerator), tp, pp, dtype, engine,
+                                  max_seqs, chunk)
     spec = dep.model
-    plan = Plan(_sizes(sizes), _ints(concurrency, "--concurrency"), _rates(rates), seconds)
-    for inp, outp in plan.sizes:
+    sweep = Sweep(_sizes(sizes), _ints(concurrency, "--concurrency"), _rates(rates), seconds)
+    for inp, outp in sweep.sizes:
         if inp + outp > min(dep.kv_capacity_tokens, spec.max_context):
             raise HetserveError(f"--sizes {inp}:{outp}: more tokens than {dep.label} holds")
-    points = plan.points()
+    points = sweep.points()
     if not points:
         raise HetserveError("--concurrency/--rates: nothing to measure")
     ep = Endpoint(normalise(endpoint), served_model or "", api_key, timeout)
@@ -194,7 +196,7 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
                            f"{' req/s' if mode == 'open' else ''}")
 
         try:
-            asyncio.run(measure(ep, plan, spec.vocab, on_point))
+            asyncio.run(measure(ep, sweep, spec.vocab, on_point))
         except MeasureError as exc:
             prof.served_model = ep.served_model
             prof.complete, prof.failure = False, str(exc)
@@ -219,7 +221,8 @@ def _import(path, gpu, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
                             "token edges of the matrix's buckets (Mélange's files do not say)")
     if not 0 < quantile < 1:
         raise HetserveError(f"--quantile: expected a share in (0, 1), got {quantile}")
-    dep = _deployment(model, accelerator, tp, pp, dtype, engine, max_seqs, chunk, cat)
+    dep = deployment_from_options(model, cat.get(accelerator), tp, pp, dtype, engine,
+                                  max_seqs, chunk)
     args = (path, gpu, dep, _ints(input_edges, "--input-edges"),
             _ints(output_edges, "--output-edges"),
             parse_duration(ttft, "--ttft") if ttft else None,
@@ -232,23 +235,6 @@ def _import(path, gpu, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
     for table in profile_tables(prof, dep):
         console.print(table)
     console.print(f"wrote {out}")
-
-
-def _deployment(model, accelerator, tp, pp, dtype, engine, max_seqs, chunk, cat):
-    from hetserve.models import check_dtype, get_model
-    from hetserve.perf import Deployment
-    from hetserve.perf.model import check_engine
-
-    check_dtype(dtype)
-    check_engine(engine)
-    for value, option in ((tp, "--tp"), (pp, "--pp"), (max_seqs, "--max-num-seqs"),
-                          (chunk, "--max-num-batched-tokens")):
-        positive(value, option, integer=True)
-    dep = Deployment(get_model(model), cat.get(accelerator), tp=tp, pp=pp, dtype=dtype,
-                     engine=engine, max_seqs=max_seqs, chunk_tokens=chunk)
-    if not dep.fits:
-        raise HetserveError(f"{dep.label}: {dep.why_not()}")
-    return dep
 
 
 def _fit_and_save(prof, dep, hold_back: float, out: Path) -> None:

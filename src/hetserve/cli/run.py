@@ -59,30 +59,40 @@ def emulate_cmd(
     /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics."""
     from hetserve.catalog import load_catalog
     from hetserve.emulate import Emulator
+
+    positive(replicas, "--replicas", integer=True)
+    if replicas > MAX_REPLICAS:
+        raise HetserveError(f"--replicas: at most {MAX_REPLICAS} in one process, got {replicas}")
+    if not 0 <= port <= 65535 or (port and port + replicas - 1 > 65535):
+        raise HetserveError(f"--port: expected 0..65535 (with room for {replicas} replicas), "
+                            f"got {port}")
+    dep = deployment_from_options(model, load_catalog(catalog).get(accelerator), tp, pp, dtype,
+                                  engine, max_seqs, chunk)
+    ports = [port + k if port else 0 for k in range(replicas)]
+    counter = PromptCounter.from_file(tokenizer) if tokenizer is not None else WORDS
+    asyncio.run(_serve(Emulator(dep, dep.model.name, replicas, host, ports, counter=counter),
+                       dep.label))
+
+
+def deployment_from_options(model: str, accelerator, tp: int, pp: int, dtype: str | None,
+                            engine: str, max_seqs: int, chunk: int):
+    """The Deployment that --model/--tp/--pp/--dtype/--engine/--max-num-seqs/
+    --max-num-batched-tokens name on `accelerator`, each option checked, and refused in one
+    line when it does not fit."""
     from hetserve.models import check_dtype, get_model
     from hetserve.perf import Deployment
     from hetserve.perf.model import check_engine
 
     check_dtype(dtype)
     check_engine(engine)
-    for value, option in ((tp, "--tp"), (pp, "--pp"), (chunk, "--max-num-batched-tokens"),
-                          (max_seqs, "--max-num-seqs"), (replicas, "--replicas")):
+    for value, option in ((tp, "--tp"), (pp, "--pp"), (max_seqs, "--max-num-seqs"),
+                          (chunk, "--max-num-batched-tokens")):
         positive(value, option, integer=True)
-    if replicas > MAX_REPLICAS:
-        raise HetserveError(f"--replicas: at most {MAX_REPLICAS} in one process, got {replicas}")
-    if not 0 <= port <= 65535 or (port and port + replicas - 1 > 65535):
-        raise HetserveError(f"--port: expected 0..65535 (with room for {replicas} replicas), "
-                            f"got {port}")
-    spec = get_model(model)
-    acc = load_catalog(catalog).get(accelerator)
-    dep = Deployment(spec, acc, tp=tp, pp=pp, dtype=dtype, engine=engine, chunk_tokens=chunk,
-                     max_seqs=max_seqs)
+    dep = Deployment(get_model(model), accelerator, tp=tp, pp=pp, dtype=dtype, engine=engine,
+                     max_seqs=max_seqs, chunk_tokens=chunk)
     if not dep.fits:
         raise HetserveError(f"{dep.label}: {dep.why_not()}")
-    ports = [port + k if port else 0 for k in range(replicas)]
-    counter = PromptCounter.from_file(tokenizer) if tokenizer is not None else WORDS
-    asyncio.run(_serve(Emulator(dep, spec.name, replicas, host, ports, counter=counter),
-                       dep.label))
+    return dep
 
 
 async def _serve(emulator, label: str) -> None:

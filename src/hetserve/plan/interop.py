@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from hetserve.errors import HetserveError, Record, load_json, validation_message
+from hetserve.errors import HetserveError, Record, load_record
 from hetserve.plan.milp import MAX_REPLICAS, Problem, max_scale, min_cost, replicas_floor
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -82,17 +82,6 @@ class AbstractInput(Record):
         return self
 
 
-def read_problem(path: Path | str, model: type[Record]):
-    """A published-format problem file, validated (HetserveError naming the file)."""
-    data = load_json(path)
-    if not isinstance(data, dict):
-        raise HetserveError(f"{path}: expected a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise HetserveError(validation_message(err, str(path))) from None
-
-
 def solve_melange(path: Path | str, continuous: bool = False) -> dict:
     """Mélange's input: gpu_info {name: {cost, tputs}}, workload_distribution, total_request_rate.
 
@@ -100,7 +89,7 @@ def solve_melange(path: Path | str, continuous: bool = False) -> dict:
     slice_factor equal slices of a bucket goes wholly to one GPU type), which reproduces Mélange's
     published answers; `continuous` (or no slice_factor) solves the relaxation, formulation A,
     which is never dearer."""
-    data = read_problem(path, MelangeInput)
+    data = load_record(path, MelangeInput)
     dist = np.asarray(data.workload_distribution, dtype=np.float64)
     shape = dist.shape
     names = list(data.gpu_info)
@@ -137,7 +126,7 @@ def solve_melange(path: Path | str, continuous: bool = False) -> dict:
 def solve_abstract(path: Path | str) -> dict:
     """The ICML'25 form: gpu_types {price, available}, workloads {demand}, configs {gpus,
     throughput}, budget. Minimises the makespan exactly (formulation B)."""
-    data = read_problem(path, AbstractInput)
+    data = load_record(path, AbstractInput)
     tnames, wnames, cnames = list(data.gpu_types), list(data.workloads), list(data.configs)
     usage = np.zeros((len(cnames), len(tnames)))
     cap = np.zeros((len(cnames), len(wnames)))

@@ -267,9 +267,8 @@ async def closed_loop(session, ep: Endpoint, prompts: Prompts, concurrency: int,
 async def open_loop(session, ep: Endpoint, prompts: Prompts, rate: float, inp: int, out: int,
                     seconds: float, seed: int = SEED
                     ) -> tuple[list[Sample], list[Sample], float]:
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=max(1, int(rate * seconds)))
     start = time.perf_counter()
-    due = start + np.cumsum(gaps) - gaps[0]
+    due = start + poisson_offsets(rate, seconds, seed)
 
     async def one(at: float) -> Sample:
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
@@ -277,6 +276,13 @@ async def open_loop(session, ep: Endpoint, prompts: Prompts, rate: float, inp: i
 
     samples = await _all(one(float(t)) for t in due)
     return samples, samples, max(s.end for s in samples) - start
+
+
+def poisson_offsets(rate: float, seconds: float, seed: int = SEED) -> np.ndarray:
+    """Send times (s after the first) of Poisson arrivals at `rate` for `seconds`: the open
+    loop's schedule, which the fit regenerates for a point that did not record its own."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=max(1, int(rate * seconds)))
+    return np.cumsum(gaps) - gaps[0]
 
 
 async def _all(coros) -> list:
@@ -322,7 +328,7 @@ def _throughput(mode: str, load: float, samples: list[Sample], window: float) ->
 
 
 @dataclass(frozen=True)
-class Plan:
+class Sweep:
     """The points to measure, in order: sizes x (concurrencies, then rates)."""
 
     sizes: tuple[tuple[int, int], ...]
@@ -336,9 +342,9 @@ class Plan:
                 for load in loads]
 
 
-async def measure(ep: Endpoint, plan: Plan, vocab: int,
+async def measure(ep: Endpoint, sweep: Sweep, vocab: int,
                   on_point: Callable[[ProfilePoint | None, str], None]) -> None:
-    """Measure every point of `plan` against `ep`, calling `on_point(point, label)` after each
+    """Measure every point of `sweep` against `ep`, calling `on_point(point, label)` after each
     (first `on_point(None, how prompts are built)`, once the served model is resolved into
     ep). Raises MeasureError."""
     prompts = Prompts(vocab)
@@ -354,14 +360,14 @@ async def measure(ep: Endpoint, plan: Plan, vocab: int,
         elif ep.served_model not in models:
             raise MeasureError(f"{ep.base}/v1/models: no model {ep.served_model!r} (it serves "
                                f"{', '.join(models) or 'none'})")
-        await prompts.prepare(session, ep, [inp for inp, _ in plan.sizes])
+        await prompts.prepare(session, ep, [inp for inp, _ in sweep.sizes])
         on_point(None, prompts.how)
-        for mode, load, inp, out in plan.points():
+        for mode, load, inp, out in sweep.points():
             before = await engine_metrics(session, ep)
             run = closed_loop if mode == "closed" else open_loop
             every, samples, window = await run(session, ep, prompts,
                                                int(load) if mode == "closed" else load,
-                                               inp, out, plan.seconds)
+                                               inp, out, sweep.seconds)
             after = await engine_metrics(session, ep)
             on_point(point(mode, load, inp, out, every, samples, window, before, after),
                      f"{inp}/{out} {mode} {load:g}")

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from hetserve.catalog import Catalog, Fit
-from hetserve.errors import HetserveError, Record, read_text, validation_message, write_text
+from hetserve.errors import HetserveError, Record, load_record, write_text
 from hetserve.models import ModelSpec
 
 PROFILE_VERSION = 1
@@ -154,19 +154,7 @@ class Profile(Record):
 
 
 def load_profile(path: Path | str) -> Profile:
-    import json
-
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HetserveError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise HetserveError(f"{path}: expected a profile (a JSON object)")
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as err:
-        raise HetserveError(validation_message(err, str(path))) from None
+    return load_record(path, Profile, "a profile (a JSON object)")
 
 
 def apply_profiles(catalog: Catalog, paths: Iterable[Path | str]) -> Catalog:

@@ -35,9 +35,9 @@ from hetserve.catalog import Fit
 from hetserve.errors import HetserveError
 from hetserve.perf import Deployment
 from hetserve.perf.capacity import SLO, class_capacity
-from hetserve.profile.drive import SEED
+from hetserve.profile.drive import poisson_offsets
 from hetserve.profile.file import CapacityPoint, FitReport, ProfilePoint
-from hetserve.sim.calibrate import LoopResult, closed_loop, open_loop, replay
+from hetserve.sim.calibrate import LoopResult, closed_loop, replay
 
 # bounds of the fitted coefficients: (eta_compute, eta_memory, overhead ms, us per sequence,
 # the client's latency ms)
@@ -66,11 +66,10 @@ class Observation:
         """The simulator's value; `latency` (s): what the client adds to TTFT and end-to-end
         latency beyond the engine (network, HTTP, tokenisation)."""
         if self.mode == "capacity":  # a throughput matrix's entry: req/s within the SLO
-            key = ("capacity", self.input_tokens, self.output_tokens, self.slo)
-            if key not in cache:
-                cache[key] = float(class_capacity(dep, [self.input_tokens],
-                                                  [self.output_tokens], SLO(*self.slo)).rate[0])
-            return max(cache[key], 1e-9)
+            if ("capacity", self.input_tokens, self.output_tokens, self.slo) not in cache:
+                prefill_capacities(dep, [self], cache)
+            return max(cache[("capacity", self.input_tokens, self.output_tokens, self.slo)],
+                       1e-9)
         key = (self.label, self.mode, self.load, self.input_tokens, self.output_tokens)
         if key not in cache:
             cache[key] = _loop(dep, self)
@@ -86,12 +85,11 @@ def _loop(dep: Deployment, o: Observation) -> LoopResult:
     """The simulator's value for the load shape: the profile's own requests replayed where it
     recorded them (the engine sees exactly the arrivals it saw), else the load generator's
     loop simulated."""
-    if o.sent_at:
-        return replay(dep, o.sent_at, o.measured, o.input_tokens, o.output_tokens,
-                      int(o.load) if o.mode == "closed" else None)
-    if o.mode == "closed":
+    if o.mode == "closed" and not o.sent_at:
         return closed_loop(dep, int(o.load), o.input_tokens, o.output_tokens)
-    return open_loop(dep, o.load, o.input_tokens, o.output_tokens, o.seconds, SEED)
+    sent = o.sent_at or tuple(poisson_offsets(o.load, o.seconds).tolist())
+    return replay(dep, sent, o.measured or (True,) * len(sent), o.input_tokens,
+                  o.output_tokens, int(o.load) if o.mode == "closed" else None)
 
 
 def observations(points: Sequence[ProfilePoint],
@@ -111,10 +109,7 @@ def observations(points: Sequence[ProfilePoint],
 
 def with_fit(dep: Deployment, fit: Fit) -> Deployment:
     """`dep` with these coefficients (on a copy of its accelerator row)."""
-    acc = dep.accelerator
-    others = tuple(f for f in acc.fits if not f.matches(fit.model, fit.tp, fit.pp, fit.engine,
-                                                        fit.dtype))
-    return replace(dep, accelerator=acc.model_copy(update={"fits": (*others, fit)}))
+    return replace(dep, accelerator=dep.accelerator.with_fit(fit))
 
 
 def current_fit(dep: Deployment) -> Fit:

@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hetserve.errors import HetserveError
+from hetserve.errors import HetserveError, load_record
 from hetserve.perf import Deployment
-from hetserve.plan.interop import MelangeInput, read_problem
+from hetserve.plan.interop import MelangeInput
 from hetserve.profile.file import CapacityPoint, Profile
 from hetserve.profile.fit import fit, observations
 
@@ -40,7 +40,7 @@ def melange_points(path: Path | str, gpu: str, input_edges: Sequence[int],
                    output_edges: Sequence[int], ttft: float | None, tpot: float | None,
                    quantile: float = 0.5) -> list[CapacityPoint]:
     """`gpu`'s matrix in Mélange input file `path` as capacity points (validated)."""
-    data = read_problem(path, MelangeInput)
+    data = load_record(path, MelangeInput)
     if gpu not in data.gpu_info:
         raise HetserveError(f"{path}: gpu_info has no {gpu!r} (it has "
                             f"{', '.join(data.gpu_info)}); name one with --gpu")

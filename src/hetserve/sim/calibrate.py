@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from hetserve.catalog import Catalog
@@ -151,29 +150,6 @@ def closed_loop(dep: Deployment, clients: int, prompt: int, output: int,
         itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,
         e2e_latency=statistics.fmean(r.latency for r in done),
         output_throughput=sum(r.output_tokens for r in done) / window,
-    )
-
-
-def open_loop(dep: Deployment, rate: float, prompt: int, output: int, seconds: float,
-              seed: int) -> LoopResult:
-    """Simulate Poisson arrivals of (prompt, output) requests at `rate` for `seconds` on one
-    replica (the arrivals hetserve.profile sends with the same seed); every request measured,
-    throughput over the whole run."""
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=max(1, int(rate * seconds)))
-    arrivals = np.cumsum(gaps) - gaps[0]
-    fleet = SimFleet([Engine(dep)], [[0]])
-    requests = [Request(k, float(a), prompt, output) for k, a in enumerate(arrivals)]
-    run_open(fleet, make_router("round-robin", fleet), requests)
-    done = fleet.done
-    if len(done) < len(requests):
-        raise HetserveError(f"{dep.label}: {len(requests) - len(done)} of {len(requests)} "
-                            f"requests of {prompt} + {output} tokens do not fit")
-    return LoopResult(
-        ttft=statistics.fmean(r.ttft for r in done),
-        itl=statistics.fmean(r.tpot for r in done) if output > 1 else 0.0,
-        e2e_latency=statistics.fmean(r.latency for r in done),
-        output_throughput=sum(r.output_tokens for r in done) / max(
-            max(r.finish for r in done), 1e-9),
     )
 
 
