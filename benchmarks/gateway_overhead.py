@@ -16,8 +16,10 @@ uvicorn with uvloop and httptools (the other common stack; its client is aiohttp
 Low load: LOW_REQUESTS requests one at a time: added latency p50/p99 over direct. Peak:
 CONCURRENCY clients back to back for PEAK_SECONDS: requests/s. Then PACED_SECONDS of requests at
 half the gateway's peak rate (open loop): p99 latency. Peak and paced are the medians of REPEATS
-runs each (on this virtual machine a stall of the host's now and then decides a single run;
-every paced run's p99 is in the JSON). Non-streaming and streaming (64 tokens).
+runs each (every paced run's p99 is in the JSON). Every server freezes its start-up heap out of
+the garbage collector (as the gateway does), and the load generator's collector is off inside
+each measurement window: its full collections stalled all requests in flight by 13-19 ms once a
+run, the same on every path. Non-streaming and streaming (64 tokens).
 
 Usage: python benchmarks/gateway_overhead.py [--quick]   (writes results/gateway_overhead.json)
 """
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import multiprocessing
 import platform
@@ -42,7 +46,7 @@ LOW_REQUESTS = 1000
 CONCURRENCY = 64
 PEAK_SECONDS = 3.0
 PACED_SECONDS = 3.0
-REPEATS = 3  # peak and paced runs per path: the median is quoted
+REPEATS = 5  # peak and paced runs per path: the median is quoted
 BACKLOG = 2048  # every server's listen backlog, as the gateway's (uvicorn's default)
 STREAM_TOKENS = 64
 MODEL = "llama-3.1-8b"
@@ -56,6 +60,14 @@ def _free_port() -> int:
 
 
 # ---- servers (each runs in its own process) ----------------------------------------------
+
+def _settle() -> None:
+    """What every server does before it serves, as the gateway does itself: move the heap
+    built at start-up out of the collector's way (gc.freeze), so that a full collection walks
+    only what serving allocates."""
+    gc.collect()
+    gc.freeze()
+
 
 def run_backend(port: int) -> None:
     completion = json.dumps({"id": "cmpl-0", "object": "text_completion", "created": 0,
@@ -83,6 +95,7 @@ def run_backend(port: int) -> None:
 
     app = web.Application()
     app.add_routes([web.post("/v1/completions", handle), web.get("/health", health)])
+    _settle()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
                 backlog=BACKLOG)
 
@@ -120,6 +133,7 @@ def run_bare_proxy(port: int, backend: str, uvloop: bool = False) -> None:
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     app.add_routes([web.post("/v1/completions", handle)])
+    _settle()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
                 backlog=BACKLOG)
 
@@ -157,6 +171,7 @@ def run_bare_asgi(port: int, backend: str) -> None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    _settle()
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
                 lifespan="on", log_level="warning", access_log=False, backlog=BACKLOG)
 
@@ -171,11 +186,25 @@ def run_gateway(port: int, backend: str, replicas: int, uvloop: bool = False) ->
     plan = hetserve.make_plan(MODEL, workload="azure-code", rate=2, baselines=False,
                               catalog=load_catalog().only(["L4"]))
     urls = {g.id: [backend] * max(g.replicas, replicas) for g in plan.groups}
+    _settle()
     web.run_app(Gateway(plan, urls).app, host="127.0.0.1", port=port, access_log=None,
                 print=None, handler_cancellation=True, backlog=BACKLOG)
 
 
 # ---- load ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _timed():
+    """A measurement window: the load generator's collector stays off inside it (a full
+    collection of its own heap stalled every in-flight request by 13-19 ms, once per run, and
+    decided the paced p99 of every path alike), and runs between windows."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
 
 async def _one(session: aiohttp.ClientSession, url: str, body: dict) -> float:
     start = time.perf_counter()
@@ -223,6 +252,11 @@ async def paced(url: str, body: dict, rate: float, seconds: float) -> np.ndarray
             tasks.append(asyncio.create_task(_one(session, url, body)))
             k += 1
         return np.array(await asyncio.gather(*tasks))
+
+
+def _measure(run):
+    with _timed():
+        return asyncio.run(run)
 
 
 def _version(package: str) -> str:
@@ -273,15 +307,16 @@ def main() -> None:
             results = {}
             for name, port in ports.items():
                 url = f"http://127.0.0.1:{port}/v1/completions"
-                lat = asyncio.run(low_load(url, body, low_n))
-                rps = float(np.median([asyncio.run(peak(url, body, peak_s))
+                with _timed():
+                    lat = asyncio.run(low_load(url, body, low_n))
+                rps = float(np.median([_measure(peak(url, body, peak_s))
                                        for _ in range(REPEATS)]))
                 results[name] = (lat, rps, url)
                 if base is None:
                     base = lat
             half = results["gateway"][1] / 2
             for name, (lat, rps, url) in results.items():
-                tails = [float(np.quantile(asyncio.run(paced(url, body, half, paced_s)), 0.99)
+                tails = [float(np.quantile(_measure(paced(url, body, half, paced_s)), 0.99)
                                * 1e3) for _ in range(REPEATS)]
                 row = {
                     "path": name, "stream": stream, "p50_ms": float(np.median(lat) * 1e3),

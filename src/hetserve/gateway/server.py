@@ -27,6 +27,7 @@ outcome, seconds, TTFT; never a prompt's or a completion's text).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -252,6 +253,8 @@ class Gateway:
                                   "models": [m.name for m in plan.models]})
 
     async def _open(self, app) -> None:
+        gc.collect()
+        gc.freeze()  # the plan, tables and modules loaded so far: out of every later collection
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),  # the replicas' caps bound concurrency
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=READ_TIMEOUT))
