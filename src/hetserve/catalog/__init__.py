@@ -20,6 +20,8 @@ from hetserve.errors import HetserveError, Record, load_yaml, lookup, validation
 __all__ = [
     "Accelerator",
     "Fit",
+    "Offer",
+    "TargetNames",
     "Catalog",
     "load_catalog",
     "parse_assignments",
@@ -52,6 +54,41 @@ class Fit(Record):
             model, tp, pp, engine, dtype)
 
 
+class TargetNames(Record):
+    """What the accelerator is called on each deploy target (data/targets.yaml documents the
+    labels and their sources); None where a target does not offer it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gke: str | None = Field(default=None, description="cloud.google.com/gke-accelerator")
+    eks: str | None = Field(default=None, description="karpenter.k8s.aws/instance-gpu-name")
+    eks_memory_mib: int | None = Field(default=None, gt=0, description="karpenter.k8s.aws/"
+                                       "instance-gpu-memory, where the name covers two sizes")
+    aks: dict[int, str] = Field(default={}, description="GPUs per VM -> Azure VM size "
+                                "(node.kubernetes.io/instance-type)")
+    gfd: str | None = Field(default=None, description="nvidia.com/gpu.product (GPU feature "
+                            "discovery)")
+    skypilot: str | None = None
+    ray: str | None = Field(default=None, description="Ray accelerator_type")
+    device_resource: str = Field(default="nvidia.com/gpu", description="the Kubernetes "
+                                 "extended resource a pod requests per device")
+
+
+class Offer(Record):
+    """One cloud instance type that carries this accelerator (hetserve catalog
+    --import-skypilot)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cloud: str = Field(min_length=1)
+    region: str = Field(min_length=1)
+    instance_type: str = Field(min_length=1)
+    gpus: int = Field(ge=1, description="accelerators in one instance")
+    usd_per_hour: float = Field(gt=0, description="the whole instance, on demand")
+    spot_usd_per_hour: float | None = Field(default=None, gt=0, description="the whole "
+                                            "instance, spot")
+
+
 class Accelerator(Record):
     """One accelerator type (a GPU, or a CPU instance) as the planner rents it."""
 
@@ -76,6 +113,22 @@ class Accelerator(Record):
     notes: str = ""
     fits: tuple[Fit, ...] = Field(default=(), strict=False,  # a list from YAML or JSON
                                   description="measured deployments (profiles)")
+    names: TargetNames = Field(default=TargetNames(), strict=False,
+                               description="its names on deploy targets")
+    spot_usd_per_hour: float | None = Field(default=None, gt=0, description="spot price of "
+                                            "one device per hour, where known")
+    offers: tuple[Offer, ...] = Field(default=(), strict=False, description="instance types "
+                                      "that carry it (from a cloud catalog)")
+
+    def offer_for(self, devices: int) -> Offer | None:
+        """The instance a replica of `devices` accelerators runs on: the cheapest per device
+        of those with exactly that many, else of the smallest that hold it."""
+        fitting = [o for o in self.offers if o.gpus >= devices]
+        if not fitting:
+            return None
+        least = min(o.gpus for o in fitting)
+        size = devices if any(o.gpus == devices for o in fitting) else least
+        return min((o for o in fitting if o.gpus == size), key=lambda o: o.usd_per_hour)
 
     def with_fit(self, fit: Fit) -> Accelerator:
         """A copy carrying `fit`, in place of any earlier fit of the same deployment."""
@@ -183,8 +236,11 @@ def _build(rows: list[dict], where: str) -> list[Accelerator]:
 
 
 def bundled_rows() -> list[dict]:
-    path = resources.files("hetserve.catalog") / "data" / "accelerators.yaml"
-    return _rows_from_file(Path(str(path)))
+    """The bundled accelerators, each with its names on deploy targets (data/targets.yaml)."""
+    data = resources.files("hetserve.catalog") / "data"
+    names = load_yaml(Path(str(data / "targets.yaml")))["targets"]
+    return [{**row, "names": names.get(row["name"], {})}
+            for row in _rows_from_file(Path(str(data / "accelerators.yaml")))]
 
 
 def load_catalog(
