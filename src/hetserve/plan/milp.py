@@ -131,9 +131,10 @@ MAX_REPLICAS = 100_000  # per config, and for a whole load: more is a typo, past
 
 
 def replicas_floor(cap: np.ndarray, demand: np.ndarray) -> float:
-    """Replicas any plan needs at least: every class on its best config, fractions summed."""
+    """Replicas any plan needs at least: every class on its best config, fractions summed
+    (classes no config serves within the SLO are left to best effort, not counted)."""
     best = cap.max(axis=0)
-    served = demand > 0
+    served = (demand > 0) & (best > 0)
     return float(np.sum(demand[served] / best[served]))
 
 
