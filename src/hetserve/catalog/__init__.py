@@ -73,6 +73,9 @@ class TargetNames(Record):
     device_resource: str = Field(default="nvidia.com/gpu", description="the Kubernetes "
                                  "extended resource a pod requests per device")
 
+    def __hash__(self) -> int:  # (aks is a dict) an Accelerator keys caches
+        return hash(self.model_dump_json())
+
 
 class Offer(Record):
     """One cloud instance type that carries this accelerator (hetserve catalog

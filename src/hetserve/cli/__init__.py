@@ -106,27 +106,88 @@ def _emit_json(data) -> None:
     sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
+ImportSkyOpt = Annotated[
+    Path | None, typer.Option("--import-skypilot", help="SkyPilot vms.csv: per-device prices "
+                              "and instance types of the accelerators it carries")
+]
+RegionOpt = Annotated[
+    str | None, typer.Option("--region", help="with --import-skypilot: only this region")
+]
+CloudOpt = Annotated[
+    str | None, typer.Option("--cloud", help="with --import-skypilot: the cloud (default: the "
+                             "CSV's folder name, e.g. .../aws/vms.csv)")
+]
+CatalogOutOpt = Annotated[
+    Path | None, typer.Option("--out", help="with --import-skypilot: write the prices as a "
+                              "catalog file for --catalog")
+]
+
+
 @app.command("catalog")
 def catalog_cmd(catalog: CatalogOpt = None, price: PriceOpt = None, available: AvailOpt = None,
-                only: OnlyOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the accelerator catalog."""
+                only: OnlyOpt = None, as_json: JsonOpt = False,
+                import_skypilot: ImportSkyOpt = None, region: RegionOpt = None,
+                cloud: CloudOpt = None, out_file: CatalogOutOpt = None) -> None:
+    """Print the accelerator catalog, or import prices from a SkyPilot catalog."""
+    if import_skypilot is None:
+        for option, value in (("--region", region), ("--cloud", cloud), ("--out", out_file)):
+            if value is not None:
+                raise HetserveError(f"{option} goes with --import-skypilot")
     cat = build_catalog(catalog, price, available, only)
+    if import_skypilot is not None:
+        return _import_skypilot(import_skypilot, region, cloud, out_file, as_json, cat)
     if as_json:
         _emit_json([a.model_dump() | {"available": cat.availability(a.name)} for a in cat])
         return
     table = Table(title="Accelerator catalog", title_justify="left")
     for col in ("name", "kind", "mem GiB", "BW GB/s", "BF16 TF", "FP8 TF", "link",
-                "link GB/s", "per node", "$/h", "avail", "eta_c", "eta_m", "step ms"):
+                "link GB/s", "per node", "$/h", "spot $/h", "avail", "eta_c", "eta_m",
+                "step ms"):
         table.add_column(col, justify="left" if col in ("name", "kind", "link") else "right")
     for a in cat:
         avail = cat.availability(a.name)
         table.add_row(
             a.name, a.kind, f"{a.memory_gb:g}", f"{a.memory_bw_gbs:g}", f"{a.bf16_tflops:g}",
             f"{a.fp8_tflops:g}" if a.fp8_tflops else "-", a.link, f"{a.link_gbs:g}",
-            str(a.max_per_node), f"{a.usd_per_hour:.3g}", "-" if avail is None else str(avail),
+            str(a.max_per_node), f"{a.usd_per_hour:.3g}",
+            f"{a.spot_usd_per_hour:.3g}" if a.spot_usd_per_hour else "-",
+            "-" if avail is None else str(avail),
             f"{a.eta_compute:.2f}", f"{a.eta_memory:.2f}", f"{a.step_overhead_ms:g}",
         )
     out.print(table)
+
+
+def _import_skypilot(path: Path, region: str | None, cloud: str | None, out_file: Path | None,
+                     as_json: bool, cat: Catalog) -> None:
+    """catalog --import-skypilot: the imported prices as a table (or JSON), and the file."""
+    from hetserve.catalog.skypilot import name_counts, read_vms_csv, to_catalog_yaml
+
+    check_output(out_file, "--out")
+    result = read_vms_csv(path, cloud, region, cat)
+    if out_file is not None:
+        write_text(out_file, to_catalog_yaml(result))
+    if as_json:
+        _emit_json(result.as_dict() | {"written": str(out_file) if out_file else None})
+        return
+    scope = f"region {result.region}" if result.region else "all regions"
+    table = Table(title=f"SkyPilot prices: {path} (cloud {result.cloud}, {scope}, "
+                  f"{result.rows} rows)", title_justify="left")
+    for col in ("type", "SkyPilot", "$/h per device", "spot $/h", "instance", "GPUs",
+                "region", "offers"):
+        table.add_column(col, justify="left" if col in ("type", "SkyPilot", "instance",
+                                                        "region") else "right")
+    for imp in result.imported:
+        table.add_row(imp.name, imp.skypilot, f"{imp.usd_per_hour:.4g}",
+                      f"{imp.spot_usd_per_hour:.4g}" if imp.spot_usd_per_hour else "-",
+                      imp.cheapest.instance_type, str(imp.cheapest.gpus), imp.cheapest.region,
+                      str(len(imp.offers)))
+    out.print(table)
+    if result.unmapped:
+        out.print(f"not in the catalog: {name_counts(result.unmapped)}")
+    if result.skipped:
+        out.print(f"skipped: {name_counts(result.skipped)}")
+    if out_file is not None:
+        out.print(f"wrote {out_file} (use it with --catalog {out_file})")
 
 
 @app.command("models")
