@@ -236,7 +236,7 @@ def _del_group_key(key):
 
 
 def _old_version(d):
-    d["version"] = d.get("version", 1) - 1
+    d["version"] = 1  # versions 2 and 3 load
 
 
 def _group_usd_times(factor):

@@ -97,8 +97,34 @@ def test_plan_file_round_trip_and_validation(tmp_path):
     path = tmp_path / "plan.json"
     plan.save(path)
     again = load_plan(path)
-    assert again == plan and again.version == 2 and again.kind == "hetserve-plan"
+    assert again == plan and again.version == 3 and again.kind == "hetserve-plan"
     data = json.loads(path.read_text())
+    g0 = data["groups"][0]
+    assert g0["image"] == "vllm/vllm-openai:v0.11.0" and g0["engine_version"] == "0.11.0"
+    assert g0["command"][:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert data["models"][0]["max_model_len"] == 16446  # the longest class: 16384 + 64 - 2
+    # a version 2 file (before deploy fields) loads, and says what deploying would need
+    old = json.loads(json.dumps(data))
+    old["version"] = 2
+    for m in old["models"]:
+        del m["max_model_len"], m["quantization"]
+    for g in old["groups"]:
+        del g["engine_version"], g["image"], g["command"]
+    path.write_text(json.dumps(old))
+    assert load_plan(path).deploy_gaps() == ["models[0].max_model_len"] + [
+        f"groups[{i}].{f}" for i in range(len(old["groups"]))
+        for f in ("engine_version", "image", "command")]
+    old["version"] = 3
+    path.write_text(json.dumps(old))
+    with pytest.raises(HetserveError, match=r"version 3: missing models\[0\].max_model_len"):
+        load_plan(path)
+    bad = json.loads(json.dumps(data))
+    cmd = bad["groups"][0]["command"]
+    cmd[cmd.index("--tensor-parallel-size") + 1] = "3"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(HetserveError, match="command: --tensor-parallel-size is 3, expected the "
+                       "group's tp 1"):
+        load_plan(path)
     replicas = data["groups"][0]["replicas"]
     data["groups"][0]["replicas"] = 0
     path.write_text(json.dumps(data))

@@ -23,8 +23,10 @@ from hetserve.models import Dtype, ModelSpec
 from hetserve.perf import Deployment
 from hetserve.perf.model import EngineName
 from hetserve.plan.milp import MAX_REPLICAS
+from hetserve.plan.serving import ENGINES, QUANTIZATION, flag
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3
+READS = (2, 3)  # version 2 files load (to simulate and serve); deploy needs version 3's fields
 SHARE_TOLERANCE = 1e-6  # shares of a class may miss 1 by this much (solver round-off)
 PRICE_TOLERANCE = 1e-6  # relative
 
@@ -71,6 +73,10 @@ class ModelEntry(Record):
     dtype: Dtype
     slo: SLOSpec
     classes: list[ClassSpec] = Field(min_length=1)
+    max_model_len: PositiveInt | None = Field(default=None, description="the longest request "
+                                              "(prompt + output tokens) the engines accept")
+    quantization: str | None = Field(default=None, description="the engines' --quantization "
+                                     "for the weight dtype (none for bf16/fp16)")
 
 
 class ReplicaGroup(Record):
@@ -93,6 +99,12 @@ class ReplicaGroup(Record):
     capacity: dict[str, Annotated[float, Field(ge=0)]] = Field(
         description="class name -> req/s of one replica (within the SLO; for a best-effort "
         "class, without it)")
+    engine_version: str | None = Field(default=None, description="the engine release the "
+                                       "command is written for")
+    image: str | None = Field(default=None, description="container image of that release")
+    command: list[str] | None = Field(default=None, description="the argv each replica starts "
+                                      "with: model, parallelism, batch limits, memory share, "
+                                      "context length (hetserve.plan.serving)")
 
 
 class Baseline(Record):
@@ -133,7 +145,7 @@ class Verification(Record):
 
 class Plan(Record):
     kind: Literal["hetserve-plan"] = "hetserve-plan"
-    version: Literal[2] = PLAN_VERSION
+    version: Literal[2, 3] = PLAN_VERSION
     objective: Literal["cost", "throughput"]
     budget: float | None = Field(default=None, gt=0)
     available: dict[str, Annotated[int, Field(ge=0)]] = {}
@@ -204,6 +216,15 @@ class Plan(Record):
             if g.kv_tokens > dep.kv_capacity_tokens:
                 raise ValueError(f"{where}: kv_tokens {g.kv_tokens} exceed the "
                                  f"{dep.kv_capacity_tokens} that fit in {dep.label}")
+            if g.command is not None:
+                _check_command(g, where)
+        missing = [gap for gap in self.deploy_gaps() if ".spec." not in gap]
+        if self.version >= 3 and missing:
+            raise ValueError(f"version {self.version}: missing {missing[0]}")
+        for m in self.models:
+            if m.quantization != QUANTIZATION[m.dtype] and m.max_model_len is not None:
+                raise ValueError(f"model {m.name}: quantization {m.quantization!r} is not the "
+                                 f"{QUANTIZATION[m.dtype]!r} of its dtype {m.dtype}")
         total = sum(g.usd_per_hour for g in self.groups)
         if not math.isclose(self.usd_per_hour, total, rel_tol=PRICE_TOLERANCE):
             raise ValueError(f"usd_per_hour {self.usd_per_hour:g} is not the sum of the groups' "
@@ -215,6 +236,20 @@ class Plan(Record):
                     raise ValueError(f"model {m.name} class {c.name}: shares add up to "
                                      f"{routed:.6g}, expected 1")
         return self
+
+    def deploy_gaps(self) -> list[str]:
+        """What deploying needs and this plan lacks (a version 2 file has none of it)."""
+        gaps = []
+        for i, m in enumerate(self.models):
+            if not m.spec.hf_id:
+                gaps.append(f"models[{i}].spec.hf_id (the Hugging Face model id of {m.name})")
+            if m.max_model_len is None:
+                gaps.append(f"models[{i}].max_model_len")
+        for i, g in enumerate(self.groups):
+            for field in ("engine_version", "image", "command"):
+                if getattr(g, field) is None:
+                    gaps.append(f"groups[{i}].{field}")
+        return gaps
 
     def model_entry(self, name: str) -> ModelEntry:
         return next(m for m in self.models if m.name == name)
@@ -242,6 +277,26 @@ class Plan(Record):
 
     def to_dict(self) -> dict:
         return json.loads(self.model_dump_json())
+
+
+# engine -> its flags for tensor and pipeline parallelism
+PARALLEL_FLAGS = {"vllm": ("--tensor-parallel-size", "--pipeline-parallel-size"),
+                  "vllm-v0": ("--tensor-parallel-size", "--pipeline-parallel-size"),
+                  "sglang": ("--tp-size", "--pp-size"), "trt-llm": ("--tp_size", "--pp_size")}
+
+
+def _check_command(g: ReplicaGroup, where: str) -> None:
+    """A group's command must run the parallelism the plan priced (its other flags are the
+    user's to tune)."""
+    if not g.command:
+        raise ValueError(f"{where}: command: expected the engine's argv, got an empty list")
+    for name, field in zip(PARALLEL_FLAGS[g.engine], ("tp", "pp"), strict=True):
+        given, value = flag(g.command, name), getattr(g, field)
+        if given != str(value):
+            raise ValueError(f"{where}: command: {name} is {given}, expected the group's "
+                             f"{field} {value}")
+    if g.engine_version is None or g.engine not in ENGINES:
+        raise ValueError(f"{where}: command given without engine_version")
 
 
 def best_baseline(objective: str, usd_per_hour: float, scale: float,
@@ -277,10 +332,11 @@ def parse_plan(data, path: str) -> Plan:
         found = f"kind {data['kind']!r}" if "kind" in data else "no 'kind' field"
         raise HetserveError(f"{path}: not a hetserve plan file ({found}); write one with "
                             "hetserve plan --out")
-    if data.get("version") != PLAN_VERSION:
+    if data.get("version") not in READS:
         raise HetserveError(f"{path}: plan file version {data.get('version')!r} is not "
-                            f"supported (this hetserve reads version {PLAN_VERSION}): re-run "
-                            "hetserve plan to write it again")
+                            f"supported (this hetserve reads versions "
+                            f"{', '.join(map(str, READS))}): re-run hetserve plan to write it "
+                            "again")
     try:
         return Plan.model_validate(data)
     except ValidationError as err:

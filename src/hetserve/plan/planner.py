@@ -38,6 +38,13 @@ from hetserve.plan.planfile import (
     SolverInfo,
     best_baseline,
 )
+from hetserve.plan.serving import (
+    QUANTIZATION,
+    context_length,
+    engine_command,
+    engine_image,
+    engine_version,
+)
 
 
 @dataclass
@@ -289,6 +296,24 @@ def with_baselines(plan: Plan, demands: Sequence[ModelDemand], catalog: Catalog,
     return out
 
 
+def serving(entry: ModelEntry, dep: Deployment) -> dict:
+    """A replica group's engine version, image and command (hetserve.plan.serving): the
+    deployment's knobs, its model's context length within what one replica's KV cache holds."""
+    rocm = dep.accelerator.names.device_resource == "amd.com/gpu"
+    version = engine_version(dep.engine, rocm)
+    spec = entry.spec
+    return {"engine_version": version, "image": engine_image(dep.engine, version, rocm),
+            "command": engine_command(
+                dep.engine, hf_id=spec.hf_id or spec.name,
+                names=list(dict.fromkeys((entry.name, *([spec.hf_id] if spec.hf_id else [])))),
+                tp=dep.tp, pp=dep.pp, max_num_seqs=dep.max_seqs,
+                max_num_batched_tokens=dep.chunk_tokens,
+                gpu_memory_utilization=dep.memory_utilisation,
+                max_model_len=min(entry.max_model_len or spec.max_context,
+                                  dep.kv_capacity_tokens),
+                dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype)}
+
+
 def _to_plan(space: Space, sol: Solution, objective: str, budget,
              base: list[Baseline], considered: list[str], avail: dict[str, int]) -> Plan:
     p = space.problem
@@ -310,6 +335,8 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
                                mean_input=c.mean_input, mean_output=c.mean_output,
                                burst=d.class_burst(w))
                      for w, c in enumerate(wl.classes)],
+            max_model_len=context_length(wl.classes, d.model.max_context),
+            quantization=QUANTIZATION[d.dtype or d.model.default_dtype],
         ))
         tokens += sum(c.rate * (c.mean_input + c.mean_output) for c in wl.classes)
     groups = []
@@ -331,6 +358,7 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
                     for j, c in enumerate(classes) if sol.shares[i, off + j] > 0},
             capacity={c.name: float(cfg.cap[j] if cfg.cap[j] > 0 else cfg.tail[j])
                       for j, c in enumerate(classes)},
+            **serving(models[k], dep),
         ))
     best, savings = best_baseline(objective, sol.cost, sol.scale, base)
     used = dict.fromkeys(c.deployment.accelerator.name for c, y in
