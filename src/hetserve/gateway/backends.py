@@ -6,6 +6,10 @@
 
 Every group of the plan is listed with at least one URL; a URL serves one replica. Fewer URLs
 than the plan's replicas is allowed (a group still starting) and counted as that many replicas.
+An address that balances over several replicas (a Kubernetes Service, a Ray Serve route) is
+given with their count, and counts as that many:
+
+    g0: [{url: http://llama-3-1-8b-l4-tp1.serving.svc:8000, replicas: 3}]
 """
 
 from __future__ import annotations
@@ -33,15 +37,28 @@ def parse_backends(data, plan: Plan, where: str) -> dict[str, list[str]]:
             urls = [urls]
         if not isinstance(urls, list) or not urls:
             raise HetserveError(f"{where}: group {key}: expected a non-empty list of URLs")
-        for url in urls:
-            parsed = urlparse(url) if isinstance(url, str) else None
-            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise HetserveError(f"{where}: group {key}: {url!r} is not an http(s) URL")
-        out[key] = [u.rstrip("/") for u in urls]
+        out[key] = [u for item in urls for u in _expand(item, f"{where}: group {key}")]
     missing = [g for g in ids if g not in out]
     if missing:
         raise HetserveError(f"{where}: no URLs for group(s) {', '.join(missing)} of the plan")
     return out
+
+
+def _expand(item, where: str) -> list[str]:
+    """One URL per replica: a URL, or {url, replicas} for a balanced address."""
+    count = 1
+    if isinstance(item, dict):
+        if set(item) != {"url", "replicas"}:
+            raise HetserveError(f"{where}: expected a URL or {{url: URL, replicas: N}}, got keys "
+                                f"{', '.join(map(str, item))}")
+        item, count = item["url"], item["replicas"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise HetserveError(f"{where}: {item}: replicas: expected an integer >= 1, got "
+                                f"{count!r}")
+    parsed = urlparse(item) if isinstance(item, str) else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise HetserveError(f"{where}: {item!r} is not an http(s) URL")
+    return [item.rstrip("/")] * count
 
 
 def load_backends(path: Path | str, plan: Plan) -> dict[str, list[str]]:

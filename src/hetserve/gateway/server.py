@@ -176,6 +176,12 @@ class Gateway:
                              "plan gives each group.", ["model", "group"],
                              registry=self.registry)
         self.served: dict[str, dict[str, int]] = {}  # model -> group id -> completed
+        self.slo = Counter("hetserve:slo_requests", "Streamed requests by whether they met "
+                           "both SLO limits of the plan (TTFT, and TPOT after the first "
+                           "token).", ["model", "group", "met"], registry=self.registry)
+        self.cost = Gauge("hetserve:group_usd_per_hour", "Price of each replica group of the "
+                          "plan, all its replicas.", ["model", "group", "accelerator"],
+                          registry=self.registry)
         self.healthy = Gauge("hetserve:replica_healthy", "1 while a replica's /health answers "
                              "200.", ["model", "group", "backend"], registry=self.registry)
         self.ejections = Counter("hetserve:health_changes", "Replicas ejected by a failed "
@@ -194,8 +200,10 @@ class Gateway:
         fleets, routers = self._build(plan, backends, self.queue_factor)
         self.plan, self.fleets, self.routers = plan, fleets, routers
         self.planned.clear()
+        self.cost.clear()
         for g in plan.groups:
             self.planned.labels(g.model, g.id).set(plan.planned_share(g))
+            self.cost.labels(g.model, g.id, g.accelerator).set(g.usd_per_hour)
 
     @staticmethod
     def _build(plan: Plan, backends: dict[str, list[str]], queue_factor: float
@@ -430,9 +438,13 @@ class Gateway:
                         502, f"{replica.url} failed mid-stream: {str(exc) or type(exc).__name__}",
                         None, "BadGatewayError")).encode() + b"\n\n", eof=True)
                     return resp
+                tpot = (time.monotonic() - first) / (events - 1) if events > 2 else 0.0
                 if events > 2:  # the usage chunk, if any, counts as one: a close estimate
-                    self.tpot.labels(model, group, key).observe(
-                        (time.monotonic() - first) / (events - 1))
+                    self.tpot.labels(model, group, key).observe(tpot)
+                slo = next((m.slo for m in self.plan.models if m.name == model), None)
+                if first and slo is not None:  # (a plan swapped in since may not have it)
+                    met = first - start <= slo.ttft and tpot <= slo.tpot
+                    self.slo.labels(model, group, "true" if met else "false").inc()
                 outcome = "ok" if await _client_write(resp, eof=True) else "cancelled"
                 return resp
         except asyncio.CancelledError:  # the client went away (its handler is cancelled)
