@@ -735,6 +735,10 @@ from hetserve.cli.profile import profile_cmd  # noqa: E402
 
 app.command("profile")(profile_cmd)
 
+from hetserve.cli.deploy import deploy_cmd  # noqa: E402
+
+app.command("deploy")(deploy_cmd)
+
 
 def _fail(message: str, code: int) -> int:
     sys.stdout.flush()

@@ -1,0 +1,78 @@
+"""From one deployed plan to the next on Kubernetes: the fewest commands, new capacity first.
+
+Groups are matched by their resource name (model, accelerator, parallelism: group_names), so a
+group the new plan keeps is scaled, not replaced. The order never lets serving capacity drop
+below what either plan needs: first new and grown groups (and changed engine settings, rolled
+out surge-first), then a wait until they are ready, then the gateway with the new plan, and only
+then the groups that shrink or go.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from hetserve.deploy import Options, group_names, nodes_per_replica
+from hetserve.plan.planfile import Plan, ReplicaGroup
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    kind: str  # create, grow, update, shrink, delete
+    old: int  # replicas before (0: new)
+    new: int  # replicas after (0: gone)
+    workload: str  # deployment or leaderworkerset
+
+
+def _by_name(plan: Plan) -> dict[str, tuple[ReplicaGroup, str]]:
+    names = group_names(plan)
+    return {names[g.id]: (g, "leaderworkerset" if nodes_per_replica(plan, g) > 1
+                          else "deployment") for g in plan.groups}
+
+
+def changes(old: Plan, new: Plan) -> list[Change]:
+    """What differs between the plans, group by group (unchanged groups left out)."""
+    before, after = _by_name(old), _by_name(new)
+    out = []
+    for name, (g, kind) in after.items():
+        if name not in before:
+            out.append(Change(name, "create", 0, g.replicas, kind))
+            continue
+        was = before[name][0]
+        if (was.command, was.image) != (g.command, g.image):
+            out.append(Change(name, "update", was.replicas, g.replicas, kind))
+        elif g.replicas != was.replicas:
+            out.append(Change(name, "grow" if g.replicas > was.replicas else "shrink",
+                              was.replicas, g.replicas, kind))
+    out += [Change(name, "delete", g.replicas, 0, kind)
+            for name, (g, kind) in before.items() if name not in after]
+    return out
+
+
+def actions(old: Plan, new: Plan, opts: Options, folder: str) -> list[str]:
+    """kubectl commands, in order, that take a cluster running `old` to `new`, whose manifests
+    are in `folder` (hetserve deploy --out)."""
+    ns = f"-n {shlex.quote(opts.namespace)}"
+    steps = changes(old, new)
+    first, wait, last = [], [], []
+    for c in steps:
+        ref = f"{c.workload}/{c.name}"
+        if c.kind in ("create", "update"):
+            first.append(f"kubectl apply {ns} -f {shlex.quote(f'{folder}/{c.name}.yaml')}")
+        elif c.kind == "grow":
+            first.append(f"kubectl scale {ns} {ref} --replicas={c.new}")
+        elif c.kind == "shrink":
+            last.append(f"kubectl scale {ns} {ref} --replicas={c.new}")
+        else:
+            last.append(f"kubectl delete {ns} {ref} service/{c.name}")
+        if c.kind in ("create", "update", "grow"):
+            wait.append(f"kubectl rollout status {ns} {ref} --timeout=30m"
+                        if c.workload == "deployment" else
+                        f"kubectl wait {ns} {ref} --for=condition=Available --timeout=30m")
+    if not steps:
+        return []
+    gateway = [f"kubectl apply {ns} -f {shlex.quote(f'{folder}/gateway.yaml')}",
+               f"kubectl rollout restart {ns} deployment/hetserve-gateway",
+               f"kubectl rollout status {ns} deployment/hetserve-gateway --timeout=10m"]
+    return first + wait + gateway + last

@@ -1,0 +1,79 @@
+"""A plan as SkyServe services: one service YAML per replica group (its accelerator by SkyPilot's
+name, the cloud, region and instance type where the catalog recorded an offer, a fixed replica
+count, a readiness probe on /health, the engine command), and a script that brings them up and
+starts hetserve's gateway in front with their endpoints."""
+
+from __future__ import annotations
+
+import shlex
+
+import yaml
+
+from hetserve.deploy import GATEWAY_PORT, Options, command, group_names, nodes_per_replica
+from hetserve.errors import HetserveError
+from hetserve.plan.planfile import Plan, ReplicaGroup
+from hetserve.plan.serving import PORT
+
+STARTUP_SECONDS = 1800  # SkyServe waits this long for a new replica's first ready probe
+
+
+def service(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> dict:
+    acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+    if not acc.names.skypilot:
+        raise HetserveError(f"group {g.id} runs on {acc.name}, which has no SkyPilot name in "
+                            "the catalog's targets table: plan without it (--only)")
+    nodes = nodes_per_replica(plan, g)
+    resources: dict = {"accelerators": {acc.names.skypilot: g.devices_per_replica // nodes},
+                       "ports": PORT}
+    offer = acc.offer_for(g.devices_per_replica // nodes)
+    if offer is not None:
+        resources.update(cloud=offer.cloud, region=offer.region,
+                         instance_type=offer.instance_type)
+    argv = command(plan, g, opts)
+    if opts.emulate:
+        setup = "pip install hetserve"
+    elif g.engine in ("vllm", "vllm-v0") and acc.names.device_resource == "nvidia.com/gpu":
+        setup = f"pip install vllm=={g.engine_version}"
+    else:
+        resources["image_id"] = f"docker:{opts.image or g.image}"
+        setup = None
+    if nodes > 1:  # the head runs the engine over a Ray cluster of the replica's nodes
+        run = ("if [ \"$SKYPILOT_NODE_RANK\" = 0 ]; then ray start --head --port=6379 && "
+               + shlex.join([*argv, "--distributed-executor-backend", "ray"])
+               + "; else ray start --address=$(echo \"$SKYPILOT_NODE_IPS\" | head -n1):6379 "
+               "--block; fi")
+    else:
+        run = shlex.join(argv)
+    task: dict = {
+        "name": name,
+        "service": {"readiness_probe": {"path": "/health",
+                                        "initial_delay_seconds": STARTUP_SECONDS},
+                    "replica_policy": {"min_replicas": g.replicas, "max_replicas": g.replicas}},
+        "resources": resources,
+    }
+    if nodes > 1:
+        task["num_nodes"] = nodes
+    task["envs"] = {"HF_TOKEN": ""}  # set with --env HF_TOKEN for gated models
+    if setup:
+        task["setup"] = setup
+    task["run"] = run
+    return task
+
+
+def render_skypilot(plan: Plan, opts: Options) -> dict[str, str]:
+    names = group_names(plan)
+    files = {f"{names[g.id]}.yaml": yaml.safe_dump(service(plan, g, names[g.id], opts),
+                                                   sort_keys=False, width=100)
+             for g in plan.groups}
+    lines = ["#!/bin/sh", "# Bring up one SkyServe service per replica group, then hetserve's "
+             "gateway in front of them.", "set -eu", 'cd "$(dirname "$0")"']
+    lines += [f"sky serve up -y -n {names[g.id]} {names[g.id]}.yaml" for g in plan.groups]
+    lines.append(": > backends.yaml")
+    for g in plan.groups:
+        lines.append(f'echo "{g.id}: [{{url: http://$(sky serve status --endpoint '
+                     f'{names[g.id]}), replicas: {g.replicas}}}]" >> backends.yaml')
+    lines.append(f"exec hetserve serve plan.json --backends backends.yaml --host 0.0.0.0 "
+                 f"--port {GATEWAY_PORT}")
+    files["up.sh"] = "\n".join(lines) + "\n"
+    files["plan.json"] = plan.model_dump_json(indent=1) + "\n"
+    return files

@@ -1,0 +1,403 @@
+"""hetserve deploy: manifests for Kubernetes (schema-checked offline), SkyPilot and Ray Serve
+configs, the dashboard's queries against the gateway's metrics, and plan-to-plan steps."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import stat
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+import hetserve
+from hetserve.catalog import load_catalog
+from hetserve.deploy import Options, group_names, render
+from hetserve.deploy.diff import actions, changes
+from hetserve.errors import HetserveError
+from hetserve.gateway.backends import parse_backends
+from hetserve.plan.planfile import Plan, parse_plan
+from tests.test_cli import cli
+
+DATA = Path(__file__).parent / "data"
+K8S = "1.37.0"
+
+
+@cache
+def demo_plan() -> Plan:
+    """The plan `make demo` deploys (its MILP; make demo adds --verify)."""
+    return hetserve.make_plan("llama-3.1-70b", workload="azure-conv", rate=10, ttft=2,
+                              tpot=0.05, baselines=False)
+
+
+@cache
+def small_plan(rate: float = 6.0) -> Plan:
+    return hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=rate, ttft=2,
+                              tpot=0.05, baselines=False,
+                              catalog=load_catalog().only(["L4", "A10G", "A100-80GB"]))
+
+
+@cache
+def multinode_plan() -> Plan:
+    """70B on T4s only: TP8 x PP2, 16 devices per replica, two 8-GPU nodes each."""
+    return hetserve.make_plan("llama-3.1-70b", workload="azure-conv", rate=0.5, ttft=10,
+                              tpot=0.2, baselines=False, catalog=load_catalog().only(["T4"]))
+
+
+def crd_validator(name: str) -> jsonschema.Draft7Validator:
+    """A CRD's openAPIV3Schema as JSON Schema: nullable as a type, unknown fields refused
+    (where the API server would prune them) unless the schema keeps them."""
+    crd = json.loads((DATA / "crds" / f"{name}.json").read_text())
+    schema = copy.deepcopy(crd["versions"]["v1"])
+
+    def fix(node):
+        if isinstance(node, dict):
+            if node.get("nullable") and "type" in node:
+                node["type"] = [node["type"], "null"]
+            if "properties" in node and "additionalProperties" not in node \
+                    and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            for value in node.values():
+                fix(value)
+        elif isinstance(node, list):
+            for value in node:
+                fix(value)
+
+    fix(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+CRDS = {"LeaderWorkerSet": "leaderworkerset", "ServiceMonitor": "servicemonitor"}
+
+
+def validate(doc: dict) -> None:
+    kind = doc["kind"]
+    if kind in CRDS:
+        errors = [f"{list(e.path)}: {e.message}" for e in crd_validator(CRDS[kind]).iter_errors(
+            doc)]
+        assert not errors, errors
+    elif kind == "Kustomization":
+        assert set(doc) == {"apiVersion", "kind", "namespace", "resources"}
+    else:
+        kubernetes_validate.validate(doc, K8S, strict=True)
+
+
+def docs(files: dict[str, str]) -> list[dict]:
+    return [d for name, text in files.items() if name.endswith(".yaml")
+            for d in yaml.safe_load_all(text)]
+
+
+def test_kubernetes_manifests_of_the_demo_plan_validate():
+    plan = demo_plan()
+    files = render(plan, "kubernetes", Options(cluster="gfd", namespace="serving"))
+    names = group_names(plan)
+    assert sorted(files) == sorted([f"{n}.yaml" for n in names.values()] + [
+        "gateway.yaml", "dashboard.json", "dashboard.yaml", "kustomization.yaml"])
+    all_docs = docs(files)
+    for doc in all_docs:
+        validate(doc)
+    kinds = [d["kind"] for d in all_docs]
+    assert kinds.count("Deployment") == len(plan.groups) + 1  # engines and the gateway
+    assert kinds.count("Service") == len(plan.groups) + 1
+    assert kinds.count("ServiceMonitor") == 1 and kinds.count("ConfigMap") == 2
+    for g in plan.groups:
+        engine, service = yaml.safe_load_all(files[f"{names[g.id]}.yaml"])
+        assert engine["spec"]["replicas"] == g.replicas
+        pod = engine["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        resource = "amd.com/gpu" if g.accelerator == "MI300X" else "nvidia.com/gpu"
+        assert container["resources"]["limits"] == {resource: g.devices_per_replica}
+        assert container["command"] == g.command and container["image"] == g.image
+        assert "--tensor-parallel-size" in g.command
+        assert all(container[p]["httpGet"]["path"] == "/health"
+                   for p in ("startupProbe", "readinessProbe", "livenessProbe"))
+        assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-B200"} \
+            if g.accelerator == "B200" else {"amd.com/gpu.product-name":
+                                             "AMD_Instinct_MI300X_OAM"}
+    gateway = {d["kind"]: d for d in yaml.safe_load_all(files["gateway.yaml"])}
+    config = gateway["ConfigMap"]["data"]
+    again = parse_plan(json.loads(config["plan.json"]), "configmap")
+    assert again == plan
+    urls = parse_backends(yaml.safe_load(config["backends.yaml"]), again, "configmap")
+    for g in plan.groups:  # one Service address per group, counted as its replicas
+        assert urls[g.id] == [f"http://{names[g.id]}.serving.svc.cluster.local:8000"] * \
+            g.replicas
+    monitor = gateway["ServiceMonitor"]["spec"]
+    assert monitor["endpoints"][0]["path"] == "/metrics"
+    # the monitor's selector matches every Service (gateway and engines)
+    for doc in all_docs:
+        if doc["kind"] == "Service":
+            labels = doc["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in monitor["selector"]["matchLabels"].items())
+
+
+def test_a_broken_manifest_fails_validation():
+    """The checks above can fail: a wrong field type, an unknown field, a CRD typo."""
+    files = render(small_plan(), "kubernetes", Options())
+    engine = next(yaml.safe_load_all(files[next(f for f in files if "a10g" in f or "l4" in f
+                                                 or "a100" in f)]))
+    bad = copy.deepcopy(engine)
+    bad["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError, match="not of type"):
+        validate(bad)
+    bad = copy.deepcopy(engine)
+    bad["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError, match="'gpus' was unexpected"):
+        validate(bad)
+    monitor = next(d for d in yaml.safe_load_all(files["gateway.yaml"])
+                   if d["kind"] == "ServiceMonitor")
+    monitor["spec"]["endpoint"] = monitor["spec"].pop("endpoints")
+    with pytest.raises(AssertionError, match="'endpoint' was unexpected"):
+        validate(monitor)
+
+
+def test_multinode_replicas_are_leaderworkersets():
+    plan = multinode_plan()
+    (g,) = plan.groups
+    assert (g.tp, g.pp, g.devices_per_replica) == (8, 2, 16)
+    files = render(plan, "kubernetes", Options(cluster="eks"))
+    lws, service = yaml.safe_load_all(files[f"{group_names(plan)[g.id]}.yaml"])
+    validate(lws)
+    validate(service)
+    assert lws["kind"] == "LeaderWorkerSet" and lws["spec"]["replicas"] == g.replicas
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == 2  # 16 T4s, 8 a node
+    leader = template["leaderTemplate"]["spec"]
+    assert leader["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    assert leader["nodeSelector"] == {"karpenter.k8s.aws/instance-gpu-name": "t4"}
+    assert "--distributed-executor-backend ray" in leader["containers"][0]["command"][2]
+    assert "LWS_LEADER_ADDRESS" in template["workerTemplate"]["spec"]["containers"][0][
+        "command"][2]
+    assert service["spec"]["selector"]["role"] == "leader"
+    with pytest.raises(HetserveError, match="spans nodes; --target ray renders single-node"):
+        render(plan, "ray", Options())
+
+
+@pytest.mark.parametrize("cluster, selector", [
+    ("gke", {"cloud.google.com/gke-accelerator": "nvidia-a100-80gb"}),
+    ("eks", {"karpenter.k8s.aws/instance-gpu-name": "a100",
+             "karpenter.k8s.aws/instance-gpu-memory": "81920"}),
+    ("aks", {"node.kubernetes.io/instance-type": "Standard_NC24ads_A100_v4"}),  # 1-GPU VMs
+    ("gfd", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}),
+])
+def test_node_selectors_by_cluster(cluster, selector):
+    plan = a100_plan()
+    files = render(plan, "kubernetes", Options(cluster=cluster))
+    for g in plan.groups:
+        engine = next(yaml.safe_load_all(files[f"{group_names(plan)[g.id]}.yaml"]))
+        validate(engine)
+        assert engine["spec"]["template"]["spec"]["nodeSelector"] == selector
+
+
+@cache
+def a100_plan() -> Plan:
+    return hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=6, ttft=2, tpot=0.05,
+                              baselines=False, catalog=load_catalog().only(["A100-80GB"]))
+
+
+def test_clusters_without_the_type_are_refused_by_name():
+    with pytest.raises(HetserveError, match=r"group g\d runs on MI300X, which has no name for "
+                       "--cluster eks in the catalog's targets table"):
+        render(demo_plan(), "kubernetes", Options(cluster="eks"))
+    with pytest.raises(HetserveError, match=r"runs on (L4|A10G), which has no name for "
+                       "--cluster aks"):
+        render(small_plan(), "kubernetes", Options(cluster="aks"))
+
+
+def test_dashboard_queries_name_metrics_the_gateway_exports():
+    from prometheus_client import generate_latest
+
+    from hetserve.deploy.dashboard import dashboard
+    from hetserve.gateway import Gateway
+
+    plan = small_plan()
+    board = dashboard(plan)
+    titles = [p["title"] for p in board["panels"]]
+    assert len(titles) == 10 and "Cost per hour" in titles
+    assert any("SLO attainment" in t for t in titles)
+    gw = Gateway(plan, {g.id: ["http://127.0.0.1:9"] for g in plan.groups})
+    gw.requests.labels(plan.models[0].name, "g0", "ok").inc()
+    gw.refused.labels("429").inc()
+    gw.retries.labels(plan.models[0].name).inc()
+    gw.slo.labels(plan.models[0].name, "g0", "true").inc()
+    for histogram in (gw.ttft, gw.tpot):
+        histogram.labels(plan.models[0].name, "g0", "in1-256").observe(0.1)
+    gw.latency.labels(plan.models[0].name, "g0").observe(0.1)
+    gw._count_share(plan.models[0].name, "g0")
+    exported = generate_latest(gw.registry).decode()
+    import re
+    wanted = {m for p in board["panels"] for t in p["targets"]
+              for m in re.findall(r"hetserve:[a-z_]+", t["expr"])}
+    assert len(wanted) >= 9
+    for metric in wanted:
+        assert re.search(rf"^{re.escape(metric)}[{{ ]", exported, re.M), metric
+    cost = re.search(r'^hetserve:group_usd_per_hour\{.*group="g0".*\} (\S+)', exported, re.M)
+    assert float(cost.group(1)) == pytest.approx(plan.groups[0].usd_per_hour)
+    slo = board["panels"][2]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert slo[1]["value"] == plan.models[0].attainment
+
+
+def test_skypilot_services_validate_against_skypilots_schemas(tmp_path):
+    schemas = json.loads((DATA / "skypilot_schemas.json").read_text())
+    plan = small_plan()
+    files = render(plan, "skypilot", Options())
+    names = group_names(plan)
+    for g in plan.groups:
+        task = yaml.safe_load(files[f"{names[g.id]}.yaml"])
+        jsonschema.Draft202012Validator(schemas["task"]).validate(task)
+        jsonschema.Draft202012Validator(schemas["service"]).validate(task["service"])
+        jsonschema.Draft202012Validator(schemas["resources"]).validate(task["resources"])
+        acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+        assert task["resources"]["accelerators"] == {acc.names.skypilot: g.devices_per_replica}
+        assert task["service"]["replica_policy"] == {"min_replicas": g.replicas,
+                                                     "max_replicas": g.replicas}
+        assert task["service"]["readiness_probe"]["path"] == "/health"
+        assert task["run"].startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct")
+        assert task["setup"] == "pip install vllm==0.11.0"
+    bad = yaml.safe_load(files[f"{names['g0']}.yaml"])
+    bad["service"]["replica_policy"]["min_replica"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="min_replica"):
+        jsonschema.Draft202012Validator(schemas["service"]).validate(bad["service"])
+    assert files["up.sh"].count("sky serve up") == len(plan.groups)
+    assert parse_plan(json.loads(files["plan.json"]), "plan.json") == plan
+
+
+def test_skypilot_uses_the_imported_instance(tmp_path):
+    from hetserve.catalog import Offer
+
+    plan = small_plan()
+    rows = []
+    for acc in plan.accelerators:
+        offer = Offer(cloud="aws", region="us-east-1", instance_type=f"{acc.name}.x",
+                      gpus=1, usd_per_hour=acc.usd_per_hour)
+        rows.append(acc.model_copy(update={"offers": (offer,)}).model_dump(mode="json"))
+    data = plan.to_dict() | {"accelerators": rows}
+    with_offers = parse_plan(data, "plan")
+    files = render(with_offers, "skypilot", Options())
+    task = yaml.safe_load(files[f"{group_names(plan)['g0']}.yaml"])
+    acc = plan.groups[0].accelerator
+    assert {k: task["resources"][k] for k in ("cloud", "region", "instance_type")} == {
+        "cloud": "aws", "region": "us-east-1", "instance_type": f"{acc}.x"}
+
+
+def test_ray_serve_config_validates():
+    from ray.serve.schema import ServeDeploySchema
+
+    plan = small_plan()
+    files = render(plan, "ray", Options())
+    config = yaml.safe_load(files["serve.yaml"])
+    ServeDeploySchema.model_validate(config)
+    apps = {a["name"]: a for a in config["applications"]}
+    names = group_names(plan)
+    assert set(apps) == {*names.values(), "gateway"}
+    for g in plan.groups:
+        (dep,) = apps[names[g.id]]["deployments"]
+        assert dep["num_replicas"] == g.replicas
+        assert dep["ray_actor_options"]["num_gpus"] == g.devices_per_replica
+        acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+        assert dep["ray_actor_options"]["accelerator_type"] == acc.names.ray
+        assert apps[names[g.id]]["args"]["command"] == g.command
+    assert apps["gateway"]["route_prefix"] == "/"
+
+
+def test_a_changed_plan_yields_only_its_scale_actions_new_capacity_first():
+    old = small_plan(6.0)
+    data = old.to_dict()
+    names = group_names(old)
+    grow, keep = data["groups"][0], data["groups"][1] if len(data["groups"]) > 1 else None
+    price = grow["usd_per_hour"] / grow["replicas"]
+    grow["replicas"] += 2
+    grow["usd_per_hour"] = price * grow["replicas"]
+    data["usd_per_hour"] = sum(g["usd_per_hour"] for g in data["groups"])
+    new = parse_plan(data, "new")
+    assert [(c.name, c.kind, c.old, c.new) for c in changes(old, new)] == [
+        (names["g0"], "grow", old.groups[0].replicas, old.groups[0].replicas + 2)]
+    steps = actions(old, new, Options(namespace="ns"), "out")
+    assert steps == [
+        f"kubectl scale -n ns deployment/{names['g0']} --replicas={old.groups[0].replicas + 2}",
+        f"kubectl rollout status -n ns deployment/{names['g0']} --timeout=30m",
+        "kubectl apply -n ns -f out/gateway.yaml",
+        "kubectl rollout restart -n ns deployment/hetserve-gateway",
+        "kubectl rollout status -n ns deployment/hetserve-gateway --timeout=10m"]
+    assert keep is None or names["g1"] not in " ".join(steps)  # untouched: no action
+    # back again: the shrink comes after the gateway has the plan without that capacity
+    back = actions(new, old, Options(namespace="ns"), "out")
+    assert back[-1] == (f"kubectl scale -n ns deployment/{names['g0']} "
+                        f"--replicas={old.groups[0].replicas}")
+    assert back.index("kubectl apply -n ns -f out/gateway.yaml") < len(back) - 1
+    assert actions(old, old, Options(), "out") == []
+
+
+def test_replacing_a_type_creates_before_it_deletes():
+    old, new = small_plan(6.0), hetserve.make_plan(
+        "llama-3.1-8b", workload="azure-conv", rate=6.0, ttft=2, tpot=0.05, baselines=False,
+        catalog=load_catalog().only(["H100-SXM"]))
+    created = [c.name for c in changes(old, new) if c.kind == "create"]
+    deleted = [c.name for c in changes(old, new) if c.kind == "delete"]
+    assert created == list(group_names(new).values())
+    assert deleted == list(group_names(old).values())
+    steps = actions(old, new, Options(), "d")
+    first_delete = min(i for i, s in enumerate(steps) if s.startswith("kubectl delete"))
+    last_ready = max(i for i, s in enumerate(steps) if "rollout status" in s)
+    assert last_ready < first_delete
+    assert sum(s.startswith("kubectl delete") for s in steps) == len(deleted)
+
+
+def test_deploy_cli(tmp_path):
+    plan_file = tmp_path / "plan.json"
+    small_plan().save(plan_file)
+    for target, expected in (("kubernetes", "gateway.yaml"), ("skypilot", "up.sh"),
+                             ("ray", "serve.yaml")):
+        out = tmp_path / target
+        rc, stdout, err = cli("deploy", str(plan_file), "--target", target, "--out", str(out))
+        assert rc == 0, err
+        assert (out / expected).exists() and f"files to {out}" in stdout
+    # an old plan file names what it lacks
+    data = json.loads(plan_file.read_text())
+    data["version"] = 2
+    for g in data["groups"]:
+        del g["command"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    rc, _, err = cli("deploy", str(old), "--out", str(tmp_path / "x"))
+    assert rc == 2 and "cannot deploy (plan file version 2): missing groups[0].command" in err
+    rc, _, err = cli("deploy", str(plan_file), "--target", "nomad", "--out", str(tmp_path))
+    assert rc == 2 and "--target 'nomad': expected one of kubernetes, skypilot, ray" in err
+    rc, _, err = cli("deploy", str(plan_file), "--cluster", "oke", "--out", str(tmp_path))
+    assert rc == 2 and "--cluster 'oke'" in err
+
+
+def test_deploy_diff_cli_dry_run_and_apply(tmp_path, monkeypatch):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    small_plan(6.0).save(old)
+    small_plan(12.0).save(new)
+    expected = actions(small_plan(6.0), small_plan(12.0), Options(), str(tmp_path / "d"))
+    assert expected, "the two rates should deploy differently"
+    rc, stdout, err = cli("deploy", "--from", str(old), "--to", str(new), "--out",
+                          str(tmp_path / "d"))
+    assert rc == 0, err
+    printed = [line for line in stdout.splitlines() if line.startswith("kubectl")]
+    assert printed == expected and "dry run: nothing was changed" in stdout
+    assert (tmp_path / "d" / "gateway.yaml").exists()
+    # --apply runs them in order (a kubectl that records its arguments)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "kubectl.log"
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(f"#!/bin/sh\necho \"kubectl $*\" >> {log}\n")
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    rc, _, err = cli("deploy", "--from", str(old), "--to", str(new), "--out",
+                     str(tmp_path / "d"), "--apply")
+    assert rc == 0, err
+    assert log.read_text().splitlines() == expected
+    kubectl.write_text("#!/bin/sh\nexit 1\n")
+    rc, _, err = cli("deploy", "--from", str(old), "--to", str(new), "--out",
+                     str(tmp_path / "d"), "--apply")
+    assert rc == 2 and f"--apply: '{expected[0]}' failed with exit code 1" in err
