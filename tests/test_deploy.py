@@ -243,9 +243,10 @@ def test_dashboard_queries_name_metrics_the_gateway_exports():
     assert slo[1]["value"] == plan.models[0].attainment
 
 
-def test_skypilot_services_validate_against_skypilots_schemas(tmp_path):
+@pytest.mark.parametrize("make", [demo_plan, small_plan])
+def test_skypilot_services_validate_against_skypilots_schemas(make):
     schemas = json.loads((DATA / "skypilot_schemas.json").read_text())
-    plan = small_plan()
+    plan = make()
     files = render(plan, "skypilot", Options())
     names = group_names(plan)
     for g in plan.groups:
@@ -258,9 +259,15 @@ def test_skypilot_services_validate_against_skypilots_schemas(tmp_path):
         assert task["service"]["replica_policy"] == {"min_replicas": g.replicas,
                                                      "max_replicas": g.replicas}
         assert task["service"]["readiness_probe"]["path"] == "/health"
-        assert task["run"].startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct")
-        assert task["setup"] == "pip install vllm==0.11.0"
+        assert task["run"] == " ".join(g.command)
+        if acc.name == "MI300X":  # ROCm: the engine's image, not vLLM's CUDA wheel
+            assert task["resources"]["image_id"] == f"docker:{g.image}" and "setup" not in task
+        else:
+            assert task["setup"] == "pip install vllm==0.11.0"
     bad = yaml.safe_load(files[f"{names['g0']}.yaml"])
+    bad["resources"]["use_spot"] = "no"
+    with pytest.raises(jsonschema.ValidationError, match="'no' is not of type 'boolean'"):
+        jsonschema.Draft202012Validator(schemas["resources"]).validate(bad["resources"])
     bad["service"]["replica_policy"]["min_replica"] = 1
     with pytest.raises(jsonschema.ValidationError, match="min_replica"):
         jsonschema.Draft202012Validator(schemas["service"]).validate(bad["service"])
@@ -284,12 +291,26 @@ def test_skypilot_uses_the_imported_instance(tmp_path):
     acc = plan.groups[0].accelerator
     assert {k: task["resources"][k] for k in ("cloud", "region", "instance_type")} == {
         "cloud": "aws", "region": "us-east-1", "instance_type": f"{acc}.x"}
+    from hetserve.deploy.skypilot import instance_notes
+
+    assert instance_notes(with_offers) == []
+    # only 4-device instances: every 1-device replica pays for 4, and deploy says so
+    for row in rows:
+        row["offers"][0] |= {"gpus": 4, "usd_per_hour": 4 * row["usd_per_hour"]}
+    notes = instance_notes(parse_plan(data | {"accelerators": rows}, "plan"))
+    g = plan.groups[0]
+    price = next(a.usd_per_hour for a in plan.accelerators if a.name == g.accelerator)
+    assert notes[0] == (f"group g0: 1 {g.accelerator} a replica, but the smallest aws instance "
+                        f"with them ({g.accelerator}.x) has 4: each replica pays "
+                        f"${4 * price:.2f}/h, the plan counted ${price:.2f}/h")
+    assert len(notes) == len(plan.groups)
 
 
-def test_ray_serve_config_validates():
+@pytest.mark.parametrize("make", [demo_plan, small_plan])
+def test_ray_serve_config_validates(make):
     from ray.serve.schema import ServeDeploySchema
 
-    plan = small_plan()
+    plan = make()
     files = render(plan, "ray", Options())
     config = yaml.safe_load(files["serve.yaml"])
     ServeDeploySchema.model_validate(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -65,9 +66,15 @@ def deploy_cmd(
         raise HetserveError("expected a plan file (hetserve plan --out), or --from and --to")
     if out is None:
         raise HetserveError("--out: expected a folder for the files")
-    files = render(load_plan(plan_file), target, opts, str(plan_file))
+    plan = load_plan(plan_file)
+    files = render(plan, target, opts, str(plan_file))
     _write(files, out)
-    print(f"wrote {len(files)} files to {out}: {', '.join(sorted(files))}")
+    print(f"wrote {len(files)} files to {out}: {', '.join(sorted(files))}", flush=True)
+    if target == "skypilot":
+        from hetserve.deploy.skypilot import instance_notes
+
+        for note in instance_notes(plan):
+            print(f"warning: {note}", file=sys.stderr)
 
 
 def _write(files: dict[str, str], out: Path) -> None:

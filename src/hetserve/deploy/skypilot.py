@@ -60,6 +60,22 @@ def service(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> dict:
     return task
 
 
+def instance_notes(plan: Plan) -> list[str]:
+    """Groups whose replicas rent more devices than they use: the smallest instance offered
+    holds more than a replica's devices (the plan priced only those it uses)."""
+    notes = []
+    for g in plan.groups:
+        acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+        per_node = g.devices_per_replica // nodes_per_replica(plan, g)
+        offer = acc.offer_for(per_node)
+        if offer is not None and offer.gpus > per_node:
+            notes.append(f"group {g.id}: {per_node} {acc.name} a replica, but the smallest "
+                         f"{offer.cloud} instance with them ({offer.instance_type}) has "
+                         f"{offer.gpus}: each replica pays ${offer.usd_per_hour:.2f}/h, the "
+                         f"plan counted ${per_node * acc.usd_per_hour:.2f}/h")
+    return notes
+
+
 def render_skypilot(plan: Plan, opts: Options) -> dict[str, str]:
     names = group_names(plan)
     files = {f"{names[g.id]}.yaml": yaml.safe_dump(service(plan, g, names[g.id], opts),
