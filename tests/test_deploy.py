@@ -392,6 +392,11 @@ def test_deploy_cli(tmp_path):
     assert rc == 2 and "--target 'nomad': expected one of kubernetes, skypilot, ray" in err
     rc, _, err = cli("deploy", str(plan_file), "--cluster", "oke", "--out", str(tmp_path))
     assert rc == 2 and "--cluster 'oke'" in err
+    cpu = tmp_path / "cpu.json"
+    hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=0.2, ttft=10, tpot=0.5,
+                       baselines=False, catalog=load_catalog().only(["c7i.24xlarge"])).save(cpu)
+    rc, _, err = cli("deploy", str(cpu), "--out", str(tmp_path / "cpu"))
+    assert rc == 2 and "group g0 runs on c7i.24xlarge (a CPU instance)" in err
 
 
 def test_deploy_diff_cli_dry_run_and_apply(tmp_path, monkeypatch):

@@ -76,6 +76,11 @@ def check_deployable(plan: Plan, where: str) -> None:
         old = f" (plan file version {plan.version})" if plan.version < 3 else ""
         raise HetserveError(f"{where}: cannot deploy{old}: missing {', '.join(gaps)}; re-run "
                             "hetserve plan to write them")
+    for g in plan.groups:
+        if _accelerator(plan, g).kind != "gpu":
+            raise HetserveError(f"{where}: group {g.id} runs on {g.accelerator} (a CPU "
+                                "instance); deploy renders GPU engines only: plan without it "
+                                "(--only)")
 
 
 def command(plan: Plan, group: ReplicaGroup, opts: Options, port: int = PORT) -> list[str]:
