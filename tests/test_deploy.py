@@ -97,7 +97,8 @@ def test_kubernetes_manifests_of_the_demo_plan_validate():
     files = render(plan, "kubernetes", Options(cluster="gfd", namespace="serving"))
     names = group_names(plan)
     assert sorted(files) == sorted([f"{n}.yaml" for n in names.values()] + [
-        "gateway.yaml", "dashboard.json", "dashboard.yaml", "kustomization.yaml"])
+        "gateway.yaml", "monitor.yaml", "dashboard.json", "dashboard.yaml",
+        "kustomization.yaml"])
     all_docs = docs(files)
     for doc in all_docs:
         validate(doc)
@@ -113,7 +114,10 @@ def test_kubernetes_manifests_of_the_demo_plan_validate():
         resource = "amd.com/gpu" if g.accelerator == "MI300X" else "nvidia.com/gpu"
         assert container["resources"]["limits"] == {resource: g.devices_per_replica}
         assert container["command"] == g.command and container["image"] == g.image
-        assert "--tensor-parallel-size" in g.command
+        assert "--tensor-parallel-size" in g.command and "--dtype" in g.command
+        assert g.command[g.command.index("--dtype") + 1] == "auto"  # float16 where no bf16
+        assert container["resources"]["requests"]["memory"] == f"{8 * g.devices_per_replica}Gi"
+        assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 10
         assert all(container[p]["httpGet"]["path"] == "/health"
                    for p in ("startupProbe", "readinessProbe", "livenessProbe"))
         assert service["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
@@ -128,7 +132,8 @@ def test_kubernetes_manifests_of_the_demo_plan_validate():
     for g in plan.groups:  # one Service address per group, counted as its replicas
         assert urls[g.id] == [f"http://{names[g.id]}.serving.svc.cluster.local:8000"] * \
             g.replicas
-    monitor = gateway["ServiceMonitor"]["spec"]
+    assert set(gateway) == {"ConfigMap", "Deployment", "Service"}
+    monitor = next(yaml.safe_load_all(files["monitor.yaml"]))["spec"]
     assert monitor["endpoints"][0]["path"] == "/metrics"
     # the monitor's selector matches every Service (gateway and engines)
     for doc in all_docs:
@@ -150,8 +155,7 @@ def test_a_broken_manifest_fails_validation():
     bad["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
     with pytest.raises(kubernetes_validate.ValidationError, match="'gpus' was unexpected"):
         validate(bad)
-    monitor = next(d for d in yaml.safe_load_all(files["gateway.yaml"])
-                   if d["kind"] == "ServiceMonitor")
+    monitor = next(yaml.safe_load_all(files["monitor.yaml"]))
     monitor["spec"]["endpoint"] = monitor["spec"].pop("endpoints")
     with pytest.raises(AssertionError, match="'endpoint' was unexpected"):
         validate(monitor)
@@ -166,14 +170,16 @@ def test_multinode_replicas_are_leaderworkersets():
     validate(lws)
     validate(service)
     assert lws["kind"] == "LeaderWorkerSet" and lws["spec"]["replicas"] == g.replicas
+    assert lws["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] == {
+        "maxSurge": 1, "maxUnavailable": 0}  # a new group before an old one goes
     template = lws["spec"]["leaderWorkerTemplate"]
     assert template["size"] == 2  # 16 T4s, 8 a node
     leader = template["leaderTemplate"]["spec"]
     assert leader["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 8}
     assert leader["nodeSelector"] == {"karpenter.k8s.aws/instance-gpu-name": "t4"}
     assert "--distributed-executor-backend ray" in leader["containers"][0]["command"][2]
-    assert "LWS_LEADER_ADDRESS" in template["workerTemplate"]["spec"]["containers"][0][
-        "command"][2]
+    assert template["workerTemplate"]["spec"]["containers"][0]["command"][2].startswith(
+        "until ray start --address=$(LWS_LEADER_ADDRESS):6379 --block; do sleep 5; done")
     assert service["spec"]["selector"]["role"] == "leader"
     with pytest.raises(HetserveError, match="spans nodes; --target ray renders single-node"):
         render(plan, "ray", Options())
@@ -208,6 +214,22 @@ def test_clusters_without_the_type_are_refused_by_name():
     with pytest.raises(HetserveError, match=r"runs on (L4|A10G), which has no name for "
                        "--cluster aks"):
         render(small_plan(), "kubernetes", Options(cluster="aks"))
+
+
+def test_what_deploy_cannot_run_is_refused_by_name():
+    data = multinode_plan().to_dict()
+    g = data["groups"][0]
+    g["engine"], g["engine_version"] = "sglang", "0.5.3"
+    g["command"] = ["python3", "-m", "sglang.launch_server", "--tp-size", "8", "--pp-size", "2"]
+    with pytest.raises(HetserveError, match="group g0: a sglang replica spanning 2 nodes; "
+                       "deploy renders multi-node replicas for vLLM only"):
+        render(parse_plan(data, "p"), "kubernetes", Options())
+    int4 = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=2, dtype="int4",
+                              baselines=False, catalog=load_catalog().only(["L4"]))
+    assert "--quantization" in int4.groups[0].command
+    with pytest.raises(HetserveError, match="serves int4 weights, which the engines load from "
+                       "an AWQ checkpoint; the model's hf_id 'meta-llama/Llama-3.1-8B-Instruct'"):
+        render(int4, "kubernetes", Options())
 
 
 def test_dashboard_queries_name_metrics_the_gateway_exports():
@@ -271,7 +293,9 @@ def test_skypilot_services_validate_against_skypilots_schemas(make):
     bad["service"]["replica_policy"]["min_replica"] = 1
     with pytest.raises(jsonschema.ValidationError, match="min_replica"):
         jsonschema.Draft202012Validator(schemas["service"]).validate(bad["service"])
-    assert files["up.sh"].count("sky serve up") == len(plan.groups)
+    up = files["up.sh"]
+    assert up.count("sky serve up -y") == len(plan.groups) == up.count("--env HF_TOKEN")
+    assert "http://$(" not in up  # sky prints the endpoint's scheme itself
     assert parse_plan(json.loads(files["plan.json"]), "plan.json") == plan
 
 
@@ -344,7 +368,6 @@ def test_a_changed_plan_yields_only_its_scale_actions_new_capacity_first():
         f"kubectl scale -n ns deployment/{names['g0']} --replicas={old.groups[0].replicas + 2}",
         f"kubectl rollout status -n ns deployment/{names['g0']} --timeout=30m",
         "kubectl apply -n ns -f out/gateway.yaml",
-        "kubectl rollout restart -n ns deployment/hetserve-gateway",
         "kubectl rollout status -n ns deployment/hetserve-gateway --timeout=10m"]
     assert keep is None or names["g1"] not in " ".join(steps)  # untouched: no action
     # back again: the shrink comes after the gateway has the plan without that capacity
@@ -353,6 +376,46 @@ def test_a_changed_plan_yields_only_its_scale_actions_new_capacity_first():
                         f"--replicas={old.groups[0].replicas}")
     assert back.index("kubectl apply -n ns -f out/gateway.yaml") < len(back) - 1
     assert actions(old, old, Options(), "out") == []
+    # only the SLO changes: no group moves, but the gateway takes the new plan (its template
+    # carries a digest of plan and backends, so applying it rolls it)
+    data = old.to_dict()
+    data["models"][0]["slo"]["ttft"] = 1.5
+    slo = parse_plan(data, "slo")
+    assert changes(old, slo) == []
+    assert actions(old, slo, Options(), "d") == [
+        "kubectl apply -n default -f d/gateway.yaml",
+        "kubectl rollout status -n default deployment/hetserve-gateway --timeout=10m"]
+    digest = [next(d for d in yaml.safe_load_all(render(p, "kubernetes", Options())[
+        "gateway.yaml"]) if d["kind"] == "Deployment")["spec"]["template"]["metadata"][
+        "annotations"]["hetserve.dev/config-sha256"] for p in (old, slo)]
+    assert digest[0] != digest[1]
+
+
+def test_an_engine_change_that_shrinks_rolls_out_at_the_old_size_first():
+    from hetserve.deploy.diff import manifests
+
+    old_data = a100_plan().to_dict()
+    g = old_data["groups"][0]
+    price = g["usd_per_hour"] / g["replicas"]
+    g["replicas"], g["usd_per_hour"] = 3, 3 * price
+    old_data["usd_per_hour"] = sum(x["usd_per_hour"] for x in old_data["groups"])
+    old = parse_plan(old_data, "old")
+    new_data = json.loads(json.dumps(old_data))
+    g = new_data["groups"][0]
+    g["replicas"], g["usd_per_hour"] = 1, price
+    new_data["usd_per_hour"] = sum(x["usd_per_hour"] for x in new_data["groups"])
+    cmd = g["command"]
+    cmd[cmd.index("--max-num-seqs") + 1] = "128"
+    new = parse_plan(new_data, "new")
+    name = group_names(new)["g0"]
+    assert [(c.kind, c.old, c.new) for c in changes(old, new)] == [("update", 3, 1)]
+    steps = actions(old, new, Options(), "d")
+    assert steps[0] == f"kubectl apply -n default -f d/{name}.yaml"
+    assert steps[-1] == f"kubectl scale -n default deployment/{name} --replicas=1"
+    assert steps.index("kubectl apply -n default -f d/gateway.yaml") < len(steps) - 1
+    rolled = next(yaml.safe_load_all(manifests(old, new, Options())[f"{name}.yaml"]))
+    assert rolled["spec"]["replicas"] == 3  # at the old size until the gateway moved
+    assert "128" in rolled["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
 def test_replacing_a_type_creates_before_it_deletes():
@@ -392,6 +455,8 @@ def test_deploy_cli(tmp_path):
     assert rc == 2 and "--target 'nomad': expected one of kubernetes, skypilot, ray" in err
     rc, _, err = cli("deploy", str(plan_file), "--cluster", "oke", "--out", str(tmp_path))
     assert rc == 2 and "--cluster 'oke'" in err
+    rc, _, err = cli("deploy", str(plan_file), "--namespace", "Bad NS", "--out", str(tmp_path))
+    assert rc == 2 and "--namespace 'Bad NS': expected a DNS label" in err
     cpu = tmp_path / "cpu.json"
     hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=0.2, ttft=10, tpot=0.5,
                        baselines=False, catalog=load_catalog().only(["c7i.24xlarge"])).save(cpu)

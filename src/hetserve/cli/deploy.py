@@ -42,13 +42,16 @@ def deploy_cmd(
 ) -> None:
     """Render a plan for Kubernetes, SkyPilot or Ray Serve; or, with --from and --to, the
     kubectl steps from one plan to the next (new capacity first)."""
-    from hetserve.deploy import CLUSTERS, GATEWAY_IMAGE, TARGETS, Options, render
+    from hetserve.deploy import CLUSTERS, GATEWAY_IMAGE, TARGETS, Options, dns_label, render
     from hetserve.plan.planfile import load_plan
 
     if target not in TARGETS:
         raise HetserveError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
     if cluster not in CLUSTERS:
         raise HetserveError(f"--cluster {cluster!r}: expected one of {', '.join(CLUSTERS)}")
+    if dns_label(namespace) != namespace:
+        raise HetserveError(f"--namespace {namespace!r}: expected a DNS label (lower-case "
+                            "letters, digits and '-', at most 63)")
     opts = Options(cluster=cluster, namespace=namespace, image=image,
                    gateway_image=gateway_image or GATEWAY_IMAGE, emulate=emulate)
     if (from_plan is None) != (to_plan is None):
@@ -87,17 +90,16 @@ def _write(files: dict[str, str], out: Path) -> None:
 
 
 def _diff(old, new, where: str, opts, out: Path | None, apply: bool) -> None:
-    from hetserve.deploy import render
-    from hetserve.deploy.diff import actions, changes
+    from hetserve.deploy.diff import actions, changes, manifests
 
     folder = out or Path("deploy")
     steps = actions(old, new, opts, str(folder))
     for c in changes(old, new):
         print(f"# {c.kind:6s} {c.name}: {c.old} -> {c.new} replicas")
     if not steps:
-        print("# the plans deploy the same groups: nothing to do")
+        print("# the plans are the same: nothing to do")
         return
-    _write(render(new, "kubernetes", opts, where), folder)
+    _write(manifests(old, new, opts, where), folder)
     print(f"# manifests of {where} in {folder}")
     for step in steps:
         print(step, flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from hetserve import __version__
 from hetserve.errors import HetserveError
 from hetserve.plan.planfile import Plan, ReplicaGroup
 from hetserve.plan.serving import PORT
@@ -22,7 +23,9 @@ __all__ = ["Options", "TARGETS", "check_deployable", "group_names", "nodes_per_r
 TARGETS = ("kubernetes", "skypilot", "ray")
 CLUSTERS = ("gke", "eks", "aks", "gfd")
 GATEWAY_PORT = 8080
-GATEWAY_IMAGE = "ghcr.io/hetserve/hetserve:latest"
+# hetserve's own image (gateway; emulators with --emulate): the Dockerfile at the repository's
+# root builds it under this name; push it where the cluster pulls from and pass --gateway-image
+GATEWAY_IMAGE = f"hetserve:{__version__}"
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,8 @@ def group_names(plan: Plan) -> dict[str, str]:
 
 def nodes_per_replica(plan: Plan, group: ReplicaGroup) -> int:
     """Nodes one replica spans: its devices over the most one node of its type holds."""
-    per_node = _accelerator(plan, group).max_per_node
+    per_node = plan.accelerator(group).max_per_node
     return -(-group.devices_per_replica // per_node)
-
-
-def _accelerator(plan: Plan, group: ReplicaGroup):
-    return next(a for a in plan.accelerators if a.name == group.accelerator)
 
 
 def check_deployable(plan: Plan, where: str) -> None:
@@ -77,10 +76,20 @@ def check_deployable(plan: Plan, where: str) -> None:
         raise HetserveError(f"{where}: cannot deploy{old}: missing {', '.join(gaps)}; re-run "
                             "hetserve plan to write them")
     for g in plan.groups:
-        if _accelerator(plan, g).kind != "gpu":
+        if plan.accelerator(g).kind != "gpu":
             raise HetserveError(f"{where}: group {g.id} runs on {g.accelerator} (a CPU "
                                 "instance); deploy renders GPU engines only: plan without it "
                                 "(--only)")
+        if nodes_per_replica(plan, g) > 1 and g.engine not in ("vllm", "vllm-v0"):
+            raise HetserveError(f"{where}: group {g.id}: a {g.engine} replica spanning "
+                                f"{nodes_per_replica(plan, g)} nodes; deploy renders multi-node "
+                                "replicas for vLLM only (over Ray)")
+        hf_id = plan.model_entry(g.model).spec.hf_id
+        if g.dtype == "int4" and "awq" not in hf_id.lower():
+            raise HetserveError(f"{where}: group {g.id} serves int4 weights, which the engines "
+                                f"load from an AWQ checkpoint; the model's hf_id {hf_id!r} is "
+                                "not one: give the model with the hf_id of its AWQ checkpoint "
+                                "(--model config.json)")
 
 
 def command(plan: Plan, group: ReplicaGroup, opts: Options, port: int = PORT) -> list[str]:

@@ -3,14 +3,17 @@
 Groups are matched by their resource name (model, accelerator, parallelism: group_names), so a
 group the new plan keeps is scaled, not replaced. The order never lets serving capacity drop
 below what either plan needs: first new and grown groups (and changed engine settings, rolled
-out surge-first), then a wait until they are ready, then the gateway with the new plan, and only
-then the groups that shrink or go.
+out surge-first at the larger of the two sizes), then a wait until they are ready, then the
+gateway with the new plan (also when only routing or SLOs changed), and only then the groups that
+shrink or go.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+
+import yaml
 
 from hetserve.deploy import Options, group_names, nodes_per_replica
 from hetserve.plan.planfile import Plan, ReplicaGroup
@@ -52,27 +55,42 @@ def changes(old: Plan, new: Plan) -> list[Change]:
 
 def actions(old: Plan, new: Plan, opts: Options, folder: str) -> list[str]:
     """kubectl commands, in order, that take a cluster running `old` to `new`, whose manifests
-    are in `folder` (hetserve deploy --out)."""
+    are in `folder` (written by `manifests`)."""
     ns = f"-n {shlex.quote(opts.namespace)}"
-    steps = changes(old, new)
     first, wait, last = [], [], []
-    for c in steps:
+    for c in changes(old, new):
         ref = f"{c.workload}/{c.name}"
         if c.kind in ("create", "update"):
             first.append(f"kubectl apply {ns} -f {shlex.quote(f'{folder}/{c.name}.yaml')}")
         elif c.kind == "grow":
             first.append(f"kubectl scale {ns} {ref} --replicas={c.new}")
-        elif c.kind == "shrink":
+        if c.kind == "shrink" or (c.kind == "update" and c.new < c.old):
             last.append(f"kubectl scale {ns} {ref} --replicas={c.new}")
-        else:
+        elif c.kind == "delete":
             last.append(f"kubectl delete {ns} {ref} service/{c.name}")
         if c.kind in ("create", "update", "grow"):
             wait.append(f"kubectl rollout status {ns} {ref} --timeout=30m"
                         if c.workload == "deployment" else
-                        f"kubectl wait {ns} {ref} --for=condition=Available --timeout=30m")
-    if not steps:
+                        f"kubectl wait {ns} {ref} --for=jsonpath='{{.status.readyReplicas}}'="
+                        f"{max(c.old, c.new)} --timeout=30m")
+    if old.model_dump_json() == new.model_dump_json():
         return []
+    # the gateway's template carries a digest of plan and backends: applying it rolls it
     gateway = [f"kubectl apply {ns} -f {shlex.quote(f'{folder}/gateway.yaml')}",
-               f"kubectl rollout restart {ns} deployment/hetserve-gateway",
                f"kubectl rollout status {ns} deployment/hetserve-gateway --timeout=10m"]
     return first + wait + gateway + last
+
+
+def manifests(old: Plan, new: Plan, opts: Options, where: str = "plan") -> dict[str, str]:
+    """The new plan's files, except that a group whose engine changes while it shrinks rolls
+    out at its old size first (it shrinks in the last step, after the gateway)."""
+    from hetserve.deploy import render
+    from hetserve.deploy.kubernetes import dump_yaml
+
+    files = render(new, "kubernetes", opts, where)
+    for c in changes(old, new):
+        if c.kind == "update" and c.new < c.old:
+            docs = list(yaml.safe_load_all(files[f"{c.name}.yaml"]))
+            docs[0]["spec"]["replicas"] = c.old
+            files[f"{c.name}.yaml"] = dump_yaml(docs)
+    return files

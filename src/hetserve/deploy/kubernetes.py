@@ -1,9 +1,10 @@
 """A plan as Kubernetes manifests: per replica group a vLLM Deployment (a LeaderWorkerSet where a
-replica spans nodes) and its Service; the gateway with the plan in a ConfigMap, its Service and a
+replica spans nodes) and its Service; the gateway with the plan in a ConfigMap and its Service; a
 ServiceMonitor; a Grafana dashboard; a kustomization listing them (`kubectl apply -k DIR`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 
@@ -25,6 +26,11 @@ from hetserve.plan.serving import PORT
 PART_OF = {"app.kubernetes.io/part-of": "hetserve"}
 STARTUP_SECONDS = 1800  # a replica may take this long to download and load its weights
 SHM = "16Gi"  # /dev/shm for the engine's tensor-parallel workers
+PROBE_TIMEOUT = 5
+PRE_STOP_SECONDS = 10  # a stopping pod leaves the Service's endpoints first
+DRAIN_SECONDS = 300  # then requests in flight have this long to finish
+CPU_PER_DEVICE = 2
+MEMORY_GIB_PER_DEVICE = 8
 
 
 def render_kubernetes(plan: Plan, opts: Options) -> dict[str, str]:
@@ -33,6 +39,7 @@ def render_kubernetes(plan: Plan, opts: Options) -> dict[str, str]:
     for g in plan.groups:
         files[f"{names[g.id]}.yaml"] = dump_yaml(_group(plan, g, names[g.id], opts))
     files["gateway.yaml"] = dump_yaml(gateway(plan, names, opts))
+    files["monitor.yaml"] = dump_yaml([monitor(opts)])
     board = dashboard(plan)
     files["dashboard.json"] = json.dumps(board, indent=2) + "\n"
     files["dashboard.yaml"] = dump_yaml([{
@@ -69,7 +76,7 @@ def _meta(name: str, opts: Options, labels: dict | None = None) -> dict:
 def node_selector(plan: Plan, group: ReplicaGroup, cluster: str, per_pod: int) -> dict:
     """The labels that put a pod of `group` on a node with its accelerator, as `cluster` names
     them (the catalog's targets table)."""
-    acc = next(a for a in plan.accelerators if a.name == group.accelerator)
+    acc = plan.accelerator(group)
     names = acc.names
     missing = HetserveError(f"group {group.id} runs on {acc.name}, which has no name for "
                             f"--cluster {cluster} in the catalog's targets table (not offered "
@@ -99,13 +106,20 @@ def node_selector(plan: Plan, group: ReplicaGroup, cluster: str, per_pod: int) -
 
 
 def _probe(path: str, period: int, failures: int) -> dict:
+    # a saturated engine can take seconds to answer /health: not a reason to restart it
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
-            "failureThreshold": failures}
+            "timeoutSeconds": PROBE_TIMEOUT, "failureThreshold": failures}
+
+
+def _weights_gib(plan: Plan, g: ReplicaGroup) -> int:
+    """The model's weights in GiB, rounded up: what a pod downloads to its cache."""
+    dep = plan.deployment(g)
+    return -(-int(dep.model.weight_bytes(dep.weight_dtype)) // 2**30)
 
 
 def _engine_pod(plan: Plan, g: ReplicaGroup, labels: dict, opts: Options, per_pod: int,
                 argv: list[str], probes: bool = True) -> dict:
-    acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+    acc = plan.accelerator(g)
     container = {
         "name": "engine", "image": image(g, opts), "command": argv,
         "ports": [{"name": "http", "containerPort": PORT}],
@@ -114,20 +128,32 @@ def _engine_pod(plan: Plan, g: ReplicaGroup, labels: dict, opts: Options, per_po
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"},
                          {"name": "cache", "mountPath": "/root/.cache"}],
     }
+    cache = f"{int(_weights_gib(plan, g) * 1.25) + 10}Gi"  # the weights, and room to spare
     pod: dict = {"volumes": [{"name": "shm", "emptyDir": {"medium": "Memory",
                                                           "sizeLimit": SHM}},
-                             {"name": "cache", "emptyDir": {}}]}
+                             {"name": "cache", "emptyDir": {"sizeLimit": cache}}]}
+    # host CPU for tokenising and scheduling, host memory for loading (not BestEffort pods)
+    requests = {"cpu": str(CPU_PER_DEVICE * per_pod),
+                "memory": f"{MEMORY_GIB_PER_DEVICE * per_pod}Gi"}
     if not opts.emulate:
         resource = acc.names.device_resource
-        container["resources"] = {"limits": {resource: per_pod}, "requests": {resource: per_pod}}
+        container["resources"] = {"limits": {resource: per_pod},
+                                  "requests": {resource: per_pod, **requests}}
         pod["nodeSelector"] = node_selector(plan, g, opts.cluster, per_pod)
         pod["tolerations"] = [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}]
+        if opts.cluster == "aks":  # the taint Azure's docs put on GPU node pools
+            pod["tolerations"].append({"key": "sku", "operator": "Equal", "value": "gpu",
+                                       "effect": "NoSchedule"})
+    else:
+        container["resources"] = {"requests": {"cpu": "250m", "memory": "512Mi"}}
     if probes:
         container["startupProbe"] = _probe("/health", 10, STARTUP_SECONDS // 10)
         container["readinessProbe"] = _probe("/health", 5, 3)
-        container["livenessProbe"] = _probe("/health", 10, 3)
+        container["livenessProbe"] = _probe("/health", 10, 6)
+    # leave the Service's endpoints before the engine stops, then let streams finish
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}}
     pod["containers"] = [container]
-    pod["terminationGracePeriodSeconds"] = 60
+    pod["terminationGracePeriodSeconds"] = DRAIN_SECONDS
     return {"metadata": {"labels": labels}, "spec": pod}
 
 
@@ -157,11 +183,18 @@ def _group(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> list[dict]:
         per_pod = g.devices_per_replica // nodes
         leader = ["sh", "-c", "ray start --head --port=6379 && exec " + shlex.join(
             [*argv, "--distributed-executor-backend", "ray"])]
-        worker = ["sh", "-c", "ray start --address=$(LWS_LEADER_ADDRESS):6379 --block"]
+        # the leader may not resolve or listen yet: keep trying (a worker that exits would
+        # recreate the whole group, leader included)
+        worker = ["sh", "-c", "until ray start --address=$(LWS_LEADER_ADDRESS):6379 --block; "
+                  "do sleep 5; done"]
         workload = {
             "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
             "metadata": meta,
-            "spec": {"replicas": g.replicas, "leaderWorkerTemplate": {
+            "spec": {"replicas": g.replicas,
+                     # a new group serves before an old one goes (LWS defaults to the reverse)
+                     "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {
+                         "maxSurge": 1, "maxUnavailable": 0}},
+                     "leaderWorkerTemplate": {
                 "size": nodes,
                 "restartPolicy": "RecreateGroupOnPodRestart",
                 "leaderTemplate": _engine_pod(plan, g, {**labels, "role": "leader"}, opts,
@@ -183,14 +216,14 @@ def _label_value(text: str) -> str:
 
 
 def gateway(plan: Plan, names: dict[str, str], opts: Options) -> list[dict]:
-    """The gateway: ConfigMap (plan, backends), Deployment, Service and ServiceMonitor."""
+    """The gateway: ConfigMap (plan, backends), Deployment and Service."""
     labels = {"app.kubernetes.io/name": "hetserve-gateway", **PART_OF,
               "app.kubernetes.io/component": "gateway"}
     meta = {"name": "hetserve-gateway", "namespace": opts.namespace, "labels": labels}
-    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {
-        "plan.json": plan.model_dump_json(indent=1),
-        "backends.yaml": yaml.safe_dump(backends(plan, names, opts.namespace),
-                                        sort_keys=False)}}
+    data = {"plan.json": plan.model_dump_json(indent=1),
+            "backends.yaml": yaml.safe_dump(backends(plan, names, opts.namespace),
+                                            sort_keys=False)}
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
     container = {
         "name": "gateway", "image": opts.gateway_image,
         "command": ["hetserve", "serve", "/etc/hetserve/plan.json", "--backends",
@@ -198,26 +231,36 @@ def gateway(plan: Plan, names: dict[str, str], opts: Options) -> list[dict]:
                     "--port", str(GATEWAY_PORT)],
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
         "volumeMounts": [{"name": "config", "mountPath": "/etc/hetserve", "readOnly": True}],
-        "readinessProbe": _probe("/health", 5, 3), "livenessProbe": _probe("/health", 10, 3),
+        "readinessProbe": _probe("/health", 5, 3), "livenessProbe": _probe("/health", 10, 6),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "resources": {"requests": {"cpu": "1", "memory": "512Mi"},
                       "limits": {"memory": "2Gi"}}}
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
         "spec": {"replicas": 1,
                  "selector": {"matchLabels": {"app.kubernetes.io/name": "hetserve-gateway"}},
+                 "strategy": {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
                  "template": {
-                     # a new plan (a changed ConfigMap) rolls the gateway
+                     # any change of plan or backends changes the template: the gateway rolls
                      "metadata": {"labels": labels, "annotations": {
-                         "hetserve.dev/plan-usd-per-hour": f"{plan.usd_per_hour:.4f}"}},
-                     "spec": {"containers": [container], "volumes": [{
-                         "name": "config", "configMap": {"name": "hetserve-gateway"}}]}}}}
+                         "hetserve.dev/config-sha256": digest}},
+                     "spec": {"containers": [container],
+                              "terminationGracePeriodSeconds": DRAIN_SECONDS,
+                              "volumes": [{"name": "config",
+                                           "configMap": {"name": "hetserve-gateway"}}]}}}}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
         "selector": {"app.kubernetes.io/name": "hetserve-gateway"},
         "ports": [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http"}]}}
-    monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-               "metadata": meta, "spec": {
-                   # the gateway and every engine Service: all serve /metrics on port http
-                   "selector": {"matchLabels": PART_OF},
-                   "namespaceSelector": {"matchNames": [opts.namespace]},
-                   "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]}}
-    return [config, deployment, service, monitor]
+    return [config, deployment, service]
+
+
+def monitor(opts: Options) -> dict:
+    """A ServiceMonitor (Prometheus Operator) over the gateway and every engine Service: all
+    serve /metrics on port http. In a file of its own: it needs the operator's CRD."""
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": _meta("hetserve", opts), "spec": {
+                "selector": {"matchLabels": PART_OF},
+                "namespaceSelector": {"matchNames": [opts.namespace]},
+                "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]}}

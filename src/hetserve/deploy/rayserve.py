@@ -22,7 +22,7 @@ def serve_config(plan: Plan, opts: Options) -> dict:
     names = group_names(plan)
     apps = []
     for g in plan.groups:
-        acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+        acc = plan.accelerator(g)
         if nodes_per_replica(plan, g) > 1:
             raise HetserveError(f"group {g.id}: a replica of {g.devices_per_replica} "
                                 f"{acc.name} spans nodes; --target ray renders single-node "

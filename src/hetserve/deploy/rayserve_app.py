@@ -5,6 +5,8 @@ it, streaming. Imported by Ray Serve from the generated config; needs `ray[serve
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 READY_SECONDS = 1800.0  # an engine may load its weights this long
+HEALTH_TIMEOUT = 5.0  # a saturated engine may take seconds to answer /health
+STOP_SECONDS = 30.0
 HOP = {"content-length", "transfer-encoding", "connection", "keep-alive", "host",
        "content-encoding"}
 
@@ -49,25 +53,45 @@ class Process:
             Path(self.folder, name).write_text(text)
         port = _free_port()
         self.base = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(local_argv(command, self.folder, port))
+        # a session of its own: stopping it stops whatever it started (an engine's workers)
+        self.proc = subprocess.Popen(local_argv(command, self.folder, port),
+                                     start_new_session=True)
         self.session: aiohttp.ClientSession | None = None
         deadline = time.monotonic() + READY_SECONDS
         while not self._ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[0]}: /health did not answer in "
-                                   f"{READY_SECONDS:.0f} s")
+            problem = (f"{command[0]} exited with {self.proc.returncode}"
+                       if self.proc.poll() is not None else
+                       f"{command[0]}: /health did not answer in {READY_SECONDS:.0f} s"
+                       if time.monotonic() > deadline else None)
+            if problem:
+                self._stop()
+                raise RuntimeError(problem)
             time.sleep(0.2)
 
     def _ready(self) -> bool:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(self.base + "/health", timeout=2) as resp:
+            with urllib.request.urlopen(self.base + "/health", timeout=HEALTH_TIMEOUT) as resp:
                 return resp.status == 200
         except OSError:
             return False
+
+    def _stop(self) -> None:
+        """SIGTERM to the process and all it started; SIGKILL what is left after STOP_SECONDS."""
+        proc = getattr(self, "proc", None)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, STOP_SECONDS), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
     async def check_health(self) -> None:
         if self.proc.poll() is not None:
@@ -77,7 +101,8 @@ class Process:
 
     async def __call__(self, request: Request) -> Response:
         if self.session is None:
-            self.session = aiohttp.ClientSession(
+            self.session = aiohttp.ClientSession(  # max_ongoing_requests bounds concurrency
+                connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         path = request.url.path[len(request.scope.get("root_path", "")):] or "/"
         if request.url.query:
@@ -97,13 +122,7 @@ class Process:
         return StreamingResponse(body(), status_code=upstream.status, headers=out)
 
     def __del__(self) -> None:
-        proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        self._stop()
 
 
 def app(args: dict):

@@ -18,7 +18,7 @@ STARTUP_SECONDS = 1800  # SkyServe waits this long for a new replica's first rea
 
 
 def service(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> dict:
-    acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+    acc = plan.accelerator(g)
     if not acc.names.skypilot:
         raise HetserveError(f"group {g.id} runs on {acc.name}, which has no SkyPilot name in "
                             "the catalog's targets table: plan without it (--only)")
@@ -31,7 +31,8 @@ def service(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> dict:
                          instance_type=offer.instance_type)
     argv = command(plan, g, opts)
     if opts.emulate:
-        setup = "pip install hetserve"
+        resources["image_id"] = f"docker:{opts.gateway_image}"
+        setup = None
     elif g.engine in ("vllm", "vllm-v0") and acc.names.device_resource == "nvidia.com/gpu":
         setup = f"pip install vllm=={g.engine_version}"
     else:
@@ -40,8 +41,8 @@ def service(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> dict:
     if nodes > 1:  # the head runs the engine over a Ray cluster of the replica's nodes
         run = ("if [ \"$SKYPILOT_NODE_RANK\" = 0 ]; then ray start --head --port=6379 && "
                + shlex.join([*argv, "--distributed-executor-backend", "ray"])
-               + "; else ray start --address=$(echo \"$SKYPILOT_NODE_IPS\" | head -n1):6379 "
-               "--block; fi")
+               + "; else until ray start --address=$(echo \"$SKYPILOT_NODE_IPS\" | head -n1)"
+               ":6379 --block; do sleep 5; done; fi")  # the head may not listen yet
     else:
         run = shlex.join(argv)
     task: dict = {
@@ -53,7 +54,7 @@ def service(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> dict:
     }
     if nodes > 1:
         task["num_nodes"] = nodes
-    task["envs"] = {"HF_TOKEN": ""}  # set with --env HF_TOKEN for gated models
+    task["envs"] = {"HF_TOKEN": ""}  # up.sh passes the caller's (--env HF_TOKEN)
     if setup:
         task["setup"] = setup
     task["run"] = run
@@ -65,7 +66,7 @@ def instance_notes(plan: Plan) -> list[str]:
     holds more than a replica's devices (the plan priced only those it uses)."""
     notes = []
     for g in plan.groups:
-        acc = next(a for a in plan.accelerators if a.name == g.accelerator)
+        acc = plan.accelerator(g)
         per_node = g.devices_per_replica // nodes_per_replica(plan, g)
         offer = acc.offer_for(per_node)
         if offer is not None and offer.gpus > per_node:
@@ -82,12 +83,20 @@ def render_skypilot(plan: Plan, opts: Options) -> dict[str, str]:
                                                    sort_keys=False, width=100)
              for g in plan.groups}
     lines = ["#!/bin/sh", "# Bring up one SkyServe service per replica group, then hetserve's "
-             "gateway in front of them.", "set -eu", 'cd "$(dirname "$0")"']
-    lines += [f"sky serve up -y -n {names[g.id]} {names[g.id]}.yaml" for g in plan.groups]
+             "gateway in front of them. HF_TOKEN (for gated models) is passed on from here.",
+             "set -eu", 'cd "$(dirname "$0")"', ': "${HF_TOKEN:=}"', "export HF_TOKEN",
+             "endpoint() {  # a service's URL once its load balancer has one",
+             "  for _ in $(seq 360); do",
+             '    url=$(sky serve status --endpoint "$1") || url=-',
+             '    case "$url" in http://*|https://*) echo "$url"; return 0;; esac',
+             "    sleep 10", "  done",
+             '  echo "service $1: no endpoint after an hour" >&2; return 1', "}"]
+    lines += [f"sky serve up -y -n {names[g.id]} --env HF_TOKEN {names[g.id]}.yaml"
+              for g in plan.groups]
     lines.append(": > backends.yaml")
     for g in plan.groups:
-        lines.append(f'echo "{g.id}: [{{url: http://$(sky serve status --endpoint '
-                     f'{names[g.id]}), replicas: {g.replicas}}}]" >> backends.yaml')
+        lines.append(f"url=$(endpoint {names[g.id]})")
+        lines.append(f'echo "{g.id}: [{{url: $url, replicas: {g.replicas}}}]" >> backends.yaml')
     lines.append(f"exec hetserve serve plan.json --backends backends.yaml --host 0.0.0.0 "
                  f"--port {GATEWAY_PORT}")
     files["up.sh"] = "\n".join(lines) + "\n"

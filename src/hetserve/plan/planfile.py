@@ -261,11 +261,15 @@ class Plan(Record):
         total = sum(c.rate for c in entry.classes) or 1.0
         return sum(c.rate * group.shares.get(c.name, 0.0) for c in entry.classes) / total
 
+    def accelerator(self, group: ReplicaGroup) -> Accelerator:
+        """The catalog row of the group's accelerator type."""
+        return next(a for a in self.accelerators if a.name == group.accelerator)
+
     def deployment(self, group: ReplicaGroup, accelerator: Accelerator | None = None
                    ) -> Deployment:
         """The group's replica as the performance model sees it (on `accelerator` instead of
         the plan's row for it, when given)."""
-        acc = accelerator or next(a for a in self.accelerators if a.name == group.accelerator)
+        acc = accelerator or self.accelerator(group)
         return Deployment(self.model_entry(group.model).spec, acc, tp=group.tp, pp=group.pp,
                           dtype=group.dtype, kv_dtype=group.kv_dtype,
                           memory_utilisation=group.gpu_memory_utilization,

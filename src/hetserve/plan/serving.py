@@ -22,7 +22,9 @@ ENGINES: dict[str, tuple[str, str]] = {
 # weight dtype -> the engines' --quantization (bf16/fp16 checkpoints serve as they are; fp8 is
 # quantised on load; int4 needs an AWQ checkpoint, which the model's hf_id must then name)
 QUANTIZATION = {"bf16": None, "fp16": None, "fp8": "fp8", "int4": "awq"}
-DTYPE_FLAG = {"bf16": "bfloat16", "fp16": "float16"}
+# bf16 as "auto": the checkpoint's dtype, which vLLM turns to float16 on devices without bf16
+# (T4, V100: compute capability below 8.0), where an explicit bfloat16 refuses to start
+DTYPE_FLAG = {"bf16": "auto", "fp16": "float16"}
 
 
 # the same on AMD Instinct (ROCm) devices, where the engine publishes ROCm builds
