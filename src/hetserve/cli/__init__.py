@@ -739,6 +739,10 @@ from hetserve.cli.deploy import deploy_cmd  # noqa: E402
 
 app.command("deploy")(deploy_cmd)
 
+from hetserve.cli.autoscale import autoscale_cmd  # noqa: E402
+
+app.command("autoscale")(autoscale_cmd)
+
 
 def _fail(message: str, code: int) -> int:
     sys.stdout.flush()

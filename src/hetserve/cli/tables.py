@@ -300,3 +300,23 @@ def _points_table(prof, dep) -> Table:
                 cells.append(f"{pred[m] * scale:.1f} ({err:+.0%})")
         table.add_row(*cells)
     return table
+
+
+def autoscale_table(results, hours: float, demand) -> Table:
+    """One row per policy: the day's cost, SLO attainment and plan changes."""
+    base = results[0]
+    table = Table(title=f"A day of {demand.workload.name} ({hours:g} h) for {demand.model.name}"
+                        f", TTFT {demand.slo.ttft:g} s, TPOT {demand.slo.tpot * 1e3:g} ms",
+                  title_justify="left")
+    for col in ("policy", "cost $", "vs adaptive", "in SLO", "worst window", "changes",
+                "replay s"):
+        table.add_column(col, justify="left" if col == "policy" else "right",
+                         no_wrap=col == "policy")
+    for r in results:
+        worst = min((w.met / w.requests for w in r.windows if w.requests), default=1.0)
+        vs = "" if r is base else f"{r.cost_usd / base.cost_usd - 1:+.1%}"
+        att = f"{r.attainment:.2%}"
+        table.add_row(r.policy, f"{r.cost_usd:,.2f}", vs,
+                      att if r.attainment >= 0.99 else f"[red]{att}[/red]", f"{worst:.1%}",
+                      str(r.changes), f"{r.wall_seconds:.1f}")
+    return table

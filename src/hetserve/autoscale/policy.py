@@ -1,0 +1,196 @@
+"""What an autoscaler decides each window, from what it has seen.
+
+A policy gets an `Observation` (arrivals per class in the last window and since the start, the
+rates of past windows, requests outstanding per replica now, the availability in force) and
+returns the plan to move to, or None to keep the current one. The replay (autoscale.replay)
+carries the plan out: new replicas serve once started, the old ones drain.
+
+- `Replanner`: forecasts the next window's rate (the last window's, or its trend when rising,
+  plus headroom) and mix (all classes seen so far, smoothed), solves the planning MILP on
+  configs measured once, and changes plan only when the current one cannot carry the forecast
+  (or breaks availability), or when the saving is above a threshold and pays for the change (the
+  new replicas' start-up time), and never scales down within `dwell` windows of a change. A
+  plan carries the forecast when no class's forecast rate is above the rate the plan was sized
+  for (so most windows need no solve). With
+  `only` it is the single-type autoscaler.
+- `Static`: one plan all day (sized for the peak).
+- `QueueScaler`: one config's replica count from requests outstanding per replica (as an
+  autoscaler on the engines' queue metrics does), with no model of the requests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from hetserve.catalog import Catalog
+from hetserve.errors import HetserveError
+from hetserve.plan.configs import Config, ModelDemand, measure_configs
+from hetserve.plan.planfile import Plan
+from hetserve.plan.planner import solve_plan
+
+COVER_SLACK = 0.03  # a class may run this far above the rate its plan was sized for
+
+
+@dataclass(frozen=True)
+class Observation:
+    time: float  # s from midnight
+    window: float  # s
+    counts: np.ndarray  # arrivals per class in the last window
+    seen: np.ndarray  # arrivals per class since the replay started
+    rates: tuple[float, ...]  # req/s of each past window, oldest first
+    outstanding: float  # requests in flight per replica now (running and waiting)
+    available: dict[str, int]  # limits in force for the next window
+    current: Plan
+    changed_at: float  # when the current plan was decided
+
+
+def demand_for(demand: ModelDemand, rate: float, mix: np.ndarray) -> ModelDemand:
+    """`demand` with its classes' rates set to `rate` x `mix`."""
+    wl = demand.workload
+    classes = tuple(replace(c, rate=float(rate * m)) for c, m in zip(wl.classes, mix,
+                                                                       strict=True))
+    return replace(demand, workload=replace(wl, classes=classes, rate=float(rate)))
+
+
+def plan_devices(plan: Plan) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for g in plan.groups:
+        out[g.accelerator] = out.get(g.accelerator, 0) + g.replicas * g.devices_per_replica
+    return out
+
+
+def same_fleet(a: Plan, b: Plan) -> bool:
+    key = lambda p: sorted((g.accelerator, g.tp, g.pp, g.max_num_seqs,  # noqa: E731
+                            g.max_num_batched_tokens, g.replicas) for g in p.groups)
+    return key(a) == key(b)
+
+
+class Replanner:
+    name = "adaptive"
+
+    def __init__(self, demand: ModelDemand, catalog: Catalog, *, only: str | None = None,
+                 headroom: float = 0.15, threshold: float = 0.1, dwell: int = 2,
+                 startup: float = 180.0, configs: list[Config] | None = None) -> None:
+        self.demand, self.headroom, self.threshold, self.dwell = demand, headroom, threshold, \
+            dwell
+        self.startup = startup
+        self.catalog = catalog.only([only]) if only else catalog
+        configs = configs if configs is not None else measure_configs(demand, catalog)
+        self.configs = [c for c in configs if only is None
+                        or c.deployment.accelerator.name == only]
+        if only:
+            self.name = f"adaptive, {only}"
+
+    def solve(self, rate: float, mix: np.ndarray, available: dict[str, int],
+              catalog: Catalog | None = None) -> Plan | None:
+        cat = (catalog or self.catalog).with_availability(
+            {k: v for k, v in available.items() if k in (catalog or self.catalog).accelerators})
+        try:
+            return solve_plan([demand_for(self.demand, rate, mix)], cat, "cost", None, False,
+                              measured={self.demand.model.name: self.configs})
+        except HetserveError:
+            return None
+
+    def forecast(self, obs: Observation) -> tuple[float, np.ndarray]:
+        last = obs.rates[-1] if obs.rates else float(obs.counts.sum()) / obs.window
+        prev = obs.rates[-2] if len(obs.rates) > 1 else last
+        rate = max(last, last + (last - prev)) * (1.0 + self.headroom)  # rising: the trend
+        mix = (obs.seen + 0.5) / (obs.seen.sum() + 0.5 * len(obs.seen))
+        return max(rate, 1e-3), mix
+
+    def initial(self, obs: Observation) -> Plan:
+        rate, mix = self.forecast(obs)
+        plan = self.solve(rate, mix, obs.available)
+        if plan is None:
+            raise HetserveError(f"{self.name}: no plan serves the first window's "
+                                f"{rate:.2f} req/s")
+        return plan
+
+    def decide(self, obs: Observation) -> Plan | None:
+        rate, mix = self.forecast(obs)
+        cur = obs.current
+        fits = all(plan_devices(cur).get(t, 0) <= n for t, n in obs.available.items())
+        # the current plan carries the forecast where no class is above what it was sized for
+        planned = np.array([c.rate for c in cur.models[0].classes])
+        covered = fits and bool(np.all(rate * mix <= planned * (1.0 + COVER_SLACK) + 1e-9))
+        if covered and rate >= (1.0 - self.threshold) * cur.models[0].rate:
+            return None  # nothing to save worth a change: no need to solve
+        if fits and not covered:  # beyond its sizing: can its devices still carry it?
+            devices = plan_devices(cur)
+            covered = self.solve(rate, mix, devices | {
+                t: 0 for t in self.catalog.accelerators if t not in devices}) is not None
+        best = self.solve(rate, mix, obs.available)
+        if best is None:
+            return None if covered else self._largest(obs)
+        if not covered:
+            return best  # short of capacity, or the availability changed: must move
+        saving = cur.usd_per_hour - best.usd_per_hour
+        started = sum(g.usd_per_hour for g in best.groups) * self.startup / 3600.0
+        recent = obs.time - obs.changed_at < self.dwell * obs.window
+        if saving > self.threshold * cur.usd_per_hour and not recent \
+                and saving * obs.window / 3600.0 > started:
+            return best
+        return None
+
+    def _largest(self, obs: Observation) -> Plan | None:
+        """Nothing serves the forecast: the most the available devices can carry."""
+        rate, mix = self.forecast(obs)
+        lo, hi = 0.0, rate
+        found = None
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            plan = self.solve(mid, mix, obs.available)
+            if plan is None:
+                hi = mid
+            else:
+                lo, found = mid, plan
+        return found
+
+
+class Static:
+    name = "static peak"
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def initial(self, obs: Observation) -> Plan:
+        return self.plan
+
+    def decide(self, obs: Observation) -> Plan | None:
+        return None
+
+
+class QueueScaler:
+    """Replicas of one group (of `plan`) so that each has about `target` requests in flight."""
+
+    def __init__(self, plan: Plan, target: float = 16.0, low: float = 0.5) -> None:
+        if len(plan.groups) != 1:
+            raise HetserveError("the queue scaler scales a plan of one replica group")
+        self.plan, self.target, self.low = plan, target, low
+        g = plan.groups[0]
+        self.name = f"queue, {g.accelerator}"
+
+    def initial(self, obs: Observation) -> Plan:
+        return self.plan
+
+    def decide(self, obs: Observation) -> Plan | None:
+        g = obs.current.groups[0]
+        load = obs.outstanding * g.replicas
+        if obs.outstanding > self.target:
+            n = math.ceil(load / self.target)
+        elif obs.outstanding < self.low * self.target and g.replicas > 1:
+            n = max(1, math.ceil(load / self.target))
+        else:
+            return None
+        return with_replicas(obs.current, n) if n != g.replicas else None
+
+
+def with_replicas(plan: Plan, n: int) -> Plan:
+    """A one-group plan with `n` replicas (price scaled)."""
+    (g,) = plan.groups
+    price = g.usd_per_hour / g.replicas
+    group = g.model_copy(update={"replicas": n, "usd_per_hour": price * n})
+    return plan.model_copy(update={"groups": [group], "usd_per_hour": price * n})

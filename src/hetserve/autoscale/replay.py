@@ -1,0 +1,245 @@
+"""A day through the simulator with the autoscaler's transitions in it.
+
+Requests are routed in arrival order, as `sim.simulate` does, over engines that come and go:
+at each window boundary the policy decides from what it has seen; a change starts the new
+replicas at once (paid from then on), and when the last of them has started (`startup` seconds
+per type) the new plan's routing takes over and the replicas it no longer has stop taking
+requests and drain (paid until their last request finishes): make before break. Replicas that
+both plans have keep running. Where availability falls (an outage in the series), the decision
+comes `notice` seconds before it, so that the replacements are up when the type goes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hetserve.autoscale.day import DAY, Outage, available_at
+from hetserve.autoscale.policy import Observation, same_fleet
+from hetserve.plan.planfile import Plan, ReplicaGroup
+from hetserve.route import RoutingTable
+from hetserve.sim.engine import Engine, Request
+from hetserve.sim.router import make_router
+from hetserve.sim.simulate import SimFleet, classify_for
+from hetserve.workload import Trace
+
+STARTUP = {"default": 180.0}  # s from asking for a replica to its serving (weights loaded)
+
+
+def _key(g: ReplicaGroup) -> tuple:
+    return (g.accelerator, g.tp, g.pp, g.dtype, g.engine, g.max_num_seqs,
+            g.max_num_batched_tokens, g.kv_tokens)
+
+
+@dataclass
+class WindowStats:
+    start: float
+    rate: float  # req/s that arrived
+    plan: str  # the plan decided for the window (its groups)
+    usd_per_hour: float  # of the plan decided for this window
+    devices: dict[str, int]
+    requests: int = 0
+    met: int = 0
+    cost_usd: float = 0.0  # replicas running in the window, started and draining included
+
+
+@dataclass
+class DayResult:
+    policy: str
+    windows: list[WindowStats]
+    changes: int
+    requests: int
+    met: int
+    cost_usd: float
+    wall_seconds: float
+    plans: list[tuple[float, Plan]] = field(default_factory=list)  # (effective from, plan)
+
+    @property
+    def attainment(self) -> float:
+        return self.met / self.requests if self.requests else 1.0
+
+
+def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
+               startup: dict | None = None, notice: float = 300.0,
+               outages: list[Outage] | None = None, end: float = DAY,
+               progress: Callable[[float], None] | None = None) -> DayResult:
+    """Run `policy` over `day` (arrivals from before 0 to `end`; see diurnal_day).
+    `classes`: the request classes the policy plans for (a Workload or ModelEntry)."""
+    started_wall = time.perf_counter()
+    startup = {**STARTUP, **(startup or {})}
+    outages = outages or []
+    pool: list[Engine] = []
+    created: list[float] = []  # per engine: when it was asked for
+    retired: list[float] = []  # per engine: when it stopped taking requests (inf: never)
+    price: list[float] = []  # per engine, $/h
+    active: dict[tuple, list[int]] = {}  # config -> engines serving now
+
+    def build(plan: Plan, now: float) -> tuple[list[list[int]], list[int]]:
+        """Engines for `plan`'s groups: running ones of the same config first, then new ones
+        asked for at `now`."""
+        spare = {k: list(v) for k, v in active.items()}
+        groups, new = [], []
+        for g in plan.groups:
+            have = spare.get(_key(g), [])
+            take, spare[_key(g)] = have[:g.replicas], have[g.replicas:]
+            for _ in range(g.replicas - len(take)):
+                pool.append(Engine(plan.deployment(g), kv_tokens=g.kv_tokens or None))
+                created.append(now)
+                retired.append(math.inf)
+                price.append(g.usd_per_hour / g.replicas)
+                take.append(len(pool) - 1)
+                new.append(len(pool) - 1)
+            groups.append(take)
+        return groups, new
+
+    def install(plan: Plan, groups: list[list[int]]):
+        active.clear()
+        for j, g in enumerate(plan.groups):
+            active.setdefault(_key(g), []).extend(groups[j])
+        fleet = SimFleet(pool, groups)
+        deps = [pool[idx[0]].dep for idx in groups]
+        return fleet, make_router("plan", fleet, RoutingTable.from_plan(
+            plan.models[0], plan.groups, deps))
+
+    # engines' clocks start at 0: run in time shifted by the warm-up, report in day time
+    shift = max(-float(day.arrivals.min()), 0.0) if len(day) else 0.0
+    # midnight: the policy has seen the warm-up (the end of the day before)
+    warm = day.arrivals < 0
+    seen = _class_counts(day, warm, classes)
+    rates = [float(seen.sum()) / max(-float(day.arrivals.min()), 1e-9) if warm.any() else 0.0]
+    current = policy.initial(Observation(
+        time=0.0, window=window, counts=seen.copy(), seen=seen.copy(), rates=tuple(rates),
+        outstanding=0.0, available=available_at(outages, notice), current=None,  # type: ignore
+        changed_at=-math.inf))
+    groups, _ = build(current, -shift)  # running since before midnight
+    fleet, router = install(current, groups)
+    changed_at, changes, plans = -math.inf, 0, [(0.0, current)]
+    windows = [_row(0.0, current)]
+    pending = None  # (switch time, plan, groups, engines to retire)
+    # decisions: every window boundary (True), and `notice` before each outage (False)
+    decisions = sorted([(t, True) for t in np.arange(window, end, window).tolist()]
+                       + [(max(o.start - notice, 0.0), False) for o in outages
+                          if 0 < o.start < end])
+    d = 0
+    counts = np.zeros(len(seen))  # arrivals per class since the last window boundary
+    cls = classify_for(current.models[0], day).tolist()
+    arrivals, ins, outs = (day.arrivals.tolist(), day.input_tokens.tolist(),
+                           day.output_tokens.tolist())
+    requests: list[Request] = []
+    for k, a in enumerate(arrivals):
+        while True:  # what happens before this arrival: a switch, decisions
+            t_switch = pending[0] if pending else math.inf
+            t_decide, boundary = decisions[d] if d < len(decisions) else (math.inf, False)
+            if min(t_switch, t_decide) > a:
+                break
+            if t_switch <= t_decide:  # (event times are day times)
+                _, plan, groups, retire = pending
+                for i in retire:
+                    retired[i] = t_switch
+                fleet, router = install(plan, groups)
+                plans.append((t_switch, plan))
+                pending = None
+                continue
+            d += 1
+            if boundary:
+                rates.append(float(counts.sum()) / window)
+                windows.append(_row(t_decide, current))
+            live = [i for idx in fleet.groups for i in idx]
+            obs = Observation(
+                time=t_decide, window=window, counts=counts.copy(), seen=seen.copy(),
+                rates=tuple(rates),
+                outstanding=sum(fleet.load(i, t_decide + shift) for i in live)
+                / max(len(live), 1),
+                available=available_at(outages, t_decide + notice), current=current,
+                changed_at=changed_at)
+            if boundary:
+                counts[:] = 0
+            if progress:
+                progress(t_decide)
+            if pending is not None:
+                continue  # a change is under way
+            target = policy.decide(obs)
+            if target is None or same_fleet(target, current):
+                continue
+            groups, new = build(target, t_decide)
+            kept = {i for idx in groups for i in idx}
+            retire = [i for idx in fleet.groups for i in idx if i not in kept]
+            ready = t_decide + max((startup.get(pool[i].dep.accelerator.name,
+                                                startup["default"]) for i in new), default=0.0)
+            pending = (ready, target, groups, retire)
+            current, changed_at, changes = target, t_decide, changes + 1
+            if windows[-1].start == t_decide:
+                windows[-1] = _row(t_decide, target)
+        c = cls[k]
+        if c >= 0:
+            counts[c] += 1
+            seen[c] += 1
+        req = Request(k, a + shift, ins[k], outs[k], c)
+        requests.append(req)
+        replica = router.route(req, a + shift)
+        if replica >= 0:
+            fleet.dispatch(replica, req)
+    for engine in pool:
+        engine.advance(math.inf)
+    for r in requests:  # back to day time
+        r.arrival -= shift
+        r.first_token -= shift
+        r.finish -= shift
+    return _score(policy, requests, windows, pool, created, retired, price, plans, changes,
+                  end, time.perf_counter() - started_wall)
+
+
+def _row(t: float, plan: Plan) -> WindowStats:
+    devices: dict[str, int] = {}
+    for g in plan.groups:
+        devices[g.accelerator] = devices.get(g.accelerator, 0) + g.replicas * \
+            g.devices_per_replica
+    label = ", ".join(f"{g.replicas}x {g.accelerator} TP{g.tp}" for g in plan.groups)
+    return WindowStats(t, 0.0, label, plan.usd_per_hour, devices)
+
+
+def _class_counts(day: Trace, mask: np.ndarray, classes) -> np.ndarray:
+    """Arrivals per class of `classes` (anything with .classes) among `mask`."""
+    cls = classify_for(classes, Trace("warm", day.arrivals[mask], day.input_tokens[mask],
+                                      day.output_tokens[mask]))
+    return np.bincount(cls[cls >= 0], minlength=len(classes.classes)).astype(np.float64)
+
+
+def _score(policy, requests: list[Request], windows: list[WindowStats], pool, created,
+           retired, price, plans, changes, end: float, wall: float) -> DayResult:
+    entry = plans[0][1].models[0]
+    arrival = np.array([r.arrival for r in requests])
+    first = np.array([r.first_token for r in requests])
+    finish = np.array([r.finish for r in requests])
+    out = np.array([r.output_tokens for r in requests])
+    replica = np.array([r.replica for r in requests])
+    tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), 0.0)
+    with np.errstate(invalid="ignore"):
+        met = ~np.isnan(finish) & (first - arrival <= entry.slo.ttft) & (tpot <= entry.slo.tpot)
+    scored = (arrival >= 0) & (arrival < end)
+    # each engine is paid from its request until it stopped and drained, within the day
+    last_finish = np.full(len(pool), -math.inf)
+    ok = replica >= 0
+    np.maximum.at(last_finish, replica[ok], np.nan_to_num(finish[ok], nan=-math.inf))
+    starts = np.array([w.start for w in windows] + [end])
+    for i in range(len(pool)):
+        stop = min(max(retired[i], last_finish[i]) if math.isfinite(retired[i]) else end, end)
+        begin = max(created[i], 0.0)
+        for w in range(len(windows)):
+            lo, hi = max(begin, starts[w]), min(stop, starts[w + 1])
+            if hi > lo:
+                windows[w].cost_usd += (hi - lo) / 3600.0 * price[i]
+    idx = np.clip(np.searchsorted(starts, arrival, side="right") - 1, 0, len(windows) - 1)
+    for w in range(len(windows)):
+        sel = scored & (idx == w)
+        windows[w].requests = int(sel.sum())
+        windows[w].met = int(met[sel].sum())
+        span = starts[w + 1] - starts[w]
+        windows[w].rate = windows[w].requests / span if span > 0 else 0.0
+    return DayResult(policy=policy.name, windows=windows, changes=changes,
+                     requests=int(scored.sum()), met=int(met[scored].sum()),
+                     cost_usd=sum(w.cost_usd for w in windows), wall_seconds=wall, plans=plans)

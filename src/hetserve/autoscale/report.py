@@ -1,0 +1,48 @@
+"""The day drawn: accelerator mix of the adaptive plan, rate, and attainment and cost per window
+of every policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hetserve.autoscale.replay import DayResult
+
+
+def plot_day(results: list[DayResult], path: Path | str, window: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    first = results[0]
+    hours = np.array([w.start for w in first.windows]) / 3600.0
+    types = sorted({t for w in first.windows for t in w.devices})
+    stack = np.array([[w.devices.get(t, 0) for w in first.windows] for t in types])
+    axes[0].stackplot(hours, stack, labels=types, step="post")
+    axes[0].set_ylabel("devices")
+    axes[0].set_title(f"{first.policy}: accelerator mix per window")
+    axes[0].legend(loc="upper left", fontsize=8, ncol=3)
+    axes[1].step(hours, [w.rate for w in first.windows], where="post", color="black")
+    axes[1].set_ylabel("req/s arriving")
+    for r in results:
+        h = np.array([w.start for w in r.windows]) / 3600.0
+        att = [w.met / w.requests if w.requests else np.nan for w in r.windows]
+        axes[2].step(h, np.array(att) * 100, where="post", label=r.policy)
+        axes[3].step(h, [w.cost_usd * 3600.0 / window for w in r.windows], where="post",
+                     label=f"{r.policy}: ${r.cost_usd:,.0f}")
+    axes[2].axhline(99, color="grey", lw=0.8, ls="--")
+    axes[2].set_ylabel("% within SLO")
+    axes[2].set_ylim(max(0, min(np.nanmin([w.met / w.requests for r in results
+                                           for w in r.windows if w.requests]) * 100, 99) - 1),
+                     100.2)
+    axes[2].legend(fontsize=8)
+    axes[3].set_ylabel("$ per hour")
+    axes[3].set_xlabel("hour of the day")
+    axes[3].legend(fontsize=8)
+    axes[3].set_xlim(0, hours[-1] + window / 3600.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,147 @@
+"""hetserve autoscale: the diurnal day, transitions in the replay (make before break, counts
+that add up, cost of what ran), hysteresis, and spilling when a type sells out."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+
+from hetserve.autoscale import DayOptions, compare_day
+from hetserve.autoscale.day import DAY, Outage, available_at, diurnal_day, rate_at
+from hetserve.autoscale.policy import Replanner, Static, plan_devices
+from hetserve.autoscale.replay import replay_day
+from hetserve.errors import HetserveError
+from hetserve.plan import model_demands, plan_catalog
+from hetserve.plan.configs import measure_configs
+from hetserve.workload import load_trace
+from tests.test_cli import cli
+
+TYPES = ["RTX4090", "A40", "A100-80GB", "H100-SXM"]
+HOURS = 2.0
+
+
+@cache
+def setup():
+    catalog = plan_catalog(only=TYPES)
+    (demand,) = model_demands("llama-3.1-8b", workload="azure-conv")
+    return demand, catalog, measure_configs(demand, catalog)
+
+
+def test_the_day_follows_its_curve():
+    trace = load_trace("azure-conv")
+    day = diurnal_day(trace, ratio=3.0, peak_hour=14.0, warmup=900.0, seed=1)
+    assert day.arrivals.min() >= -900.0 and day.arrivals.max() < DAY
+    assert np.all(np.diff(day.arrivals) >= 0)
+    mean = trace.rate
+    hours = np.histogram(day.arrivals, bins=24, range=(0, DAY))[0] / 3600.0
+    expected = np.array([np.mean(rate_at(np.linspace(h * 3600, (h + 1) * 3600, 61), mean, 3.0,
+                                         14.0)) for h in range(24)])
+    assert np.allclose(hours, expected, rtol=0.06)  # Poisson noise on ~10^4 per hour
+    assert hours.argmax() in (13, 14) and hours.argmin() in (1, 2)
+    assert rate_at(14 * 3600.0, mean, 3.0, 14.0) / rate_at(2 * 3600.0, mean, 3.0, 14.0) \
+        == pytest.approx(3.0)
+    # sizes are the trace's own requests
+    assert set(day.input_tokens[:500].tolist()) <= set(trace.input_tokens.tolist())
+    with pytest.raises(HetserveError, match="--peak-ratio: expected >= 1"):
+        diurnal_day(trace, ratio=0.5)
+
+
+def test_availability_series(tmp_path):
+    from hetserve.autoscale.day import load_availability_series
+
+    f = tmp_path / "a.yaml"
+    f.write_text("- {from: '13:00', to: '15:30', available: {A100-80GB: 0}}\n"
+                 "- {from: 14, to: 16, available: {A100-80GB: 2, H100-SXM: 1}}\n")
+    series = load_availability_series(f)
+    assert available_at(series, 12.9 * 3600) == {}
+    assert available_at(series, 14.5 * 3600) == {"A100-80GB": 0, "H100-SXM": 1}
+    assert available_at(series, 15.75 * 3600) == {"A100-80GB": 2, "H100-SXM": 1}
+    f.write_text("- {from: '15:00', to: '13:00', available: {A100-80GB: 0}}\n")
+    with pytest.raises(HetserveError, match="period 1: 'to' must be after 'from'"):
+        load_availability_series(f)
+
+
+def test_a_replay_counts_every_request_and_pays_for_what_ran():
+    demand, catalog, configs = setup()
+    day = diurnal_day(load_trace("azure-conv"), ratio=3.0, peak_hour=1.0, warmup=900.0,
+                      seed=2, hours=HOURS)
+    pol = Replanner(demand, catalog, configs=configs, threshold=0.0, startup=120.0)
+    res = replay_day(day, pol, demand.workload, window=900.0, startup={"default": 120.0},
+                     end=HOURS * 3600)
+    scored = int(((day.arrivals >= 0) & (day.arrivals < HOURS * 3600)).sum())
+    assert res.requests == scored == sum(w.requests for w in res.windows)
+    assert res.met == sum(w.met for w in res.windows) and res.attainment >= 0.99
+    assert len(res.windows) == HOURS * 4
+    assert res.changes >= 1  # the rate rises toward the 1 am peak: the fleet must grow
+    # what was paid lies between what the plans cost over their windows and that plus the
+    # start-up and drain of each change (both fleets run while the new one starts)
+    planned = sum(p.usd_per_hour * (end - start) / 3600.0 for (start, p), end in zip(
+        res.plans, [t for t, _ in res.plans[1:]] + [HOURS * 3600], strict=True))
+    assert planned * 0.999 <= res.cost_usd <= planned + res.changes * 200.0 / 3600.0 * max(
+        p.usd_per_hour for _, p in res.plans) * 2
+    # make before break: every change takes effect after its start-up, never before
+    for (t0, _), (t1, _) in zip(res.plans, res.plans[1:], strict=False):
+        assert t1 - t0 >= 120.0 - 1e-6 or t0 == 0.0
+
+
+def test_a_static_plan_changes_nothing_and_costs_its_price():
+    demand, catalog, configs = setup()
+    pol = Replanner(demand, catalog, configs=configs)
+    mix = np.array([c.count for c in demand.workload.classes], dtype=float)
+    plan = pol.solve(6.0, mix / mix.sum(), {})
+    day = diurnal_day(load_trace("azure-conv"), ratio=2.0, warmup=900.0, seed=3, hours=1.0)
+    res = replay_day(day, Static(plan), demand.workload, end=3600.0)
+    assert res.changes == 0 and len(res.plans) == 1
+    assert res.cost_usd == pytest.approx(plan.usd_per_hour, rel=1e-9)
+
+
+def test_hysteresis_keeps_a_plan_that_still_carries_the_load():
+    demand, catalog, configs = setup()
+    day = diurnal_day(load_trace("azure-conv"), ratio=1.0, warmup=900.0, seed=4, hours=HOURS)
+    res = replay_day(day, Replanner(demand, catalog, configs=configs), demand.workload,
+                     end=HOURS * 3600)
+    assert res.changes <= 2  # a flat day: 7 decisions, at most two corrections of the guess
+    assert res.attainment >= 0.99
+
+
+def test_a_sold_out_type_spills_to_the_next_best():
+    demand, catalog, configs = setup()
+    pol = Replanner(demand, catalog, configs=configs)
+    mix = np.array([c.count for c in demand.workload.classes], dtype=float)
+    mix /= mix.sum()
+    first = pol.solve(8.0, mix, {})
+    used = max(plan_devices(first), key=plan_devices(first).get)
+    outage = [Outage(1800.0, 5400.0, {used: 0})]
+    day = diurnal_day(load_trace("azure-conv"), ratio=1.0, mean_rate=7.0, warmup=900.0,
+                      seed=5, hours=HOURS)
+    res = replay_day(day, pol, demand.workload, outages=outage, notice=300.0,
+                     startup={"default": 180.0}, end=HOURS * 3600)
+    during = [p for t, p in res.plans if 1800.0 <= t < 5400.0]
+    live_at = [p for t, p in res.plans if t <= 1800.0][-1]
+    assert used not in plan_devices(live_at)  # replaced before the type went
+    assert all(used not in plan_devices(p) for p in during)
+    assert res.attainment >= 0.99
+
+
+def test_compare_day_and_cli(tmp_path):
+    demand, catalog, _ = setup()
+    day = diurnal_day(load_trace("azure-conv"), ratio=3.0, peak_hour=1.0, warmup=900.0,
+                      seed=6, hours=1.0)
+    results = compare_day(demand, catalog, day, DayOptions(peak_hour=1.0), end=3600.0)
+    names = [r.policy for r in results]
+    assert names[0] == "adaptive" and names[1] == "static peak"
+    assert names[2].startswith("adaptive, ") and names[3].startswith("queue, ")
+    assert len({r.requests for r in results}) == 1  # the same arrivals for every policy
+    png = tmp_path / "day.png"
+    rc, out, err = cli("autoscale", "--hours", "0.5", "--only", "RTX4090,A100-80GB",
+                       "--no-compare", "--plot", str(png))
+    assert rc == 0, err
+    assert "adaptive" in out and png.stat().st_size > 10_000
+    rc, _, err = cli("autoscale", "--hours", "30")
+    assert rc == 2 and "--hours: expected 0 < hours <= 24" in err
+    bad = tmp_path / "a.yaml"
+    bad.write_text("- {from: '13:00', to: '14:00', available: {Z80: 0}}\n")
+    rc, _, err = cli("autoscale", "--hours", "0.5", "--availability", str(bad))
+    assert rc == 2 and "Z80" in err
