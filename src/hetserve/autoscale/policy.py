@@ -8,11 +8,13 @@ carries the plan out: new replicas serve once started, the old ones drain.
 - `Replanner`: forecasts the next window's rate (the last window's, or its trend when rising,
   plus headroom) and mix (all classes seen so far, smoothed), solves the planning MILP on
   configs measured once, and changes plan only when the current one cannot carry the forecast
-  (or breaks availability), or when the saving is above a threshold and pays for the change (the
-  new replicas' start-up time), and never scales down within `dwell` windows of a change. A
-  plan carries the forecast when no class's forecast rate is above the rate the plan was sized
-  for (so most windows need no solve). With
-  `only` it is the single-type autoscaler.
+  or breaks availability (it then grows the kinds of replica it has, unless a new mix is
+  cheaper by more than the threshold), or when the saving is above the threshold and pays for
+  the change (the new replicas' start-up time); it never scales down within `dwell` windows of
+  a change. A plan carries the forecast when neither the rate nor that of a class with 1% of
+  the requests or more is above what the plan was sized for, or else when a plan on exactly its
+  devices does. With `only` it is the
+  single-type autoscaler.
 - `Static`: one plan all day (sized for the peak).
 - `QueueScaler`: one config's replica count from requests outstanding per replica (as an
   autoscaler on the engines' queue metrics does), with no model of the requests.
@@ -32,6 +34,7 @@ from hetserve.plan.planfile import Plan
 from hetserve.plan.planner import solve_plan
 
 COVER_SLACK = 0.03  # a class may run this far above the rate its plan was sized for
+MAJOR = 0.01  # classes with at least this share of the requests are checked one by one
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,19 @@ class Replanner:
             self.name = f"adaptive, {only}"
 
     def solve(self, rate: float, mix: np.ndarray, available: dict[str, int],
-              catalog: Catalog | None = None) -> Plan | None:
-        cat = (catalog or self.catalog).with_availability(
-            {k: v for k, v in available.items() if k in (catalog or self.catalog).accelerators})
+              keep: Plan | None = None) -> Plan | None:
+        """The cheapest plan for `rate` x `mix` within `available`; with `keep`, on the
+        configs of that plan only (growing or shrinking it, no new kinds of replica)."""
+        cat = self.catalog.with_availability(
+            {k: v for k, v in available.items() if k in self.catalog.accelerators})
+        configs = self.configs if keep is None else [c for c in self.configs if any(
+            (c.deployment.accelerator.name, c.deployment.tp, c.deployment.pp,
+             c.deployment.max_seqs, c.deployment.chunk_tokens) ==
+            (g.accelerator, g.tp, g.pp, g.max_num_seqs, g.max_num_batched_tokens)
+            for g in keep.groups)]
         try:
             return solve_plan([demand_for(self.demand, rate, mix)], cat, "cost", None, False,
-                              measured={self.demand.model.name: self.configs})
+                              measured={self.demand.model.name: configs})
         except HetserveError:
             return None
 
@@ -113,9 +123,13 @@ class Replanner:
         rate, mix = self.forecast(obs)
         cur = obs.current
         fits = all(plan_devices(cur).get(t, 0) <= n for t, n in obs.available.items())
-        # the current plan carries the forecast where no class is above what it was sized for
+        # the current plan carries the forecast where neither the rate nor a class of more
+        # than MAJOR of the requests is above what it was sized for (the share of a rarer
+        # class is mostly noise, and it may be served best effort)
         planned = np.array([c.rate for c in cur.models[0].classes])
-        covered = fits and bool(np.all(rate * mix <= planned * (1.0 + COVER_SLACK) + 1e-9))
+        major = mix >= MAJOR
+        covered = fits and rate <= cur.models[0].rate * (1.0 + COVER_SLACK) and bool(np.all(
+            rate * mix[major] <= planned[major] * (1.0 + COVER_SLACK) + 1e-9))
         if covered and rate >= (1.0 - self.threshold) * cur.models[0].rate:
             return None  # nothing to save worth a change: no need to solve
         if fits and not covered:  # beyond its sizing: can its devices still carry it?
@@ -125,8 +139,18 @@ class Replanner:
         best = self.solve(rate, mix, obs.available)
         if best is None:
             return None if covered else self._largest(obs)
-        if not covered:
-            return best  # short of capacity, or the availability changed: must move
+        if not covered:  # short of capacity, or the availability changed: must move; by
+            # growing the replicas it has where that costs little more (fewer start-ups)
+            grown = self.solve(rate, mix, obs.available, keep=cur) if fits else None
+            if grown is not None and grown.usd_per_hour <= best.usd_per_hour * (
+                    1.0 + self.threshold):
+                return grown
+            return best
+        # moving to save: sized with a threshold's margin more, so that the next window's
+        # noise does not force it back up (no flapping)
+        best = self.solve(rate * (1.0 + self.threshold), mix, obs.available)
+        if best is None:
+            return None
         saving = cur.usd_per_hour - best.usd_per_hour
         started = sum(g.usd_per_hour for g in best.groups) * self.startup / 3600.0
         recent = obs.time - obs.changed_at < self.dwell * obs.window

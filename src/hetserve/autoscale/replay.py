@@ -175,7 +175,7 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
             if windows[-1].start == t_decide:
                 windows[-1] = _row(t_decide, target)
         c = cls[k]
-        if c >= 0:
+        if c >= 0 and a >= 0:  # (the warm-up is in `seen` already)
             counts[c] += 1
             seen[c] += 1
         req = Request(k, a + shift, ins[k], outs[k], c)
