@@ -12,8 +12,8 @@ carries the plan out: new replicas serve once started, the old ones drain.
   cheaper by more than the threshold), or when the saving is above the threshold and pays for
   the change (the new replicas' start-up time); it never scales down within `dwell` windows of
   a change. A plan carries the forecast when neither the rate nor that of a class with 1% of
-  the requests or more is above what the plan was sized for, or else when a plan on exactly its
-  devices does. With `only` it is the
+  the requests or more is above what the plan was sized for, or else when a plan on its kinds
+  of replica costs no more. With `only` it is the
   single-type autoscaler.
 - `Static`: one plan all day (sized for the peak).
 - `QueueScaler`: one config's replica count from requests outstanding per replica (as an
@@ -34,6 +34,7 @@ from hetserve.plan.planfile import Plan
 from hetserve.plan.planner import solve_plan
 
 COVER_SLACK = 0.03  # a class may run this far above the rate its plan was sized for
+GAP = 0.01  # each window's plan is solved to within 1% of the optimum (below the threshold)
 MAJOR = 0.01  # classes with at least this share of the requests are checked one by one
 
 
@@ -100,7 +101,7 @@ class Replanner:
             for g in keep.groups)]
         try:
             return solve_plan([demand_for(self.demand, rate, mix)], cat, "cost", None, False,
-                              measured={self.demand.model.name: configs})
+                              measured={self.demand.model.name: configs}, rel_gap=GAP)
         except HetserveError:
             return None
 
@@ -130,22 +131,22 @@ class Replanner:
         major = mix >= MAJOR
         covered = fits and rate <= cur.models[0].rate * (1.0 + COVER_SLACK) and bool(np.all(
             rate * mix[major] <= planned[major] * (1.0 + COVER_SLACK) + 1e-9))
-        if covered and rate >= (1.0 - self.threshold) * cur.models[0].rate:
-            return None  # nothing to save worth a change: no need to solve
-        if fits and not covered:  # beyond its sizing: can its devices still carry it?
-            devices = plan_devices(cur)
-            covered = self.solve(rate, mix, devices | {
-                t: 0 for t in self.catalog.accelerators if t not in devices}) is not None
-        best = self.solve(rate, mix, obs.available)
-        if best is None:
-            return None if covered else self._largest(obs)
-        if not covered:  # short of capacity, or the availability changed: must move; by
-            # growing the replicas it has where that costs little more (fewer start-ups)
-            grown = self.solve(rate, mix, obs.available, keep=cur) if fits else None
-            if grown is not None and grown.usd_per_hour <= best.usd_per_hour * (
-                    1.0 + self.threshold):
-                return grown
-            return best
+        if fits and not covered:
+            # beyond its sizing: the same kinds of replica, as many as the forecast needs (a
+            # plan no dearer than the current one: its replicas still carry it)
+            grown = self.solve(rate, mix, obs.available, keep=cur)
+            if grown is not None and grown.usd_per_hour <= cur.usd_per_hour + 1e-9:
+                covered = True
+            else:  # must move: grow, unless a new mix is cheaper by more than the threshold
+                best = self.solve(rate, mix, obs.available)
+                if grown is not None and (best is None or grown.usd_per_hour <=
+                                          best.usd_per_hour * (1.0 + self.threshold)):
+                    return grown
+                return best if best is not None else self._largest(obs)
+        if not covered:  # the availability changed: move to what it allows
+            return self.solve(rate, mix, obs.available) or self._largest(obs)
+        if rate >= (1.0 - self.threshold) * cur.models[0].rate:
+            return None
         # moving to save: sized with a threshold's margin more, so that the next window's
         # noise does not force it back up (no flapping)
         best = self.solve(rate * (1.0 + self.threshold), mix, obs.available)

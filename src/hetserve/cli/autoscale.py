@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -40,10 +41,27 @@ def autoscale_cmd(
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG: mix, rate, attainment")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    gateway: Annotated[str | None, typer.Option(
+        "--gateway", help="controller mode: follow this gateway's traffic (its /metrics) and "
+        "move it to new plans (/admin/plan)")] = None,
+    admin_token: Annotated[str | None, typer.Option(
+        "--admin-token", help="the gateway's admin token")] = None,
+    target: Annotated[str, typer.Option(
+        "--target", help="controller mode: kubernetes (kubectl steps) or emulate (replicas "
+        "emulated in this process)")] = "kubernetes",
+    apply: Annotated[bool, typer.Option(
+        "--apply", help="controller mode: run the kubectl steps (else print them)")] = False,
+    namespace: Annotated[str, typer.Option("--namespace", help="kubernetes namespace")]
+    = "default",
+    out: Annotated[Path, typer.Option("--out", help="controller mode: manifests folder")]
+    = Path("deploy"),
+    interval: Annotated[str, typer.Option(
+        "--interval", help="controller mode: read the metrics every")] = "15s",
 ) -> None:
     """Replay a day of traffic (the trace shaped into a diurnal curve) through the simulator
     under the adaptive autoscaler, with every transition in it, against the static peak plan,
-    the single-type autoscaler and a queue-length scaler."""
+    the single-type autoscaler and a queue-length scaler. With --gateway: follow a running
+    gateway's traffic and move it to new plans (controller mode)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -53,6 +71,12 @@ def autoscale_cmd(
     from hetserve.plan import model_demands
     from hetserve.workload import load_trace
 
+    if gateway is not None:
+        control(gateway, admin_token, model, workload, parse_duration(ttft, "--ttft"),
+                parse_duration(tpot, "--tpot"), only, target, apply, namespace, out,
+                parse_duration(window, "--window"), parse_duration(interval, "--interval"),
+                parse_duration(startup, "--startup"))
+        return
     if not 0 < positive(hours, "--hours") <= 24:
         raise HetserveError(f"--hours: expected 0 < hours <= 24, got {hours:g}")
     opts = DayOptions(window=parse_duration(window, "--window"), ratio=ratio,
@@ -98,3 +122,50 @@ def autoscale_cmd(
 
         plot_day(results, plot, opts.window)
         print(f"wrote {plot}")
+
+
+def control(gateway: str, admin_token: str | None, model: str, workload: str, ttft: float,
+            tpot: float, only, target: str, apply: bool, namespace: str, out: Path,
+            window: float, interval: float, startup: float) -> None:
+    """Controller mode: follow the gateway's traffic until Ctrl-C."""
+    import asyncio
+
+    from hetserve.autoscale.controller import Controller, Emulators, KubernetesSteps
+    from hetserve.autoscale.policy import Replanner
+    from hetserve.cli import build_catalog
+    from hetserve.deploy import Options
+    from hetserve.plan import model_demands
+
+    if not admin_token:
+        raise HetserveError("--gateway: give --admin-token (the gateway's, for /admin/plan)")
+    if target not in ("kubernetes", "emulate"):
+        raise HetserveError(f"--target {target!r}: expected kubernetes or emulate")
+    (demand,) = model_demands(model, workload=workload, ttft=ttft, tpot=tpot)
+    policy = Replanner(demand, build_catalog(None, None, None, only), startup=startup)
+
+    async def main() -> None:
+        import aiohttp
+
+        from hetserve.plan.planfile import parse_plan
+
+        ctl = Controller(gateway.rstrip("/"), admin_token, policy, None, window=window,
+                         interval=interval)
+        if target == "emulate":
+            ctl.capacity = Emulators()
+        else:
+            ctl.capacity = KubernetesSteps(Options(namespace=namespace), str(out), apply)
+            async with aiohttp.ClientSession() as session:
+                now = await ctl.get(session, "/admin/plan", admin=True)
+            ctl.capacity.start(parse_plan(now["plan"], f"{gateway}/admin/plan"))
+        capacity = ctl.capacity
+        stop = asyncio.Event()
+        print(f"following {gateway} every {interval:g} s, deciding every {window:g} s "
+              f"({'applying' if apply else 'dry run'}); Ctrl-C stops", flush=True)
+        try:
+            await ctl.run(stop)
+        finally:
+            if target == "emulate":
+                await capacity.close()
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop following
+        asyncio.run(main())

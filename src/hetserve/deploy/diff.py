@@ -56,6 +56,14 @@ def changes(old: Plan, new: Plan) -> list[Change]:
 def actions(old: Plan, new: Plan, opts: Options, folder: str) -> list[str]:
     """kubectl commands, in order, that take a cluster running `old` to `new`, whose manifests
     are in `folder` (written by `manifests`)."""
+    before, gateway, after = phases(old, new, opts, folder)
+    return before + gateway + after
+
+
+def phases(old: Plan, new: Plan, opts: Options, folder: str
+           ) -> tuple[list[str], list[str], list[str]]:
+    """`actions` in its three parts: new capacity up (and ready), the gateway on the new plan,
+    old capacity down."""
     ns = f"-n {shlex.quote(opts.namespace)}"
     first, wait, last = [], [], []
     for c in changes(old, new):
@@ -74,11 +82,11 @@ def actions(old: Plan, new: Plan, opts: Options, folder: str) -> list[str]:
                         f"kubectl wait {ns} {ref} --for=jsonpath='{{.status.readyReplicas}}'="
                         f"{max(c.old, c.new)} --timeout=30m")
     if old.model_dump_json() == new.model_dump_json():
-        return []
+        return [], [], []
     # the gateway's template carries a digest of plan and backends: applying it rolls it
     gateway = [f"kubectl apply {ns} -f {shlex.quote(f'{folder}/gateway.yaml')}",
                f"kubectl rollout status {ns} deployment/hetserve-gateway --timeout=10m"]
-    return first + wait + gateway + last
+    return first + wait, gateway, last
 
 
 def manifests(old: Plan, new: Plan, opts: Options, where: str = "plan") -> dict[str, str]:

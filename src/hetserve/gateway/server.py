@@ -179,6 +179,10 @@ class Gateway:
         self.slo = Counter("hetserve:slo_requests", "Streamed requests by whether they met "
                            "both SLO limits of the plan (TTFT, and TPOT after the first "
                            "token).", ["model", "group", "met"], registry=self.registry)
+        self.arrivals = Counter("hetserve:arrivals", "Requests received, by routing key "
+                                "(prompt range, and output bound by max_tokens): the traffic "
+                                "an autoscaler estimates rate and mix from.", ["model", "key"],
+                                registry=self.registry)
         self.cost = Gauge("hetserve:group_usd_per_hour", "Price of each replica group of the "
                           "plan, all its replicas.", ["model", "group", "accelerator"],
                           registry=self.registry)
@@ -191,7 +195,8 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=max_body, middlewares=[self._auth])
         self.app.add_routes(openai_routes(self))
-        self.app.add_routes([web.post("/admin/plan", self.admin_plan)])
+        self.app.add_routes([web.post("/admin/plan", self.admin_plan),
+                             web.get("/admin/plan", self.current_plan)])
         self.app.on_startup.append(self._open)
         self.app.on_cleanup.append(self._close)
 
@@ -199,6 +204,7 @@ class Gateway:
         """Routing state for `plan` over `backends`, in one assignment."""
         fleets, routers = self._build(plan, backends, self.queue_factor)
         self.plan, self.fleets, self.routers = plan, fleets, routers
+        self.backends = backends
         self.planned.clear()
         self.cost.clear()
         for g in plan.groups:
@@ -259,6 +265,10 @@ class Gateway:
         self.plan_swaps.inc()
         return web.json_response({"groups": {g: len(u) for g, u in backends.items()},
                                   "models": [m.name for m in plan.models]})
+
+    async def current_plan(self, request: web.Request) -> web.Response:
+        """The plan routing now and its backends (what POST /admin/plan takes)."""
+        return web.json_response({"plan": self.plan.to_dict(), "backends": self.backends})
 
     async def _open(self, app) -> None:
         gc.collect()
@@ -346,6 +356,7 @@ class Gateway:
         except BadRequest as exc:
             return self._refuse(400, str(exc), param=exc.param)
         fleet, router = self.fleets[model], self.routers[model]
+        self.arrivals.labels(model, router.table.label(router.key_of(view))).inc()
         last = ""
         for attempt in range(len(fleet)):  # on another replica while nothing was sent
             spilled = router.spilled

@@ -253,7 +253,10 @@ def _baselines(space: Space, objective: str, budget, avail: dict[str, int]
 def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
                budget: float | None = None, baselines: bool = True,
                derate: Mapping[str, float] | None = None,
-               measured: Mapping[str, list[Config]] | None = None) -> Plan:
+               measured: Mapping[str, list[Config]] | None = None,
+               rel_gap: float = 0.0) -> Plan:
+    """rel_gap: stop within this share of the optimum (0: to the cent; an autoscaler deciding
+    every few minutes takes 1%, and the plan's solver info says how far it may be)."""
     if objective not in ("cost", "throughput"):
         raise HetserveError(f"--objective '{objective}': expected cost or throughput")
     if budget is not None:
@@ -267,7 +270,7 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
                 "--objective throughput needs --budget, or an --available count for every "
                 f"accelerator type that can serve the model (none for {', '.join(unbounded)}; "
                 "--only restricts the types)")
-    sol = _solve(p, objective, _blocks(space))
+    sol = _solve(p, objective, _blocks(space), rel_gap=rel_gap)
     if not sol.ok:
         raise HetserveError(_explain_infeasible(space))
     if objective == "throughput" and sol.scale <= 0:
