@@ -113,17 +113,22 @@ def test_a_sold_out_type_spills_to_the_next_best():
     mix = np.array([c.count for c in demand.workload.classes], dtype=float)
     mix /= mix.sum()
     first = pol.solve(8.0, mix, {})
-    used = max(plan_devices(first), key=plan_devices(first).get)
-    outage = [Outage(1800.0, 5400.0, {used: 0})]
+    used = set(plan_devices(first))
+    outage = [Outage(1800.0, 5400.0, {t: 0 for t in used})]  # every type it runs on
     day = diurnal_day(load_trace("azure-conv"), ratio=1.0, mean_rate=7.0, warmup=900.0,
                       seed=5, hours=HOURS)
     res = replay_day(day, pol, demand.workload, outages=outage, notice=300.0,
                      startup={"default": 180.0}, end=HOURS * 3600)
     during = [p for t, p in res.plans if 1800.0 <= t < 5400.0]
     live_at = [p for t, p in res.plans if t <= 1800.0][-1]
-    assert used not in plan_devices(live_at)  # replaced before the type went
-    assert all(used not in plan_devices(p) for p in during)
+    assert not used & set(plan_devices(live_at))  # replaced before the types went
+    assert all(not used & set(plan_devices(p)) for p in during)
     assert res.attainment >= 0.99
+    assert min(w.met / w.requests for w in res.windows) >= 0.99  # the outage's windows too
+    # the same outage under a plan that does not move: its replicas of that type stop
+    static = replay_day(day, Static(first), demand.workload, outages=outage, end=HOURS * 3600)
+    gone = [w for w in static.windows if 1800.0 <= w.start < 5400.0]
+    assert all(w.met == 0 for w in gone) and static.attainment < 0.6
 
 
 def test_compare_day_and_cli(tmp_path):

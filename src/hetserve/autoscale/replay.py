@@ -6,7 +6,9 @@ replicas at once (paid from then on), and when the last of them has started (`st
 per type) the new plan's routing takes over and the replicas it no longer has stop taking
 requests and drain (paid until their last request finishes): make before break. Replicas that
 both plans have keep running. Where availability falls (an outage in the series), the decision
-comes `notice` seconds before it, so that the replacements are up when the type goes.
+comes `notice` seconds before it, so that the replacements are up when the type goes; at its
+start the replicas of that type beyond what it leaves stop serving, whatever the policy did
+(a static plan loses them; a group left empty serves nothing).
 """
 
 from __future__ import annotations
@@ -100,10 +102,31 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
         active.clear()
         for j, g in enumerate(plan.groups):
             active.setdefault(_key(g), []).extend(groups[j])
-        fleet = SimFleet(pool, groups)
-        deps = [pool[idx[0]].dep for idx in groups]
+        # the fleet holds only the engines serving now (a router's fallback scans them all);
+        # a group may be empty (its type was reclaimed)
+        live = [i for idx in groups for i in idx]
+        local = {i: k for k, i in enumerate(live)}
+        fleet = SimFleet([pool[i] for i in live], [[local[i] for i in idx] for idx in groups])
+        deps = [plan.deployment(g) for g in plan.groups]
         return fleet, make_router("plan", fleet, RoutingTable.from_plan(
-            plan.models[0], plan.groups, deps))
+            plan.models[0], plan.groups, deps)), live
+
+    def reclaim(plan: Plan, groups: list[list[int]], t: float) -> list[list[int]]:
+        """The groups without the replicas an outage takes at `t` (beyond what it leaves of
+        their type): they stop serving then."""
+        budget = dict(available_at(outages, t))
+        out = []
+        for g, idx in zip(plan.groups, groups, strict=True):
+            keep = []
+            for i in idx:
+                left = budget.get(g.accelerator, math.inf)
+                if left >= g.devices_per_replica and retired[i] > t:
+                    budget[g.accelerator] = left - g.devices_per_replica
+                    keep.append(i)
+                elif retired[i] > t:
+                    retired[i] = t
+            out.append(keep)
+        return out
 
     # engines' clocks start at 0: run in time shifted by the warm-up, report in day time
     shift = max(-float(day.arrivals.min()), 0.0) if len(day) else 0.0
@@ -116,14 +139,18 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
         outstanding=0.0, available=available_at(outages, notice), current=None,  # type: ignore
         changed_at=-math.inf))
     groups, _ = build(current, -shift)  # running since before midnight
-    fleet, router = install(current, groups)
+    installed, installed_groups = current, groups
+    fleet, router, to_pool = install(current, groups)
     changed_at, changes, plans = -math.inf, 0, [(0.0, current)]
     windows = [_row(0.0, current)]
     pending = None  # (switch time, plan, groups, engines to retire)
-    # decisions: every window boundary (True), and `notice` before each outage (False)
-    decisions = sorted([(t, True) for t in np.arange(window, end, window).tolist()]
-                       + [(max(o.start - notice, 0.0), False) for o in outages
-                          if 0 < o.start < end])
+    # events: every window boundary a decision, `notice` before each outage a decision, and
+    # at its start the replicas it takes stop (whatever the policy did)
+    decisions = sorted([(t, "window") for t in np.arange(window, end, window).tolist()]
+                       + [(max(o.start - notice, 0.0), "notice") for o in outages
+                          if 0 < o.start < end]
+                       + [(o.start, "outage") for o in outages if 0 <= o.start < end]
+                       + [(o.end, "restore") for o in outages if 0 < o.end < end])
     d = 0
     counts = np.zeros(len(seen))  # arrivals per class since the last window boundary
     cls = classify_for(current.models[0], day).tolist()
@@ -133,22 +160,36 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
     for k, a in enumerate(arrivals):
         while True:  # what happens before this arrival: a switch, decisions
             t_switch = pending[0] if pending else math.inf
-            t_decide, boundary = decisions[d] if d < len(decisions) else (math.inf, False)
+            t_decide, kind = decisions[d] if d < len(decisions) else (math.inf, "")
+            boundary = kind == "window"
             if min(t_switch, t_decide) > a:
                 break
             if t_switch <= t_decide:  # (event times are day times)
                 _, plan, groups, retire = pending
                 for i in retire:
-                    retired[i] = t_switch
-                fleet, router = install(plan, groups)
+                    retired[i] = min(retired[i], t_switch)
+                installed, installed_groups = plan, reclaim(plan, groups, t_switch)
+                fleet, router, to_pool = install(installed, installed_groups)
                 plans.append((t_switch, plan))
                 pending = None
                 continue
             d += 1
+            if kind == "outage":
+                installed_groups = reclaim(installed, installed_groups, t_decide)
+                fleet, router, to_pool = install(installed, installed_groups)
+                continue
+            if kind == "restore":  # replicas the outage took are asked for again
+                if pending is None:
+                    groups, new = build(installed, t_decide)
+                    if new:
+                        pending = (t_decide + max(startup.get(
+                            pool[i].dep.accelerator.name, startup["default"]) for i in new),
+                            installed, groups, [])
+                continue
             if boundary:
                 rates.append(float(counts.sum()) / window)
                 windows.append(_row(t_decide, current))
-            live = [i for idx in fleet.groups for i in idx]
+            live = range(len(fleet))
             obs = Observation(
                 time=t_decide, window=window, counts=counts.copy(), seen=seen.copy(),
                 rates=tuple(rates),
@@ -167,7 +208,7 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
                 continue
             groups, new = build(target, t_decide)
             kept = {i for idx in groups for i in idx}
-            retire = [i for idx in fleet.groups for i in idx if i not in kept]
+            retire = [i for i in to_pool if i not in kept]
             ready = t_decide + max((startup.get(pool[i].dep.accelerator.name,
                                                 startup["default"]) for i in new), default=0.0)
             pending = (ready, target, groups, retire)
@@ -183,6 +224,7 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
         replica = router.route(req, a + shift)
         if replica >= 0:
             fleet.dispatch(replica, req)
+            req.replica = to_pool[replica]
     for engine in pool:
         engine.advance(math.inf)
     for r in requests:  # back to day time

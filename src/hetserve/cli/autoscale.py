@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -121,7 +122,7 @@ def autoscale_cmd(
         from hetserve.autoscale.report import plot_day
 
         plot_day(results, plot, opts.window)
-        print(f"wrote {plot}")
+        print(f"wrote {plot}", file=sys.stderr if as_json else sys.stdout)
 
 
 def control(gateway: str, admin_token: str | None, model: str, workload: str, ttft: float,
