@@ -37,10 +37,12 @@ class DayOptions:
 
 
 def compare_day(demand: ModelDemand, catalog: Catalog, day: Trace, opts: DayOptions,
-                outages: list[Outage] | None = None, compare: bool = True, end: float = DAY,
+                mean_rate: float, outages: list[Outage] | None = None, compare: bool = True,
+                end: float = DAY,
                 progress: Callable[[str, float], None] | None = None) -> list[DayResult]:
     """The adaptive re-planner's day, then (with `compare`) the static peak plan's, the
-    single-type re-planner's and the queue scaler's on the same arrivals."""
+    single-type re-planner's and the queue scaler's on the same arrivals. `mean_rate`: the
+    day curve's mean (the baselines are sized from the curve, not from the part replayed)."""
     configs = measure_configs(demand, catalog)
     kw = {"headroom": opts.headroom, "threshold": opts.threshold, "startup": opts.startup,
           "configs": configs}
@@ -49,7 +51,7 @@ def compare_day(demand: ModelDemand, catalog: Catalog, day: Trace, opts: DayOpti
     if compare:
         mix = np.array([c.count for c in demand.workload.classes], dtype=np.float64)
         mix /= mix.sum()
-        mean = day_mean(day)
+        mean = mean_rate
         peak = float(rate_at(opts.peak_hour * 3600.0, mean, opts.ratio, opts.peak_hour))
         static = adaptive.solve(peak, mix, {})
         if static is None:
@@ -73,12 +75,6 @@ def compare_day(demand: ModelDemand, catalog: Catalog, day: Trace, opts: DayOpti
                                   startup={"default": opts.startup}, notice=opts.notice,
                                   outages=outages, end=end, progress=tick))
     return results
-
-
-def day_mean(day: Trace) -> float:
-    """The mean rate of the day's curve (its arrivals over its span)."""
-    span = float(day.arrivals.max() - day.arrivals.min()) if len(day) > 1 else 1.0
-    return len(day) / max(span, 1e-9)
 
 
 def _one_group(plan):

@@ -49,6 +49,13 @@ def key_classes(plan: Plan) -> dict[str, dict[int, float]]:
         total = sum(members.values())
         if total > 0:
             out[table.label(key)] = {w: r / total for w, r in members.items()}
+    # a cap below every class of its prompt range routes as the range's lowest class's key
+    # (RoutingTable.from_plan): its requests are that key's classes'
+    for key in range(n_prompt * table.n_caps - 1, -1, -1):
+        nxt = key + 1
+        if key % table.n_caps < table.n_caps - 1 and table.label(key) not in out \
+                and table.label(nxt) in out:
+            out[table.label(key)] = out[table.label(nxt)]
     return out
 
 
@@ -74,6 +81,7 @@ class Controller:
     log: list[str] = field(default_factory=list)
     plan: Plan | None = None
     changes: int = 0
+    say: object = None  # called with a line per move
 
     async def get(self, session: aiohttp.ClientSession, path: str, admin: bool = False):
         headers = {"Authorization": f"Bearer {self.admin_token}"} if admin else {}
@@ -92,6 +100,11 @@ class Controller:
             current = await self.get(session, "/admin/plan", admin=True)
             self.plan = parse_plan(current["plan"], f"{self.gateway}/admin/plan")
             model = self.plan.models[0].name
+            mine = [c.name for c in self.policy.demand.workload.classes]
+            if [c.name for c in self.plan.models[0].classes] != mine:
+                raise HetserveError(f"{self.gateway}: the gateway's plan has other request "
+                                    "classes than --model/--workload give: start the "
+                                    "controller with the plan's model and workload")
             last = self._key_counts(await self.get(session, "/metrics"), model)
             seen = class_counts(self.plan, last) + np.array(
                 [c.rate for c in self.plan.models[0].classes]) * self.window  # the plan's prior
@@ -99,24 +112,29 @@ class Controller:
             rates: list[float] = [self.plan.models[0].rate]
             started, changed_at, next_decision = time.monotonic(), -float("inf"), \
                 time.monotonic() + self.window
+            window_start = time.monotonic()
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):  # (stop set: a last reading)
                     await asyncio.wait_for(stop.wait(), self.interval)
                 now_counts = self._key_counts(await self.get(session, "/metrics"), model)
-                delta = {k: now_counts.get(k, 0.0) - last.get(k, 0.0) for k in now_counts}
+                # a counter below its last reading: the gateway restarted (from 0)
+                delta = {k: n - last.get(k, 0.0) if n >= last.get(k, 0.0) else n
+                         for k, n in now_counts.items()}
                 last = now_counts
                 counts = class_counts(self.plan, delta)
                 window_counts += counts
                 seen += counts
                 if time.monotonic() < next_decision or stop.is_set():
                     continue
-                rates.append(float(window_counts.sum()) / self.window)
+                rates.append(float(window_counts.sum())
+                             / max(time.monotonic() - window_start, 1e-9))
+                window_start = time.monotonic()
                 obs = Observation(time=time.monotonic() - started, window=self.window,
                                   counts=window_counts.copy(), seen=seen.copy(),
                                   rates=tuple(rates), outstanding=0.0, available={},
                                   current=self.plan, changed_at=changed_at - started)
                 window_counts[:] = 0
-                next_decision += self.window
+                next_decision = time.monotonic() + self.window
                 target = self.policy.decide(obs)
                 if target is None or same_fleet(target, self.plan):
                     continue
@@ -132,16 +150,31 @@ class Controller:
         """New capacity up, the gateway on the new plan, then the old capacity let go."""
         old = self.plan
         backends = await self.capacity.up(target)
-        async with session.post(self.gateway + "/admin/plan",
-                                json={"plan": target.to_dict(), "backends": backends},
-                                headers={"Authorization": f"Bearer {self.admin_token}"}) as r:
-            if r.status != 200:
-                raise HetserveError(f"{self.gateway}/admin/plan refused the plan: HTTP "
-                                    f"{r.status}: {await r.text()}")
+        line = (f"{time.strftime('%H:%M:%S')} ${old.usd_per_hour:.2f}/h -> "
+                f"${target.usd_per_hour:.2f}/h: " + ", ".join(
+                    f"{g.replicas}x {g.accelerator} TP{g.tp}" for g in target.groups))
+        if not getattr(self.capacity, "live", True):  # a dry run: the gateway stays
+            self.plan, self.changes = target, self.changes + 1
+            self.log.append("(dry run) " + line)
+            if self.say:
+                self.say(self.log[-1])
+            return
+        try:
+            async with session.post(
+                    self.gateway + "/admin/plan",
+                    json={"plan": target.to_dict(), "backends": backends},
+                    headers={"Authorization": f"Bearer {self.admin_token}"}) as r:
+                if r.status != 200:
+                    raise HetserveError(f"{self.gateway}/admin/plan refused the plan: HTTP "
+                                        f"{r.status}: {await r.text()}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HetserveError(f"--gateway {self.gateway}: lost while moving to a new plan "
+                                f"({type(exc).__name__}); its new capacity is up, the "
+                                "gateway still routes by the old plan") from None
         self.plan, self.changes = target, self.changes + 1
-        self.log.append(f"{time.strftime('%H:%M:%S')} ${old.usd_per_hour:.2f}/h -> "
-                        f"${target.usd_per_hour:.2f}/h: " + ", ".join(
-                            f"{g.replicas}x {g.accelerator} TP{g.tp}" for g in target.groups))
+        self.log.append(line)
+        if self.say:
+            self.say(line)
         await asyncio.sleep(self.drain)  # requests the old replicas hold finish
         await self.capacity.down(target)
 
@@ -195,6 +228,7 @@ class KubernetesSteps:
 
     def __init__(self, opts, folder: str, apply: bool = False, say=print) -> None:
         self.opts, self.folder, self.apply, self.say = opts, folder, apply, say
+        self.live = apply  # a dry run changes nothing, the gateway included
         self.current: Plan | None = None
         self._after: list[str] = []
 

@@ -66,6 +66,20 @@ def plan_devices(plan: Plan) -> dict[str, int]:
     return out
 
 
+def _new_cost(cur: Plan, new: Plan) -> float:
+    """$/h of the replicas `new` has beyond those of the same kind `cur` runs."""
+    have: dict[tuple, int] = {}
+    for g in cur.groups:
+        have[(g.accelerator, g.tp, g.pp)] = have.get((g.accelerator, g.tp, g.pp), 0) + g.replicas
+    out = 0.0
+    for g in new.groups:
+        k = (g.accelerator, g.tp, g.pp)
+        extra = max(0, g.replicas - have.get(k, 0))
+        have[k] = max(0, have.get(k, 0) - g.replicas)
+        out += extra * g.usd_per_hour / g.replicas
+    return out
+
+
 def same_fleet(a: Plan, b: Plan) -> bool:
     key = lambda p: sorted((g.accelerator, g.tp, g.pp, g.max_num_seqs,  # noqa: E731
                             g.max_num_batched_tokens, g.replicas) for g in p.groups)
@@ -153,7 +167,7 @@ class Replanner:
         if best is None:
             return None
         saving = cur.usd_per_hour - best.usd_per_hour
-        started = sum(g.usd_per_hour for g in best.groups) * self.startup / 3600.0
+        started = _new_cost(cur, best) * self.startup / 3600.0  # paid while they start
         recent = obs.time - obs.changed_at < self.dwell * obs.window
         if saving > self.threshold * cur.usd_per_hour and not recent \
                 and saving * obs.window / 3600.0 > started:

@@ -13,6 +13,7 @@ start the replicas of that type beyond what it leaves stop serving, whatever the
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ class DayResult:
     cost_usd: float
     wall_seconds: float
     plans: list[tuple[float, Plan]] = field(default_factory=list)  # (effective from, plan)
+    moves: list[tuple[float, float]] = field(default_factory=list)  # (decided, serving from)
 
     @property
     def attainment(self) -> float:
@@ -141,80 +143,95 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
     groups, _ = build(current, -shift)  # running since before midnight
     installed, installed_groups = current, groups
     fleet, router, to_pool = install(current, groups)
-    changed_at, changes, plans = -math.inf, 0, [(0.0, current)]
+    changed_at, changes, plans, moves = -math.inf, 0, [(0.0, current)], []
     windows = [_row(0.0, current)]
     pending = None  # (switch time, plan, groups, engines to retire)
-    # events: every window boundary a decision, `notice` before each outage a decision, and
-    # at its start the replicas it takes stop (whatever the policy did)
-    decisions = sorted([(t, "window") for t in np.arange(window, end, window).tolist()]
-                       + [(max(o.start - notice, 0.0), "notice") for o in outages
-                          if 0 < o.start < end]
-                       + [(o.start, "outage") for o in outages if 0 <= o.start < end]
-                       + [(o.end, "restore") for o in outages if 0 < o.end < end])
+    # events (time, order, kind): every window boundary a decision, `notice` before each
+    # outage a decision, at its start the replicas it takes stop (whatever the policy did),
+    # at its end they are asked for again; at equal times in that order
+    order = {"window": 0, "notice": 1, "outage": 2, "restore": 3}
+    events = sorted([(t, 0, "window") for t in np.arange(window, end, window).tolist()]
+                    + [(max(o.start - notice, 0.0), 1, "notice") for o in outages
+                       if 0 < o.start < end]
+                    + [(o.start, 2, "outage") for o in outages if 0 <= o.start < end]
+                    + [(o.end, 3, "restore") for o in outages if 0 < o.end < end])
     d = 0
     counts = np.zeros(len(seen))  # arrivals per class since the last window boundary
     cls = classify_for(current.models[0], day).tolist()
     arrivals, ins, outs = (day.arrivals.tolist(), day.input_tokens.tolist(),
                            day.output_tokens.tolist())
+
+    def ask_again(plan: Plan, t: float):
+        """Replicas of `plan` missing from what serves (an outage took them), asked for at
+        `t` where availability allows: a switch to the same plan once they have started."""
+        allowed = available_at(outages, t)
+        if any(g.accelerator in allowed for g in plan.groups):
+            return None  # still out: the next restore asks
+        groups, new = build(plan, t)
+        if not new:
+            return None
+        return (t + max(startup.get(pool[i].dep.accelerator.name, startup["default"])
+                        for i in new), plan, groups, [])
+
     requests: list[Request] = []
-    for k, a in enumerate(arrivals):
+    for k, a in enumerate([*arrivals, end]):  # (`end`: the events after the last arrival)
         while True:  # what happens before this arrival: a switch, decisions
             t_switch = pending[0] if pending else math.inf
-            t_decide, kind = decisions[d] if d < len(decisions) else (math.inf, "")
-            boundary = kind == "window"
-            if min(t_switch, t_decide) > a:
+            t_event, _, kind = events[d] if d < len(events) else (math.inf, 9, "")
+            if min(t_switch, t_event) > a or min(t_switch, t_event) >= end:
                 break
-            if t_switch <= t_decide:  # (event times are day times)
+            if t_switch <= t_event:  # (event times are day times)
                 _, plan, groups, retire = pending
                 for i in retire:
                     retired[i] = min(retired[i], t_switch)
                 installed, installed_groups = plan, reclaim(plan, groups, t_switch)
                 fleet, router, to_pool = install(installed, installed_groups)
                 plans.append((t_switch, plan))
-                pending = None
+                pending = ask_again(installed, t_switch)
                 continue
             d += 1
             if kind == "outage":
-                installed_groups = reclaim(installed, installed_groups, t_decide)
+                installed_groups = reclaim(installed, installed_groups, t_event)
                 fleet, router, to_pool = install(installed, installed_groups)
                 continue
-            if kind == "restore":  # replicas the outage took are asked for again
+            if kind == "restore":
                 if pending is None:
-                    groups, new = build(installed, t_decide)
-                    if new:
-                        pending = (t_decide + max(startup.get(
-                            pool[i].dep.accelerator.name, startup["default"]) for i in new),
-                            installed, groups, [])
-                continue
+                    pending = ask_again(installed, t_event)
+                continue  # (else the pending switch asks, once it is done)
+            boundary = kind == "window"
             if boundary:
                 rates.append(float(counts.sum()) / window)
-                windows.append(_row(t_decide, current))
-            live = range(len(fleet))
+                windows.append(_row(t_event, current))
             obs = Observation(
-                time=t_decide, window=window, counts=counts.copy(), seen=seen.copy(),
+                time=t_event, window=window, counts=counts.copy(), seen=seen.copy(),
                 rates=tuple(rates),
-                outstanding=sum(fleet.load(i, t_decide + shift) for i in live)
-                / max(len(live), 1),
-                available=available_at(outages, t_decide + notice), current=current,
+                outstanding=sum(fleet.load(i, t_event + shift) for i in range(len(fleet)))
+                / max(len(fleet), 1),
+                available=available_at(outages, t_event + notice), current=current,
                 changed_at=changed_at)
             if boundary:
                 counts[:] = 0
             if progress:
-                progress(t_decide)
+                progress(t_event)
             if pending is not None:
-                continue  # a change is under way
+                if kind == "notice":  # decide once the change under way is done
+                    bisect.insort(events, (pending[0], order["notice"], "notice"), lo=d)
+                continue
             target = policy.decide(obs)
             if target is None or same_fleet(target, current):
                 continue
-            groups, new = build(target, t_decide)
+            groups, new = build(target, t_event)
             kept = {i for idx in groups for i in idx}
             retire = [i for i in to_pool if i not in kept]
-            ready = t_decide + max((startup.get(pool[i].dep.accelerator.name,
-                                                startup["default"]) for i in new), default=0.0)
+            ready = t_event + max((startup.get(pool[i].dep.accelerator.name,
+                                               startup["default"]) for i in new), default=0.0)
             pending = (ready, target, groups, retire)
-            current, changed_at, changes = target, t_decide, changes + 1
-            if windows[-1].start == t_decide:
-                windows[-1] = _row(t_decide, target)
+            moves.append((t_event, ready))
+            current, changed_at, changes = target, t_event, changes + 1
+            if windows[-1].start == t_event:
+                windows[-1] = _row(t_event, target)
+        if k == len(arrivals):
+            break
         c = cls[k]
         if c >= 0 and a >= 0:  # (the warm-up is in `seen` already)
             counts[c] += 1
@@ -231,8 +248,10 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
         r.arrival -= shift
         r.first_token -= shift
         r.finish -= shift
-    return _score(policy, requests, windows, pool, created, retired, price, plans, changes,
-                  end, time.perf_counter() - started_wall)
+    result = _score(policy, requests, windows, pool, created, retired, price, plans, changes,
+                    end, time.perf_counter() - started_wall)
+    result.moves = moves
+    return result
 
 
 def _row(t: float, plan: Plan) -> WindowStats:

@@ -92,7 +92,8 @@ def autoscale_cmd(
     for o in outages:
         for name in o.available:
             catalog.get(name)  # an unknown type names itself
-    day = diurnal_day(load_trace(workload), ratio=ratio, peak_hour=peak_hour, mean_rate=rate,
+    trace = load_trace(workload)
+    day = diurnal_day(trace, ratio=ratio, peak_hour=peak_hour, mean_rate=rate,
                       warmup=opts.window, seed=seed, hours=hours)
     started = time.perf_counter()
     console = Console(stderr=True)
@@ -104,8 +105,8 @@ def autoscale_cmd(
             bar.update(task, completed=t, description=f"replaying: {name}",
                        at=f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}")
 
-        results = compare_day(demand, catalog, day, opts, outages, compare, hours * 3600.0,
-                              tick)
+        results = compare_day(demand, catalog, day, opts, rate or trace.rate, outages,
+                              compare, hours * 3600.0, tick)
     wall = time.perf_counter() - started
     if as_json:
         print(json.dumps({"requests": results[0].requests, "wall_seconds": wall, "policies": [
@@ -150,7 +151,7 @@ def control(gateway: str, admin_token: str | None, model: str, workload: str, tt
         from hetserve.plan.planfile import parse_plan
 
         ctl = Controller(gateway.rstrip("/"), admin_token, policy, None, window=window,
-                         interval=interval)
+                         interval=interval, say=lambda line: print(line, flush=True))
         if target == "emulate":
             ctl.capacity = Emulators()
         else:
