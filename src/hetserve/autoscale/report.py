@@ -10,7 +10,9 @@ import numpy as np
 from hetserve.autoscale.replay import DayResult
 
 
-def plot_day(results: list[DayResult], path: Path | str, window: float) -> None:
+def plot_day(results: list[DayResult], path: Path | str, window: float,
+             outages=()) -> None:
+    """`outages` (autoscale.day.Outage) are shaded grey on every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,19 +22,25 @@ def plot_day(results: list[DayResult], path: Path | str, window: float) -> None:
     first = results[0]
     hours = np.array([w.start for w in first.windows]) / 3600.0
     types = sorted({t for w in first.windows for t in w.devices})
-    stack = np.array([[w.devices.get(t, 0) for w in first.windows] for t in types])
-    axes[0].stackplot(hours, stack, labels=types, step="post")
+    step = window / 3600.0
+
+    def ext(h, values):  # a step per window, the last one drawn to its end
+        return np.append(h, h[-1] + step), np.append(values, values[-1])
+
+    stack = np.array([ext(hours, [w.devices.get(t, 0) for w in first.windows])[1]
+                      for t in types])
+    axes[0].stackplot(ext(hours, hours)[0], stack, labels=types, step="post")
     axes[0].set_ylabel("devices")
     axes[0].set_title(f"{first.policy}: accelerator mix per window")
     axes[0].legend(loc="upper left", fontsize=8, ncol=3)
-    axes[1].step(hours, [w.rate for w in first.windows], where="post", color="black")
+    axes[1].step(*ext(hours, [w.rate for w in first.windows]), where="post", color="black")
     axes[1].set_ylabel("req/s arriving")
     for r in results:
         h = np.array([w.start for w in r.windows]) / 3600.0
         att = [w.met / w.requests if w.requests else np.nan for w in r.windows]
-        axes[2].step(h, np.array(att) * 100, where="post", label=r.policy)
-        axes[3].step(h, [w.cost_usd * 3600.0 / window for w in r.windows], where="post",
-                     label=f"{r.policy}: ${r.cost_usd:,.0f}")
+        axes[2].step(*ext(h, np.array(att) * 100), where="post", label=r.policy)
+        axes[3].step(*ext(h, [w.cost_usd * 3600.0 / window for w in r.windows]),
+                     where="post", label=f"{r.policy}: ${r.cost_usd:,.0f}")
     axes[2].axhline(99, color="grey", lw=0.8, ls="--")
     axes[2].set_ylabel("% within SLO")
     axes[2].set_ylim(max(0, min(np.nanmin([w.met / w.requests for r in results
@@ -42,7 +50,13 @@ def plot_day(results: list[DayResult], path: Path | str, window: float) -> None:
     axes[3].set_ylabel("$ per hour")
     axes[3].set_xlabel("hour of the day")
     axes[3].legend(fontsize=8)
-    axes[3].set_xlim(0, hours[-1] + window / 3600.0)
+    axes[3].set_xlim(0, hours[-1] + step)
+    for o in outages:
+        for ax in axes:
+            ax.axvspan(o.start / 3600.0, o.end / 3600.0, color="grey", alpha=0.15, lw=0)
+        axes[0].text((o.start + o.end) / 7200.0, axes[0].get_ylim()[1] * 0.95,
+                     "outage: " + ", ".join(f"{k}={v}" for k, v in o.available.items()),
+                     ha="center", va="top", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

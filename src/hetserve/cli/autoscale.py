@@ -122,7 +122,7 @@ def autoscale_cmd(
     if plot:
         from hetserve.autoscale.report import plot_day
 
-        plot_day(results, plot, opts.window)
+        plot_day(results, plot, opts.window, outages)
         print(f"wrote {plot}", file=sys.stderr if as_json else sys.stdout)
 
 
