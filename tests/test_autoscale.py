@@ -157,3 +157,39 @@ def test_compare_day_and_cli(tmp_path):
     bad.write_text("- {from: '13:00', to: '14:00', available: {Z80: 0}}\n")
     rc, _, err = cli("autoscale", "--hours", "0.5", "--availability", str(bad))
     assert rc == 2 and "Z80" in err
+
+
+def test_as_is_replays_the_traces_own_times():
+    rc, out, err = cli("autoscale", "--as-is", "--window", "5m", "--only", "RTX4090,A100-80GB",
+                       "--no-compare", "--json")
+    assert rc == 0, err
+    import json
+
+    data = json.loads(out)
+    trace = load_trace("azure-conv")
+    first = trace.arrivals[0] + 300.0  # the first window is what was seen before
+    assert data["requests"] == int((trace.arrivals >= first).sum())
+    rc, _, err = cli("autoscale", "--as-is", "--window", "30m")
+    assert rc == 2 and "needs more than two windows" in err
+
+
+def test_kubernetes_steps_dry_run_writes_manifests_and_changes_nothing(tmp_path):
+    import asyncio
+
+    from hetserve.autoscale.controller import KubernetesSteps
+    from hetserve.deploy import Options, group_names
+
+    demand, catalog, configs = setup()
+    pol = Replanner(demand, catalog, configs=configs)
+    mix = np.array([c.count for c in demand.workload.classes], dtype=float)
+    small, big = (pol.solve(r, mix / mix.sum(), {}) for r in (2.0, 12.0))
+    said: list[str] = []
+    steps = KubernetesSteps(Options(namespace="ns"), str(tmp_path), apply=False, say=said.append)
+    steps.start(small)
+    backends = asyncio.run(steps.up(big))
+    assert not steps.live and all(line.startswith("(dry run) kubectl ") for line in said)
+    names = group_names(big)
+    assert backends == {g.id: [f"http://{names[g.id]}.ns.svc.cluster.local:8000"] * g.replicas
+                        for g in big.groups}
+    assert (tmp_path / "gateway.yaml").exists()
+    assert all((tmp_path / f"{n}.yaml").exists() for n in names.values())

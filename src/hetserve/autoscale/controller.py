@@ -266,3 +266,32 @@ class KubernetesSteps:
                 proc = await asyncio.create_subprocess_exec(*shlex.split(step))
                 if await proc.wait() != 0:
                     raise HetserveError(f"'{step}' failed with exit code {proc.returncode}")
+
+
+class RaySteps:
+    """New capacity on Ray Serve: the new plan's Serve config (hetserve deploy --target ray)
+    written to `folder` and deployed (`serve deploy`, declarative: Serve starts the new
+    replicas before it stops the old); printed, or run with `apply`."""
+
+    def __init__(self, opts, folder: str, apply: bool = False, say=print) -> None:
+        self.opts, self.folder, self.apply, self.say = opts, folder, apply, say
+        self.live = apply
+
+    async def up(self, plan: Plan) -> dict[str, list[str]]:
+        from pathlib import Path
+
+        from hetserve.deploy import group_names
+        from hetserve.deploy.rayserve import HTTP_PORT, render_ray
+        from hetserve.errors import write_text
+
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        for name, text in render_ray(plan, self.opts).items():
+            write_text(Path(self.folder) / name, text)
+        await KubernetesSteps._run(self, [f"serve deploy {self.folder}/serve.yaml"])
+        port = int(self.opts.extra.get("http_port", HTTP_PORT))
+        names = group_names(plan)
+        return {g.id: [f"http://127.0.0.1:{port}/{names[g.id]}"] * g.replicas
+                for g in plan.groups}
+
+    async def down(self, plan: Plan) -> None:
+        """Serve let the old replicas go when it took the new config."""

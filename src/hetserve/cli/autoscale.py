@@ -38,6 +38,9 @@ def autoscale_cmd(
     compare: Annotated[bool, typer.Option(
         "--compare/--no-compare", help="also replay the static peak plan, the single-type "
         "autoscaler and the queue-length scaler")] = True,
+    as_is: Annotated[bool, typer.Option(
+        "--day/--as-is", help="shape the trace into a day (default), or replay its own "
+        "timestamps (its first window is what the autoscaler has seen at the start)")] = True,
     seed: Annotated[int, typer.Option("--seed", help="arrivals and sizes")] = 0,
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG: mix, rate, attainment")]
     = None,
@@ -48,8 +51,8 @@ def autoscale_cmd(
     admin_token: Annotated[str | None, typer.Option(
         "--admin-token", help="the gateway's admin token")] = None,
     target: Annotated[str, typer.Option(
-        "--target", help="controller mode: kubernetes (kubectl steps) or emulate (replicas "
-        "emulated in this process)")] = "kubernetes",
+        "--target", help="controller mode: kubernetes (kubectl steps), ray (serve deploy) or "
+        "emulate (replicas emulated in this process)")] = "kubernetes",
     apply: Annotated[bool, typer.Option(
         "--apply", help="controller mode: run the kubectl steps (else print them)")] = False,
     namespace: Annotated[str, typer.Option("--namespace", help="kubernetes namespace")]
@@ -70,7 +73,7 @@ def autoscale_cmd(
     from hetserve.autoscale.day import diurnal_day, load_availability_series
     from hetserve.cli import build_catalog, parse_duration
     from hetserve.plan import model_demands
-    from hetserve.workload import load_trace
+    from hetserve.workload import Trace, load_trace
 
     if gateway is not None:
         control(gateway, admin_token, model, workload, parse_duration(ttft, "--ttft"),
@@ -93,8 +96,17 @@ def autoscale_cmd(
         for name in o.available:
             catalog.get(name)  # an unknown type names itself
     trace = load_trace(workload)
-    day = diurnal_day(trace, ratio=ratio, peak_hour=peak_hour, mean_rate=rate,
-                      warmup=opts.window, seed=seed, hours=hours)
+    if as_is:
+        day = diurnal_day(trace, ratio=ratio, peak_hour=peak_hour, mean_rate=rate,
+                          warmup=opts.window, seed=seed, hours=hours)
+    else:  # the trace's own times, its first window seen before the replay starts
+        span = float(trace.arrivals[-1] - trace.arrivals[0])
+        if span <= 2 * opts.window:
+            raise HetserveError(f"--as-is: the trace spans {span / 60:.0f} min; it needs more "
+                                f"than two windows ({2 * opts.window / 60:.0f} min)")
+        day = Trace(trace.name, trace.arrivals - trace.arrivals[0] - opts.window,
+                    trace.input_tokens, trace.output_tokens)
+        hours = min(hours, (span - opts.window) / 3600.0)
     started = time.perf_counter()
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[at]}"),
@@ -117,7 +129,7 @@ def autoscale_cmd(
         from hetserve.cli.tables import autoscale_table
 
         Console().print(autoscale_table(results, hours, demand))
-        print(f"{len(day):,} requests over {hours:g} h ({results[0].requests:,} scored); "
+        print(f"{len(day):,} requests over {hours:.3g} h ({results[0].requests:,} scored); "
               f"replayed in {wall:.1f} s")
     if plot:
         from hetserve.autoscale.report import plot_day
@@ -132,7 +144,12 @@ def control(gateway: str, admin_token: str | None, model: str, workload: str, tt
     """Controller mode: follow the gateway's traffic until Ctrl-C."""
     import asyncio
 
-    from hetserve.autoscale.controller import Controller, Emulators, KubernetesSteps
+    from hetserve.autoscale.controller import (
+        Controller,
+        Emulators,
+        KubernetesSteps,
+        RaySteps,
+    )
     from hetserve.autoscale.policy import Replanner
     from hetserve.cli import build_catalog
     from hetserve.deploy import Options
@@ -140,8 +157,8 @@ def control(gateway: str, admin_token: str | None, model: str, workload: str, tt
 
     if not admin_token:
         raise HetserveError("--gateway: give --admin-token (the gateway's, for /admin/plan)")
-    if target not in ("kubernetes", "emulate"):
-        raise HetserveError(f"--target {target!r}: expected kubernetes or emulate")
+    if target not in ("kubernetes", "ray", "emulate"):
+        raise HetserveError(f"--target {target!r}: expected kubernetes, ray or emulate")
     (demand,) = model_demands(model, workload=workload, ttft=ttft, tpot=tpot)
     policy = Replanner(demand, build_catalog(None, None, None, only), startup=startup)
 
@@ -154,6 +171,8 @@ def control(gateway: str, admin_token: str | None, model: str, workload: str, tt
                          interval=interval, say=lambda line: print(line, flush=True))
         if target == "emulate":
             ctl.capacity = Emulators()
+        elif target == "ray":
+            ctl.capacity = RaySteps(Options(), str(out), apply)
         else:
             ctl.capacity = KubernetesSteps(Options(namespace=namespace), str(out), apply)
             async with aiohttp.ClientSession() as session:

@@ -305,7 +305,7 @@ def _points_table(prof, dep) -> Table:
 def autoscale_table(results, hours: float, demand) -> Table:
     """One row per policy: the day's cost, SLO attainment and plan changes."""
     base = results[0]
-    table = Table(title=f"A day of {demand.workload.name} ({hours:g} h) for {demand.model.name}"
+    table = Table(title=f"A day of {demand.workload.name} ({hours:.3g} h) for {demand.model.name}"
                         f", TTFT {demand.slo.ttft:g} s, TPOT {demand.slo.tpot * 1e3:g} ms",
                   title_justify="left")
     for col in ("policy", "cost $", "vs adaptive", "in SLO", "worst window", "changes",
