@@ -106,7 +106,7 @@ def autoscale_cmd(
                                 f"than two windows ({2 * opts.window / 60:.0f} min)")
         day = Trace(trace.name, trace.arrivals - trace.arrivals[0] - opts.window,
                     trace.input_tokens, trace.output_tokens)
-        hours = min(hours, (span - opts.window) / 3600.0)
+        hours = min(hours, (span - opts.window + 1.0) / 3600.0)  # (its last request too)
     started = time.perf_counter()
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[at]}"),
