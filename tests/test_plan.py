@@ -210,3 +210,23 @@ def test_a_rare_tail_class_is_served_best_effort():
     assert held / sum(c.rate for c in entry.classes) <= 0.01
     with pytest.raises(HetserveError, match="--attainment: expected a share in"):
         hetserve.make_plan("llama-3.1-8b", attainment=1.5)
+
+
+def test_time_limit_and_the_gap_warning():
+    from hetserve.cli import gap_warning
+
+    plan = hetserve.make_plan("llama-3.1-8b", rate=20, catalog=SMALL, baselines=False)
+    assert plan.solver.status == "optimal" and gap_warning(plan) == ""
+    cut = plan.model_copy(update={"solver": plan.solver.model_copy(update={
+        "status": "time_limit", "bound": plan.usd_per_hour * 0.9,
+        "abs_gap": plan.usd_per_hour * 0.1, "gap": 0.1})})
+    assert gap_warning(cut) == (
+        f"the solver stopped (time_limit) after {plan.solver.seconds:.1f} s with this plan up "
+        f"to ${plan.usd_per_hour * 0.1:.2f}/h (10.0%) above the least cost proven possible "
+        f"(${plan.usd_per_hour * 0.9:.2f}/h): raise --time-limit to close the gap")
+    with pytest.raises(HetserveError, match=r"--time-limit 1e-06 s: the solver found no plan "
+                       r"in that time \(\d+ configs x \d+ classes\); raise it"):
+        hetserve.make_plan("llama-3.1-8b", rate=20, catalog=SMALL, baselines=False,
+                           budget=1000.0, time_limit=1e-6)
+    with pytest.raises(HetserveError, match="--time-limit"):
+        hetserve.make_plan("llama-3.1-8b", rate=20, catalog=SMALL, time_limit=0)

@@ -448,6 +448,9 @@ def plan_cmd(
     prove: Annotated[bool, typer.Option(
         "--prove/--no-prove", help="simulate the plan and every homogeneous baseline on the "
         "trace; quote savings only between plans that reach the attainment target")] = True,
+    time_limit: Annotated[float, typer.Option(
+        "--time-limit", help="seconds the solver may take; past it, the best plan found, with "
+        "the gap to the optimum it proved (a warning)")] = 60.0,
     out_file: Annotated[Path | None, typer.Option("--out", help="write the plan file")] = None,
     as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="cost by accelerator, vs baselines")]
@@ -473,14 +476,18 @@ def plan_cmd(
         check_verify_options(target, rounds)
         log = _console(stderr=True) if as_json else out
         result, _ = verify_plan(demands, cat, objective, budget, target=target, rounds=rounds,
-                                on_round=lambda r: log.print(_round_line(r, target)))
+                                on_round=lambda r: log.print(_round_line(r, target)),
+                                time_limit=time_limit)
         v = result.verification
         verdict = "target met" if v.met else "[red]target not met[/]"
         log.print(f"verified plan: round {v.chosen} of {v.rounds}, SLO attainment "
                   f"{v.slo_attainment:.2%} in simulation (target {v.target:.0%}): {verdict}")
     else:
         with _console(stderr=True).status("solving", spinner="dots"):
-            result = solve_plan(demands, cat, objective, budget)
+            result = solve_plan(demands, cat, objective, budget, time_limit=time_limit)
+    gap = gap_warning(result)
+    if gap:
+        _console(stderr=True).print(f"[yellow]warning:[/] {gap}")
     if prove:
         from hetserve.sim.simulate import simulation_limit
         from hetserve.sim.verify import prove as prove_plan
@@ -505,6 +512,20 @@ def plan_cmd(
 
 
 VERIFY_MISSED = 3  # exit code of plan --verify when no round reached the target
+COST_GAP = 0.001  # $/h: cost plans are proven to the cent; a wider gap is said aloud
+
+
+def gap_warning(plan) -> str:
+    """'' when the solver proved the plan optimal (to the cent, or to its gap for throughput
+    plans); else how far from the optimum it may be, and what to do."""
+    s = plan.solver
+    if s.status == "optimal" and (plan.objective != "cost" or s.abs_gap <= COST_GAP):
+        return ""
+    far = (f"${s.abs_gap:.2f}/h ({s.gap:.1%}) above the least cost proven possible "
+           f"(${s.bound:.2f}/h)" if plan.objective == "cost" else
+           f"{s.gap:.1%} below the most throughput proven possible")
+    return (f"the solver stopped ({s.status}) after {s.seconds:.1f} s with this plan up to "
+            f"{far}: raise --time-limit to close the gap")
 
 
 def _round_line(r, target: float) -> str:

@@ -150,6 +150,7 @@ def plan(
     engine: str = "vllm",
     attainment: float = DEFAULT_ATTAINMENT,
     baselines: bool = True,
+    time_limit: float = 60.0,
 ) -> Plan:
     """The cheapest plan (objective='cost') or the most throughput within budget/availability
     (objective='throughput') for the models' workloads under their SLOs. `available` limits the
@@ -159,4 +160,4 @@ def plan(
                             dtype=dtype, max_devices=max_devices, grid=grid, engine=engine,
                             attainment=attainment)
     return solve_plan(demands, plan_catalog(catalog, prices, available, only), objective,
-                      budget, baselines)
+                      budget, baselines, time_limit=time_limit)

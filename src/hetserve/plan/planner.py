@@ -192,8 +192,11 @@ def _explain_infeasible(space: Space) -> str:
             f"that serves the load costs ${avail_sol.cost:.2f}/h, budget ${p.budget:.2f}/h")
 
 
+TIME_LIMIT = 60.0  # s HiGHS may take on a plan, by default (plan --time-limit)
+
+
 def _solve(problem: Problem, objective: str, blocks=None, rel_gap: float = 0.0,
-           time_limit: float = 60.0) -> Solution:
+           time_limit: float = TIME_LIMIT) -> Solution:
     if objective == "throughput":
         return max_scale(problem, time_limit)
     coupled = problem.budget is not None or np.isfinite(problem.available).any()
@@ -254,9 +257,11 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
                budget: float | None = None, baselines: bool = True,
                derate: Mapping[str, float] | None = None,
                measured: Mapping[str, list[Config]] | None = None,
-               rel_gap: float = 0.0) -> Plan:
+               rel_gap: float = 0.0, time_limit: float = TIME_LIMIT) -> Plan:
     """rel_gap: stop within this share of the optimum (0: to the cent; an autoscaler deciding
-    every few minutes takes 1%, and the plan's solver info says how far it may be)."""
+    every few minutes takes 1%, and the plan's solver info says how far it may be);
+    time_limit: seconds HiGHS may take (past it, the best plan found, its gap in the plan)."""
+    positive(time_limit, "--time-limit")
     if objective not in ("cost", "throughput"):
         raise HetserveError(f"--objective '{objective}': expected cost or throughput")
     if budget is not None:
@@ -270,7 +275,11 @@ def solve_plan(demands: Sequence[ModelDemand], catalog: Catalog, objective: str 
                 "--objective throughput needs --budget, or an --available count for every "
                 f"accelerator type that can serve the model (none for {', '.join(unbounded)}; "
                 "--only restricts the types)")
-    sol = _solve(p, objective, _blocks(space), rel_gap=rel_gap)
+    sol = _solve(p, objective, _blocks(space), rel_gap=rel_gap, time_limit=time_limit)
+    if not sol.ok and sol.status == "time_limit":
+        raise HetserveError(f"--time-limit {time_limit:g} s: the solver found no plan in that "
+                            f"time ({len(space.configs)} configs x {len(p.classes)} classes); "
+                            "raise it")
     if not sol.ok:
         raise HetserveError(_explain_infeasible(space))
     if objective == "throughput" and sol.scale <= 0:

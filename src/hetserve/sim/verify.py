@@ -27,7 +27,7 @@ from hetserve.errors import HetserveError, positive
 from hetserve.plan import Plan, solve_plan
 from hetserve.plan.configs import ModelDemand, measure_configs
 from hetserve.plan.planfile import Verification, best_baseline
-from hetserve.plan.planner import with_baselines
+from hetserve.plan.planner import TIME_LIMIT, with_baselines
 from hetserve.sim.report import SimResult
 from hetserve.sim.simulate import simulate, simulation_limit
 
@@ -64,7 +64,8 @@ def _factor(attainment: float, target: float) -> float:
 def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "cost",
            budget: float | None = None, *, target: float = 0.99, rounds: int = 5,
            router: str = "plan", seed: int = 0,
-           on_round: Callable[[Round], None] | None = None) -> tuple[Plan, list[Round]]:
+           on_round: Callable[[Round], None] | None = None,
+           time_limit: float = TIME_LIMIT) -> tuple[Plan, list[Round]]:
     """The plan of the best of at most `rounds` simulate-and-re-solve rounds (see best_round),
     and every round."""
     check_verify_options(target, rounds)
@@ -73,7 +74,8 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
     settled: set[str] = set()  # raised once, then missed: not raised again
     history: list[Round] = []
     measured = {d.model.name: measure_configs(d, catalog) for d in demands}  # once, derated
-    plan = solve_plan(demands, catalog, objective, budget, baselines=False, measured=measured)
+    plan = solve_plan(demands, catalog, objective, budget, baselines=False, measured=measured,
+                      time_limit=time_limit)
     for number in range(1, rounds + 1):
         if history and _same(plan, history[-1].plan):  # nothing changed: same simulation
             result = history[-1].result
@@ -97,7 +99,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
         if not (this.lowered or this.lowered_classes or this.raised):
             break  # met with no slack left, or misses too thin to blame anyone
         plan = solve_plan(demands, catalog, objective, budget, baselines=False,
-                          derate=dict(derate), measured=measured)
+                          derate=dict(derate), measured=measured, time_limit=time_limit)
     final = best_round(history, target)
     # the baselines, with the capacities the chosen round was planned with
     full = with_baselines(final.plan, demands, catalog, final.derate, measured)
