@@ -158,6 +158,7 @@ class Controller:
             self.log.append("(dry run) " + line)
             if self.say:
                 self.say(self.log[-1])
+            await self.capacity.down(target)  # (prints the steps that would follow)
             return
         try:
             async with session.post(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from hetserve.autoscale.replay import DayResult
+from hetserve.errors import HetserveError
 
 
 def plot_day(results: list[DayResult], path: Path | str, window: float,
@@ -58,5 +59,9 @@ def plot_day(results: list[DayResult], path: Path | str, window: float,
                      "outage: " + ", ".join(f"{k}={v}" for k, v in o.available.items()),
                      ha="center", va="top", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except (OSError, ValueError) as exc:
+        raise HetserveError(f"--plot {path}: cannot write it ({exc})") from None
+    finally:
+        plt.close(fig)

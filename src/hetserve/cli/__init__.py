@@ -68,10 +68,11 @@ ProfileOpt = Annotated[
 
 def parse_duration(text: str, option: str) -> float:
     """'2s', '50ms', '500us', '0.05' (seconds) -> seconds."""
-    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|s|m)?\s*", text)
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|s|m|h)?\s*", text)
     if not found:
-        raise HetserveError(f"{option} '{text}': expected a duration like 2s, 50ms or 0.05")
-    scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, "m": 60.0, None: 1.0}[found[2]]
+        raise HetserveError(f"{option} '{text}': expected a duration like 2s, 50ms, 15m, 1h "
+                            "or 0.05")
+    scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[found[2]]
     value = float(found[1]) * scale
     if not 0 < value < math.inf:
         raise HetserveError(f"{option} '{text}': expected a finite duration > 0")

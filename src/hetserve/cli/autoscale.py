@@ -11,7 +11,9 @@ from typing import Annotated
 
 import typer
 
-from hetserve.errors import HetserveError, positive
+from hetserve.errors import HetserveError, check_output, positive
+
+MAX_REQUESTS = 20_000_000  # a day's replay keeps every request: ~1 KB each
 
 
 def autoscale_cmd(
@@ -38,7 +40,7 @@ def autoscale_cmd(
     compare: Annotated[bool, typer.Option(
         "--compare/--no-compare", help="also replay the static peak plan, the single-type "
         "autoscaler and the queue-length scaler")] = True,
-    as_is: Annotated[bool, typer.Option(
+    shape_day: Annotated[bool, typer.Option(
         "--day/--as-is", help="shape the trace into a day (default), or replay its own "
         "timestamps (its first window is what the autoscaler has seen at the start)")] = True,
     seed: Annotated[int, typer.Option("--seed", help="arrivals and sizes")] = 0,
@@ -81,6 +83,12 @@ def autoscale_cmd(
                 parse_duration(window, "--window"), parse_duration(interval, "--interval"),
                 parse_duration(startup, "--startup"))
         return
+    check_output(plot, "--plot")
+    if isinstance(seed, bool) or seed < 0:
+        raise HetserveError(f"--seed: expected an integer >= 0, got {seed}")
+    if not shape_day and rate is not None:
+        raise HetserveError("--rate shapes the day; with --as-is the trace's own times are "
+                            "replayed")
     if not 0 < positive(hours, "--hours") <= 24:
         raise HetserveError(f"--hours: expected 0 < hours <= 24, got {hours:g}")
     opts = DayOptions(window=parse_duration(window, "--window"), ratio=ratio,
@@ -96,7 +104,11 @@ def autoscale_cmd(
         for name in o.available:
             catalog.get(name)  # an unknown type names itself
     trace = load_trace(workload)
-    if as_is:
+    expected = (rate or trace.rate) * hours * 3600.0
+    if expected > MAX_REQUESTS:
+        raise HetserveError(f"--rate/--hours: about {expected:,.0f} requests; a replay here "
+                            f"holds at most {MAX_REQUESTS:,} (lower --rate or --hours)")
+    if shape_day:
         day = diurnal_day(trace, ratio=ratio, peak_hour=peak_hour, mean_rate=rate,
                           warmup=opts.window, seed=seed, hours=hours)
     else:  # the trace's own times, its first window seen before the replay starts
@@ -180,8 +192,11 @@ def control(gateway: str, admin_token: str | None, model: str, workload: str, tt
             ctl.capacity.start(parse_plan(now["plan"], f"{gateway}/admin/plan"))
         capacity = ctl.capacity
         stop = asyncio.Event()
+        live = apply or target == "emulate"  # emulated capacity is real, here
         print(f"following {gateway} every {interval:g} s, deciding every {window:g} s "
-              f"({'applying' if apply else 'dry run'}); Ctrl-C stops", flush=True)
+              f"({'moving the gateway' if live else 'dry run: printing the steps'}); Ctrl-C "
+              "stops" + (" (the emulated replicas stop with this process)"
+                         if target == "emulate" else ""), flush=True)
         try:
             await ctl.run(stop)
         finally:
