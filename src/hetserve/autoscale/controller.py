@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
-from hetserve.autoscale.policy import Observation, Replanner, same_fleet
+from hetserve.autoscale.policy import Observation, Replanner, replica_kind, same_fleet
 from hetserve.errors import HetserveError
 from hetserve.plan.planfile import Plan, parse_plan
 from hetserve.route import RoutingTable
@@ -186,17 +186,12 @@ class Emulators:
     def __init__(self) -> None:
         self.running: dict[tuple, list] = {}  # config -> [(Emulator, url)]
 
-    @staticmethod
-    def _key(g) -> tuple:
-        return (g.accelerator, g.tp, g.pp, g.dtype, g.engine, g.max_num_seqs,
-                g.max_num_batched_tokens)
-
     async def up(self, plan: Plan) -> dict[str, list[str]]:
         from hetserve.emulate.server import Emulator
 
         backends = {}
         for g in plan.groups:
-            have = self.running.setdefault(self._key(g), [])
+            have = self.running.setdefault(replica_kind(g), [])
             while len(have) < g.replicas:
                 emu = Emulator(plan.deployment(g), g.model, kv_tokens=g.kv_tokens)
                 (url,) = await emu.start()
@@ -206,7 +201,7 @@ class Emulators:
 
     async def down(self, plan: Plan, timeout: float = 600.0) -> None:
         """Stop the replicas `plan` does not use, once the requests they hold are done."""
-        keep = {self._key(g): g.replicas for g in plan.groups}
+        keep = {replica_kind(g): g.replicas for g in plan.groups}
         for key, have in self.running.items():
             while len(have) > keep.get(key, 0):
                 emu, _ = have.pop()

@@ -29,6 +29,7 @@ import numpy as np
 
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError
+from hetserve.perf import Deployment
 from hetserve.plan.configs import Config, ModelDemand, measure_configs
 from hetserve.plan.planfile import Plan
 from hetserve.plan.planner import solve_plan
@@ -66,14 +67,24 @@ def plan_devices(plan: Plan) -> dict[str, int]:
     return out
 
 
+def replica_kind(g) -> tuple:
+    """What makes replicas interchangeable: accelerator, parallelism, dtype, engine and its
+    batch limits (a group of the plan file, or a Deployment: the same fields by other names)."""
+    if isinstance(g, Deployment):
+        return (g.accelerator.name, g.tp, g.pp, g.weight_dtype, g.engine, g.max_seqs,
+                g.chunk_tokens)
+    return (g.accelerator, g.tp, g.pp, g.dtype, g.engine, g.max_num_seqs,
+            g.max_num_batched_tokens)
+
+
 def _new_cost(cur: Plan, new: Plan) -> float:
     """$/h of the replicas `new` has beyond those of the same kind `cur` runs."""
     have: dict[tuple, int] = {}
     for g in cur.groups:
-        have[(g.accelerator, g.tp, g.pp)] = have.get((g.accelerator, g.tp, g.pp), 0) + g.replicas
+        have[replica_kind(g)] = have.get(replica_kind(g), 0) + g.replicas
     out = 0.0
     for g in new.groups:
-        k = (g.accelerator, g.tp, g.pp)
+        k = replica_kind(g)
         extra = max(0, g.replicas - have.get(k, 0))
         have[k] = max(0, have.get(k, 0) - g.replicas)
         out += extra * g.usd_per_hour / g.replicas
@@ -81,9 +92,8 @@ def _new_cost(cur: Plan, new: Plan) -> float:
 
 
 def same_fleet(a: Plan, b: Plan) -> bool:
-    key = lambda p: sorted((g.accelerator, g.tp, g.pp, g.max_num_seqs,  # noqa: E731
-                            g.max_num_batched_tokens, g.replicas) for g in p.groups)
-    return key(a) == key(b)
+    return sorted((replica_kind(g), g.replicas) for g in a.groups) == \
+        sorted((replica_kind(g), g.replicas) for g in b.groups)
 
 
 class Replanner:
@@ -108,11 +118,9 @@ class Replanner:
         configs of that plan only (growing or shrinking it, no new kinds of replica)."""
         cat = self.catalog.with_availability(
             {k: v for k, v in available.items() if k in self.catalog.accelerators})
-        configs = self.configs if keep is None else [c for c in self.configs if any(
-            (c.deployment.accelerator.name, c.deployment.tp, c.deployment.pp,
-             c.deployment.max_seqs, c.deployment.chunk_tokens) ==
-            (g.accelerator, g.tp, g.pp, g.max_num_seqs, g.max_num_batched_tokens)
-            for g in keep.groups)]
+        kinds = None if keep is None else {replica_kind(g) for g in keep.groups}
+        configs = self.configs if kinds is None else [
+            c for c in self.configs if replica_kind(c.deployment) in kinds]
         try:
             return solve_plan([demand_for(self.demand, rate, mix)], cat, "cost", None, False,
                               measured={self.demand.model.name: configs}, rel_gap=GAP)

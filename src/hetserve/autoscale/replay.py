@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hetserve.autoscale.day import DAY, Outage, available_at
-from hetserve.autoscale.policy import Observation, same_fleet
-from hetserve.plan.planfile import Plan, ReplicaGroup
+from hetserve.autoscale.policy import Observation, replica_kind, same_fleet
+from hetserve.plan.planfile import Plan
 from hetserve.route import RoutingTable
 from hetserve.sim.engine import Engine, Request
 from hetserve.sim.router import make_router
@@ -31,11 +31,6 @@ from hetserve.sim.simulate import SimFleet, classify_for
 from hetserve.workload import Trace
 
 STARTUP = {"default": 180.0}  # s from asking for a replica to its serving (weights loaded)
-
-
-def _key(g: ReplicaGroup) -> tuple:
-    return (g.accelerator, g.tp, g.pp, g.dtype, g.engine, g.max_num_seqs,
-            g.max_num_batched_tokens, g.kv_tokens)
 
 
 @dataclass
@@ -88,8 +83,8 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
         spare = {k: list(v) for k, v in active.items()}
         groups, new = [], []
         for g in plan.groups:
-            have = spare.get(_key(g), [])
-            take, spare[_key(g)] = have[:g.replicas], have[g.replicas:]
+            have = spare.get(replica_kind(g), [])
+            take, spare[replica_kind(g)] = have[:g.replicas], have[g.replicas:]
             for _ in range(g.replicas - len(take)):
                 pool.append(Engine(plan.deployment(g), kv_tokens=g.kv_tokens or None))
                 created.append(now)
@@ -103,7 +98,7 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
     def install(plan: Plan, groups: list[list[int]]):
         active.clear()
         for j, g in enumerate(plan.groups):
-            active.setdefault(_key(g), []).extend(groups[j])
+            active.setdefault(replica_kind(g), []).extend(groups[j])
         # the fleet holds only the engines serving now (a router's fallback scans them all);
         # a group may be empty (its type was reclaimed)
         live = [i for idx in groups for i in idx]

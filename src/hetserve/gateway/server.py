@@ -356,7 +356,8 @@ class Gateway:
         except BadRequest as exc:
             return self._refuse(400, str(exc), param=exc.param)
         fleet, router = self.fleets[model], self.routers[model]
-        self.arrivals.labels(model, router.table.label(router.key_of(view))).inc()
+        key = router.table.label(router.key_of(view))
+        self.arrivals.labels(model, key).inc()
         last = ""
         for attempt in range(len(fleet)):  # on another replica while nothing was sent
             spilled = router.spilled
@@ -368,7 +369,7 @@ class Gateway:
             if attempt:
                 self.retries.labels(model).inc()
             try:
-                return await self._proxy(request, body, path, model, fleet, router, k, view)
+                return await self._proxy(request, body, path, model, fleet, k, view, key)
             except _Retry as exc:  # a 5xx before any byte reached the client
                 fleet.replicas[k].down_until = time.monotonic() + RETRY_COOLDOWN
                 last = f"{fleet.replicas[k].url}: {exc}"
@@ -391,11 +392,11 @@ class Gateway:
                             "BadGatewayError")
 
     async def _proxy(self, request: web.Request, body: dict, path: str, model: str,
-                     fleet: ModelFleet, router: PlanRouter, k: int, view: RouteRequest
+                     fleet: ModelFleet, k: int, view: RouteRequest, key: str
                      ) -> web.StreamResponse:
+        """`key`: the request's routing key, as metrics label it."""
         replica = fleet.replicas[k]
         group = fleet.group_ids[replica.group]
-        key = router.table.label(router.key_of(view))
         replica.in_flight += 1
         replica.waiting_tokens += view.input_tokens
         waiting = True
