@@ -45,7 +45,7 @@ def small_plan(rate: float = 6.0) -> Plan:
 @cache
 def multinode_plan() -> Plan:
     """70B on T4s only: TP8 x PP2, 16 devices per replica, two 8-GPU nodes each."""
-    return hetserve.make_plan("llama-3.1-70b", workload="azure-conv", rate=0.5, ttft=10,
+    return hetserve.make_plan("llama-3.1-70b", workload="azure-conv", rate=0.2, ttft=10,
                               tpot=0.2, baselines=False, catalog=load_catalog().only(["T4"]))
 
 

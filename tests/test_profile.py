@@ -115,8 +115,8 @@ def test_a_plan_from_the_profile_equals_the_plan_from_the_truth(measured, tmp_pa
     def plan(catalog):
         """The plan's cost and devices per type (the engine knobs of equal-cost replicas may
         split differently: near-ties the MILP breaks either way)."""
-        p = hetserve.make_plan(MODEL, workload="azure-code", rate=6, baselines=False,
-                               catalog=catalog.only([ACC, "L4"]))
+        p = hetserve.make_plan(MODEL, workload="azure-code", rate=3, baselines=False,
+                               max_devices=1, catalog=catalog.only([ACC, "L4"]))  # profiled TP
         devices = {}
         for g in p.groups:
             devices[g.accelerator] = devices.get(g.accelerator, 0) + g.replicas * g.tp * g.pp

@@ -140,8 +140,8 @@ def test_preempted_request_recomputes_its_whole_context(catalog):
 
 
 def test_overloaded_replica_queue_grows_and_attainment_drops(catalog, tmp_path):
-    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=0.5, ttft=5.0,
-                         catalog=catalog.only(["L4"]), baselines=False)
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=0.25, ttft=5.0,
+                              catalog=catalog.only(["L4"]), baselines=False)
     assert sum(g.replicas for g in plan.groups) == 1
     light = simulate(plan, requests=400)
     heavy = simulate(plan, rate=200.0, requests=400)

@@ -23,6 +23,7 @@ from hetserve.catalog import (
     parse_assignments,
     parse_names,
 )
+from hetserve.cli.tables import target_pct
 from hetserve.errors import HetserveError, check_output, write_text
 from hetserve.models import bundled_models
 from hetserve.workload import classify, grid_from_options, load_trace
@@ -442,8 +443,9 @@ def plan_cmd(
     verify: Annotated[bool, typer.Option(
         "--verify", help="simulate the plan; lower the capacity of configs that miss the SLO "
         "target and re-solve")] = False,
-    target: Annotated[float, typer.Option(
-        "--target", help="--verify: SLO attainment to reach (share of requests)")] = 0.99,
+    target: Annotated[float | None, typer.Option(
+        "--target", help="--verify: SLO attainment to reach (share of requests; default: "
+        "--attainment)")] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="--verify: at most this many rounds")]
     = 5,
     prove: Annotated[bool, typer.Option(
@@ -474,6 +476,7 @@ def plan_cmd(
         from hetserve.sim.verify import check_verify_options
         from hetserve.sim.verify import verify as verify_plan
 
+        target = attainment if target is None else target
         check_verify_options(target, rounds)
         log = _console(stderr=True) if as_json else out
         result, _ = verify_plan(demands, cat, objective, budget, target=target, rounds=rounds,
@@ -482,7 +485,8 @@ def plan_cmd(
         v = result.verification
         verdict = "target met" if v.met else "[red]target not met[/]"
         log.print(f"verified plan: round {v.chosen} of {v.rounds}, SLO attainment "
-                  f"{v.slo_attainment:.2%} in simulation (target {v.target:.0%}): {verdict}")
+                  f"{v.slo_attainment:.2%} in simulation (target {target_pct(v.target)}): "
+                  f"{verdict}")
     else:
         with _console(stderr=True).status("solving", spinner="dots"):
             result = solve_plan(demands, cat, objective, budget, time_limit=time_limit)
@@ -534,7 +538,7 @@ def _round_line(r, target: float) -> str:
                        for g in r.result.group_rows())
     mark = "[green]meets[/]" if r.attainment >= target else "[red]misses[/]"
     line = (f"verify round {r.number}: ${r.plan.usd_per_hour:.2f}/h, SLO attainment "
-            f"{r.attainment:.2%} ({mark} {target:.0%}); groups: {groups}")
+            f"{r.attainment:.2%} ({mark} {target_pct(target)}); groups: {groups}")
     if r.lowered:
         line += "; lowering " + ", ".join(f"{n} x{f:.2f}" for n, f in r.lowered.items())
     if r.lowered_classes:

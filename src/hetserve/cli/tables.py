@@ -113,7 +113,7 @@ def plan_tables(plan) -> list[Table]:
     if plan.slo_attainment is not None:
         mark = "meets" if plan.slo_attainment >= target else "[red]misses[/]"
         summary += (f"; simulated on its trace: {plan.slo_attainment:.2%} of requests within "
-                    f"the SLO ({mark} the {target:.0%} target)")
+                    f"the SLO ({mark} the {target_pct(target)} target)")
     if plan.savings is not None:
         word = "cheaper than" if plan.objective == "cost" else "more throughput than"
         proven = ", both proven in simulation" if plan.slo_attainment is not None else ""
@@ -127,7 +127,7 @@ def plan_tables(plan) -> list[Table]:
                 c.rate for c in m.classes)
             summary += (f"; {m.name} serves {', '.join(m.best_effort)} best effort ({held:.2%} "
                         f"of its requests, no latency promise; attainment target "
-                        f"{m.attainment:.0%})")
+                        f"{target_pct(m.attainment)})")
     s = plan.solver
     proof = (f"within ${s.abs_gap:.4f}/h of the optimum" if plan.objective == "cost"
              else f"gap {s.gap:.1e}")
@@ -138,7 +138,7 @@ def plan_tables(plan) -> list[Table]:
         summary += f"; verified: round {v.chosen} of {v.rounds}"
     elif v is not None:
         summary += (f"; simulated: {v.slo_attainment:.2%} of requests within the SLO (target "
-                    f"{v.target:.0%}, round {v.chosen} of {v.rounds})")
+                    f"{target_pct(v.target)}, round {v.chosen} of {v.rounds})")
     groups.caption = summary
     groups.caption_justify = "left"
     note = "" if v is None else ", capacities lowered as --verify found"
@@ -169,6 +169,11 @@ def _s(x: float) -> str:
     if x != x:
         return "-"
     return f"{x:.2f}" if x < 10 else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
+
+
+def target_pct(x: float) -> str:
+    """An attainment target as a percentage with the digits it has (99%, 99.9%)."""
+    return f"{x * 100:.10g}%"
 
 
 def _pct(x: float) -> str:

@@ -45,6 +45,7 @@ DEPLOYMENT_BATCH = 4  # deployments per vectorised coarse pass (arrays that stay
 PAIR_BATCH = 2048  # (deployment, class) pairs bisected side by side
 POISSON_WIDTH = 32  # counts of prompt chunks per step evaluated
 POISSON_EXACT = 16.0  # means up to this use the exact Poisson pmf, larger ones a normal
+KV_SERVERS = 64  # a KV cache holding at most this many requests is a queue of that many slots
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,6 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
     # service) (service times are nearly fixed)
     compute = prompt_compute_time(eng.coefficients, eng.pp, inp)
     service = np.maximum(compute, inp * timed(free[..., None])[..., 0] / free)
-    # what a busy step carries beside the batch: the queued prompts (an M/M/1 queue holds
-    # 1 / (1 - rho) while busy, and at least the k that arrive during a step), up to `free`
-    queued = inp * np.maximum(1.0 / (1.0 - np.minimum(rate * service, 0.999)), k)
-    full = timed(np.minimum(free, queued)[..., None])[..., 0]
     rho = rate * service
     with np.errstate(divide="ignore", invalid="ignore"):
         wait = np.where(rho < 1.0, service * np.maximum(0.0, np.log(rho / (1.0 - quantile)))
@@ -184,35 +181,28 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
     # the step under way when a request arrives: none on an idle engine
     busy_now = np.minimum(1.0, batch + k * spans)
     ttft = busy_now * idle + wait + spans * prefill_step
-    # TPOT: a request's decode window is its m decode steps. The prompts prefilled during it
-    # are those that arrived while it waited and was prefilled (its typical TTFT, not the p90
-    # one) and those arriving during the window; their count is Poisson. At its quantile,
-    # spread over the window's steps as a Poisson count per step, the steps are
-    # timed by the same physics (a fixed point: a longer window gathers more prompts).
+    # TPOT: a request's decode window is its m decode steps. Every prompt prefilled during it
+    # lengthens them: those that arrived while it waited and was prefilled (its typical TTFT,
+    # not the quantile one) and those arriving during the window (a fixed point: a longer
+    # window gathers more). Their count is Poisson, taken at its quantile, and queued prompts
+    # are packed into steps of a full budget, so each adds its tokens' share of a full step's
+    # time beyond an idle one (a lone prompt's last chunk riding free on the weight reads is
+    # not counted on), and at least its compute (attention over the whole prompt included).
+    # At most every step of the window is full.
     m = np.maximum(decode_steps, 1.0)
-    window = m * tau
-    for _ in range(WINDOW_ITERATIONS):
-        prompts = poisson_quantile(rate * (typical_wait + spans * prefill_step + window), quantile)
-        counts, pmf = _poisson(np.where(np.isfinite(prompts), prompts * spans / m, 0.0))
-        steps = timed(np.minimum(counts * chunk[..., None], free[..., None]))
-        window = np.where(np.isfinite(prompts), m * (pmf * steps).sum(-1), np.inf)
-    # Prompts that queue fill the steps: while the prefill queue is busy (a share rho of the
-    # time) every step carries the queued tokens (`full`, above). Full steps are longer than
-    # idle ones, so they are a smaller share of the steps than of the time: with a share b of
-    # the time spent in full steps, the share of steps is f = b idle / (b idle + (1 - b) full).
-    # Over a window of m steps the full share has mean f and a variance that falls with m,
-    # about v / (1 + m v) with v = f (1 - f) (v taken at min(f, 1/2) so that the share only
-    # grows with the load): at the quantile, the window's steps are that mix of full and idle
-    # ones. A queue busy less than 1 - q of the time leaves the window at the quantile idle
-    # (the Poisson count of prompts above covers what it does carry)
-    busy_share = np.clip(rho, 0.0, 1.0)
+    full = timed(free[..., None])[..., 0]
+    extra = np.maximum(inp * np.maximum(full - idle, 0.0) / free, compute)  # s it adds
+    before = typical_wait + spans * prefill_step
+    load = rate * extra
     with np.errstate(divide="ignore", invalid="ignore"):
-        step_share = np.where(busy_share < 1.0, busy_share * idle / np.maximum(
-            busy_share * idle + (1.0 - busy_share) * full, 1e-300), 1.0)
-    v = np.minimum(step_share, 0.5) * (1.0 - np.minimum(step_share, 0.5))
-    full_share = np.clip(step_share + z * np.sqrt(v / (1.0 + m * v)), 0.0, 1.0)
-    full_share = np.where(busy_share > 1.0 - quantile, full_share, 0.0)
-    window = np.maximum(window, m * (idle + full_share * (full - idle)))
+        window = np.where(load < 1.0, (m * idle + load * before) / (1.0 - load), np.inf)
+    for _ in range(WINDOW_ITERATIONS):
+        prompts = poisson_quantile(rate * (before + window), quantile)
+        # the batch decoding beside it: the mean one, or those that arrive within a window
+        # (Little's law)
+        beside = np.maximum(batch, rate * np.where(np.isfinite(window), window, 0.0))
+        slow = eng.step_time(beside, beside, beside * (inp + out / 2.0))
+        window = m * np.maximum(idle, slow) + np.minimum(prompts * extra, m * (full - idle))
     tpot = np.where(out > 1.0, window / m, 0.0)
     # the decoding batch at its quantile under Poisson fluctuation, and prompts being filled.
     # A larger batch makes steps longer once they are compute- or KV-read-bound, so each
@@ -231,9 +221,34 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
                         np.inf)
     in_flight = peak + k * spans
     kv = peak * (inp + out / 2.0) + k * spans * inp
+    # a KV cache that holds only a few such requests at once is a queue of that many servers:
+    # a request waits for one to finish (Erlang C) before its prefill starts
+    held = np.floor(eng.kv_tokens / (inp + out / 2.0))
+    stay = spans * prefill_step + window  # s a request holds its blocks
+    blocked, fits_kv = _kv_wait(rate * stay, held, stay, quantile)
+    ttft = ttft + blocked
     fits = room & (rho < 1.0) & (in_flight <= eng.max_seqs) \
-        & (kv <= eng.kv_tokens)
+        & (kv <= eng.kv_tokens) & fits_kv
     return SteadyState(rate, batch, tpot, ttft, fits)
+
+
+def _kv_wait(offered, servers, stay, quantile: float) -> tuple[np.ndarray, np.ndarray]:
+    """The wait at `quantile` for one of `servers` KV slots held `stay` s each, `offered`
+    Erlang of load (an M/M/c queue: P(W > t) = C exp(-(c - a) t / stay), C Erlang's delay
+    probability), and whether the load fits (a < c). Slots past KV_SERVERS are left to the
+    batch's spread above (Erlang's wait vanishes there before a load the spread allows)."""
+    c = np.minimum(servers, KV_SERVERS)
+    few = servers <= KV_SERVERS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(np.isfinite(offered), offered, np.inf)
+        erlang_b = np.ones_like(a)
+        for n in range(1, KV_SERVERS + 1):  # Erlang B by its recursion, up to each c
+            step = a * erlang_b / (n + a * erlang_b)
+            erlang_b = np.where(n <= c, step, erlang_b)
+        delay = c * erlang_b / (c - a * (1.0 - erlang_b))
+        wait = np.maximum(0.0, np.log(delay / (1.0 - quantile))) * stay / (c - a)
+    ok = ~few | (a < c)
+    return np.where(few & ok, np.nan_to_num(wait, nan=0.0, posinf=0.0), 0.0), ok
 
 
 @lru_cache(maxsize=16)
