@@ -12,9 +12,10 @@ short, at a load of `lambda` prompt chunks arriving per step (a Poisson count):
 - TTFT: the step under way (none on an idle engine), the wait for prefill (a queue whose service
   is the prompt's own compute, p90 of M/D/1-like waits), and the prompt's own prefill steps.
 - TPOT: a request's decode window carries every prompt prefilled while it decodes (those that
-  queued behind it and those arriving meanwhile; their Poisson count at p90), timed by the same
-  physics, as a fixed point (a longer window gathers more prompts).
-- The decoding batch at its p90 and the prompts in flight fit max_num_seqs and the KV cache.
+  queued behind it and those arriving meanwhile; their Poisson count at p90), each packed into
+  full-budget steps, as a fixed point (a longer window gathers more prompts and a larger batch).
+- The decoding batch at its p90 and the prompts in flight fit max_num_seqs and the KV cache; a
+  cache holding few requests is a queue of that many slots (Erlang C) before prefill.
 
 The capacity is X at the edge of the feasible loads: a coarse pass over six decades, then
 bisection. It never exceeds the compute or bandwidth roofline and never drops on hardware with

@@ -100,7 +100,7 @@ class Engine:
     __slots__ = ("dep", "fast", "total_blocks", "free_blocks", "kv_limit", "waiting", "running",
                  "clock", "steps", "busy_time", "kv_block_seconds", "preemptions",
                  "last_finished", "_run", "_quiet", "_span", "_tick", "_nd", "_due",
-                 "_ctx", "_ends", "_serial", "_mixed", "_chunk", "_max_seqs")
+                 "_ctx", "_ends", "_serial", "_mixed", "_chunk", "_max_seqs", "_queued")
 
     def __init__(self, dep: Deployment, kv_tokens: int | None = None, fast: bool = True) -> None:
         if not dep.fits:
@@ -111,6 +111,7 @@ class Engine:
         self.free_blocks = self.total_blocks
         self.kv_limit = self.total_blocks * BLOCK_TOKENS  # a whole number of blocks
         self.waiting: deque[Request] = deque()
+        self._queued = 0  # prompt tokens of the waiting requests (pending_prefill in O(1))
         self.running: list[Request] = []
         self.clock = 0.0  # when the next step can start
         self.steps = 0
@@ -144,7 +145,7 @@ class Engine:
     def pending_prefill(self) -> int:
         """Prompt tokens of the requests without a first token yet (what a gateway sees: it
         knows each prompt's length and which requests have streamed a token)."""
-        ahead = sum(r.input_tokens for r in self.waiting)
+        ahead = self._queued
         prefilling = self.running[self._nd:] if self.fast else self.running
         return ahead + sum(r.input_tokens for r in prefilling if r.generated == 0)
 
@@ -161,6 +162,7 @@ class Engine:
         if not (self.waiting or self.running) and req.arrival > self.clock:
             self.clock = req.arrival
         self.waiting.append(req)
+        self._queued += req.input_tokens
         self._run, self._quiet = False, -1.0
 
     def abort(self, req: Request) -> bool:
@@ -170,6 +172,7 @@ class Engine:
             self._settle()
         if req in self.waiting:
             self.waiting.remove(req)
+            self._queued -= req.input_tokens
         elif req in self.running:
             self.running.remove(req)
         else:
@@ -421,6 +424,7 @@ class Engine:
                 req.preemptions += 1
             self.preemptions += len(victims)
             self.waiting.extendleft(reversed(victims))
+            self._queued += sum(r.input_tokens for r in victims)
             budget = self._chunk - nd
             for _, n, _ in plan:
                 budget -= n
@@ -442,6 +446,7 @@ class Engine:
                 free -= g
                 req.blocks += g
                 waiting.popleft()
+                self._queued -= req.input_tokens
                 running.append(req)
                 req.serial = serial
                 serial += 1
@@ -517,6 +522,7 @@ class Engine:
         victim.preemptions += 1
         self.preemptions += 1
         self.waiting.appendleft(victim)
+        self._queued += victim.input_tokens
 
     def _grow(self, req: Request, new_tokens: int) -> bool:
         """Reserve blocks for `new_tokens` more tokens of `req`; False if none are free."""
@@ -561,6 +567,7 @@ class Engine:
             if not self._grow(req, n):
                 break
             self.waiting.popleft()
+            self._queued -= req.input_tokens
             self.running.append(req)
             if math.isnan(req.scheduled):  # first admission
                 req.scheduled = now
