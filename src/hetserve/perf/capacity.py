@@ -47,6 +47,7 @@ PAIR_BATCH = 2048  # (deployment, class) pairs bisected side by side
 POISSON_WIDTH = 32  # counts of prompt chunks per step evaluated
 POISSON_EXACT = 16.0  # means up to this use the exact Poisson pmf, larger ones a normal
 KV_SERVERS = 64  # a KV cache holding at most this many requests is a queue of that many slots
+OVERFLOW = 1e-4  # ... and more requests than it holds at full length stay this rare
 
 
 @dataclass(frozen=True)
@@ -170,13 +171,18 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
     # full budget `free` of prompt tokens, so a prompt holds the engine for its share of such
     # steps (never less than the compute its tokens need), a share rho of the time at rate X.
     # Its wait at the quantile q is half the M/M/1 one, P(W > t) = rho exp(-(1 - rho) t /
-    # service) (service times are nearly fixed)
+    # service) (service times are nearly fixed), or at light load the rest of one service
     compute = prompt_compute_time(eng.coefficients, eng.pp, inp)
-    service = np.maximum(compute, inp * timed(free[..., None])[..., 0] / free)
+    full = timed(free[..., None])[..., 0]  # a step with a full budget of prompt tokens
+    service = np.maximum(compute, inp * full / free)
     rho = rate * service
     with np.errstate(divide="ignore", invalid="ignore"):
         wait = np.where(rho < 1.0, service * np.maximum(0.0, np.log(rho / (1.0 - quantile)))
                         / (2.0 * (1.0 - rho)), np.inf)
+        # at light load the wait is the rest of the one prompt being prefilled, if any
+        # (arriving during it with probability rho, its rest uniform): the quantile of that
+        # is more than half the M/M/1 one where few prompts queue
+        wait = np.maximum(wait, service * np.maximum(0.0, 1.0 - (1.0 - quantile) / rho))
         typical_wait = idle / 2.0 + np.where(rho < 1.0, rho * service / (2.0 * (1.0 - rho)),
                                              np.inf)
     # the step under way when a request arrives: none on an idle engine
@@ -191,7 +197,6 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
     # not counted on), and at least its compute (attention over the whole prompt included).
     # At most every step of the window is full.
     m = np.maximum(decode_steps, 1.0)
-    full = timed(free[..., None])[..., 0]
     extra = np.maximum(inp * np.maximum(full - idle, 0.0) / free, compute)  # s it adds
     before = typical_wait + spans * prefill_step
     load = rate * extra
@@ -228,6 +233,13 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
     stay = spans * prefill_step + window  # s a request holds its blocks
     blocked, fits_kv = _kv_wait(rate * stay, held, stay, quantile)
     ttft = ttft + blocked
+    # and more requests than it holds at their full length preempt one another: the engine
+    # recomputes a preempted prompt, which slows every step, so more requests stay longer and
+    # more are preempted (a collapse the simulator shows from about 1 Erlang on 8k-token
+    # requests in a cache of five). The number in the system is Poisson (M/G/inf): it may
+    # pass what the cache holds at most a share OVERFLOW of the time
+    whole = np.floor(eng.kv_tokens / (inp + out))
+    fits_kv &= (whole > KV_SERVERS) | (poisson_quantile(rate * stay, 1.0 - OVERFLOW) <= whole)
     fits = room & (rho < 1.0) & (in_flight <= eng.max_seqs) \
         & (kv <= eng.kv_tokens) & fits_kv
     return SteadyState(rate, batch, tpot, ttft, fits)
