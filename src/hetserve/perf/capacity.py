@@ -191,24 +191,36 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
     # TPOT: a request's decode window is its m decode steps. Every prompt prefilled during it
     # lengthens them: those that arrived while it waited and was prefilled (its typical TTFT,
     # not the quantile one) and those arriving during the window (a fixed point: a longer
-    # window gathers more). Their count is Poisson, taken at its quantile, and queued prompts
-    # are packed into steps of a full budget, so each adds its tokens' share of a full step's
-    # time beyond an idle one (a lone prompt's last chunk riding free on the weight reads is
-    # not counted on), and at least its compute (attention over the whole prompt included).
-    # At most every step of the window is full.
+    # window gathers more). Their count n is Poisson, taken at its quantile. The window's steps
+    # carry the request itself, the others decoding when it starts for about half of it (B of
+    # them), the n prompts once prefilled for about half of it (at least B in all), and the
+    # n prompts' s chunks each, a Poisson count per step (short prompts ride free on the weight
+    # reads unless they clump; a long one's chunks fill their steps), at most `free` tokens.
     m = np.maximum(decode_steps, 1.0)
-    extra = np.maximum(inp * np.maximum(full - idle, 0.0) / free, compute)  # s it adds
     before = typical_wait + spans * prefill_step
-    load = rate * extra
+
+    def carrying(beside, tokens):  # steps beside `beside` decodes with `tokens` (last axis)
+        part = np.minimum(tokens, chunk[..., None])
+        b_, in_ = beside[..., None], inp[..., None]
+        return per_count.step_time(b_ + tokens, b_ + tokens / in_, (beside * (inp + out / 2.0))
+                                   [..., None], tokens * in_ / 2.0, part, part * part / 2.0)
+
+    # from the mean window with each prompt packed into full steps, then at the quantile
+    load = rate * inp * np.maximum(full - idle, 0.0) / free
     with np.errstate(divide="ignore", invalid="ignore"):
         window = np.where(load < 1.0, (m * idle + load * before) / (1.0 - load), np.inf)
     for _ in range(WINDOW_ITERATIONS):
         prompts = poisson_quantile(rate * (before + window), quantile)
-        # the batch decoding beside it: the mean one, or those that arrive within a window
-        # (Little's law)
-        beside = np.maximum(batch, rate * np.where(np.isfinite(window), window, 0.0))
-        slow = eng.step_time(beside, beside, beside * (inp + out / 2.0))
-        window = m * np.maximum(idle, slow) + np.minimum(prompts * extra, m * (full - idle))
+        n = np.where(np.isfinite(prompts), prompts, 0.0)
+        beside = 1.0 + np.maximum(batch, (batch + n) / 2.0)
+        counts, pmf = _poisson(n * spans / m)  # chunks a step of the window carries
+        steps = carrying(beside, np.minimum(counts * chunk[..., None], free[..., None]))
+        # a clump past `free` tokens queues for later steps, which it fills: its excess takes
+        # a full step's time per `free` tokens beyond an idle one
+        excess = (pmf * np.maximum(counts * chunk[..., None] - free[..., None], 0.0)).sum(-1)
+        plain, full_w = np.moveaxis(carrying(beside, np.stack([0.0 * free, free], -1)), -1, 0)
+        window = np.where(np.isfinite(prompts), m * ((pmf * steps).sum(-1)
+                                                     + excess * (full_w - plain) / free), np.inf)
     tpot = np.where(out > 1.0, window / m, 0.0)
     # the decoding batch at its quantile under Poisson fluctuation, and prompts being filled.
     # A larger batch makes steps longer once they are compute- or KV-read-bound, so each
