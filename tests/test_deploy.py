@@ -208,12 +208,15 @@ def a100_plan() -> Plan:
 
 
 def test_clusters_without_the_type_are_refused_by_name():
-    with pytest.raises(HetserveError, match=r"group g\d runs on MI300X, which has no name for "
-                       "--cluster eks in the catalog's targets table"):
+    with pytest.raises(HetserveError, match=r"group g\d runs on (A40|MI300X), which has no name "
+                       "for --cluster eks in the catalog's targets table"):
         render(demo_plan(), "kubernetes", Options(cluster="eks"))
+    small = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=2, ttft=2,
+                               tpot=0.05, baselines=False,
+                               catalog=load_catalog().only(["L4", "A10G"]))
     with pytest.raises(HetserveError, match=r"runs on (L4|A10G), which has no name for "
                        "--cluster aks"):
-        render(small_plan(), "kubernetes", Options(cluster="aks"))
+        render(small, "kubernetes", Options(cluster="aks"))
 
 
 def test_what_deploy_cannot_run_is_refused_by_name():

@@ -378,14 +378,16 @@ def test_prove_quotes_savings_only_between_plans_that_hold():
     from hetserve.sim.verify import prove
 
     cat = load_catalog().only(["L4", "A10G", "L40S", "A100-80GB", "H100-SXM"])
-    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=5, catalog=cat)
+    # planned for 99.9% of requests, it reaches 99.4% in simulation
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=5, catalog=cat,
+                              attainment=0.999)
     proven = prove(plan)
     assert proven.slo_attainment == pytest.approx(float(simulate(plan).met.mean()))
     for b in proven.baselines:
         if b.usd_per_hour is not None:  # every feasible baseline simulated on the same trace
             assert b.slo_attainment == pytest.approx(
                 float(simulate(plan.baseline_plans[b.accelerator]).met.mean()))
-    assert proven.slo_attainment < 0.99 and proven.savings is None  # it misses: no saving
+    assert proven.slo_attainment < 0.999 and proven.savings is None  # it misses: no saving
     assert plan.savings is not None  # the unproven figure the closed form alone would quote
     # with a target every plan here reaches, the saving is against the cheapest that holds
     loose = prove(hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=5,

@@ -214,13 +214,16 @@ def steady_state(engines: Engines, load, inp, out, quantile: float = DEFAULT_QUA
         n = np.where(np.isfinite(prompts), prompts, 0.0)
         beside = 1.0 + np.maximum(batch, (batch + n) / 2.0)
         counts, pmf = _poisson(n * spans / m)  # chunks a step of the window carries
-        steps = carrying(beside, np.minimum(counts * chunk[..., None], free[..., None]))
+        # with an idle and a full step after the counts
+        steps = carrying(beside, np.concatenate([np.minimum(counts * chunk[..., None],
+                                                            free[..., None]),
+                                                 np.stack([0.0 * free, free], -1)], -1))
+        steps, plain, full_w = steps[..., :-2], steps[..., -2], steps[..., -1]
         # a clump past `free` tokens queues for later steps, which it fills: its excess takes
-        # a full step's time per `free` tokens beyond an idle one
+        # a full step's time per `free` tokens beyond an idle one, until every step is full
         excess = (pmf * np.maximum(counts * chunk[..., None] - free[..., None], 0.0)).sum(-1)
-        plain, full_w = np.moveaxis(carrying(beside, np.stack([0.0 * free, free], -1)), -1, 0)
-        window = np.where(np.isfinite(prompts), m * ((pmf * steps).sum(-1)
-                                                     + excess * (full_w - plain) / free), np.inf)
+        mean = np.minimum((pmf * steps).sum(-1) + excess * (full_w - plain) / free, full_w)
+        window = np.where(np.isfinite(prompts), m * mean, np.inf)
     tpot = np.where(out > 1.0, window / m, 0.0)
     # the decoding batch at its quantile under Poisson fluctuation, and prompts being filled.
     # A larger batch makes steps longer once they are compute- or KV-read-bound, so each
@@ -262,12 +265,14 @@ def _kv_wait(offered, servers, stay, quantile: float) -> tuple[np.ndarray, np.nd
     Erlang of load (an M/M/c queue: P(W > t) = C exp(-(c - a) t / stay), C Erlang's delay
     probability), and whether the load fits (a < c). Slots past KV_SERVERS are left to the
     batch's spread above (Erlang's wait vanishes there before a load the spread allows)."""
-    c = np.minimum(servers, KV_SERVERS)
     few = servers <= KV_SERVERS
+    if not few.any():
+        return np.zeros(np.broadcast(offered, servers).shape), np.ones(few.shape, dtype=bool)
+    c = np.minimum(servers, KV_SERVERS)
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(np.isfinite(offered), offered, np.inf)
         erlang_b = np.ones_like(a)
-        for n in range(1, KV_SERVERS + 1):  # Erlang B by its recursion, up to each c
+        for n in range(1, int(c[few].max()) + 1):  # Erlang B by its recursion, up to each c
             step = a * erlang_b / (n + a * erlang_b)
             erlang_b = np.where(n <= c, step, erlang_b)
         delay = c * erlang_b / (c - a * (1.0 - erlang_b))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from hetserve.catalog import Catalog, load_catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.models import check_dtype, get_model
@@ -111,8 +113,9 @@ def model_demands(
                   positive(req.tpot if req.tpot is not None else tpot, "--tpot"),
                   latency_quantile(attainment))
         arrivals = trace.arrivals * (trace.rate / wl.rate)  # at the rate planned for
+        lifetime = np.array([slo.ttft + c.mean_output * slo.tpot for c in wl.classes])
         burst = class_burst_factors(arrivals, wl.request_class, len(wl.classes),
-                                    BURST_SLACK * slo.ttft, BURST_QUANTILE)
+                                    BURST_SLACK * slo.ttft, BURST_QUANTILE, lifetime)
         demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, tuple(burst), engine,
                                    attainment))
     return demands

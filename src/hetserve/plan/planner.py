@@ -20,6 +20,7 @@ from hetserve.plan.configs import (
     pp_degrees,
 )
 from hetserve.plan.milp import (
+    COST_ABS_GAP,
     MAX_REPLICAS,
     Problem,
     Solution,
@@ -200,9 +201,26 @@ def _solve(problem: Problem, objective: str, blocks=None, rel_gap: float = 0.0,
     if objective == "throughput":
         return max_scale(problem, time_limit)
     coupled = problem.budget is not None or np.isfinite(problem.available).any()
-    if blocks and len(blocks) > 1 and not coupled:
-        return min_cost_blocks(problem, blocks, rel_gap=rel_gap, time_limit=time_limit)
-    return min_cost(problem, rel_gap=rel_gap, time_limit=time_limit)
+    if not blocks or len(blocks) < 2:
+        return min_cost(problem, rel_gap=rel_gap, time_limit=time_limit)
+    apart = min_cost_blocks(problem, blocks, rel_gap=rel_gap, time_limit=time_limit)
+    if not coupled or not apart.ok:
+        return apart
+    # a budget or availability limit couples the models, but each model's own optimum bounds
+    # its cost from below: where together they fit both limits, they are the optimum, and a
+    # budget below their bound is short whatever the plan
+    if _within_limits(problem, apart):
+        return apart
+    if problem.budget is not None and apart.bound > problem.budget + COST_ABS_GAP:
+        return replace(apart, status="infeasible", cost=np.inf)
+    joint = min_cost(problem, rel_gap=rel_gap, time_limit=max(time_limit - apart.seconds, 1.0))
+    return replace(joint, bound=max(joint.bound, apart.bound)) if joint.ok else joint
+
+
+def _within_limits(p: Problem, sol: Solution) -> bool:
+    used = p.usage.T @ sol.replicas
+    return bool(np.all(used <= p.available + 1e-9)
+                and (p.budget is None or sol.cost <= p.budget + 1e-9))
 
 
 def _blocks(space: Space, keep: np.ndarray | None = None):

@@ -6,6 +6,12 @@ Poisson process). A fluid queue fed by the trace, one unit of work per request, 
 service rate at which a share `quantile` of requests wait at most `slack` seconds; the same on
 a Poisson process of the same rate gives the rate that Poisson already needs. Their ratio, at
 least 1, is the factor by which a plan must over-provision for the trace's bursts.
+
+That covers waits. A request's TPOT depends instead on the load while it decodes: a stretch of
+minutes at twice the mean rate (azure-conv's short prompts, time-scaled to 10 req/s, come at
+1.9x for 40 s) slows every step in it without any queue building. So each request also sees
+the rate of the arrivals within its lifetime around it (TTFT limit plus output x TPOT limit);
+the quantile of that over requests, relative to a Poisson process's, is the second factor.
 """
 
 from __future__ import annotations
@@ -50,17 +56,46 @@ def burst_factor(arrivals: np.ndarray, slack: float, quantile: float, seed: int 
                / service_rate(poisson, slack, quantile))
 
 
+def seen_rates(arrivals: np.ndarray, span: float) -> np.ndarray:
+    """Per request (arrivals sorted): the arrivals within span / 2 either side, per second."""
+    ahead = np.searchsorted(arrivals, arrivals + span / 2.0, side="right")
+    behind = np.searchsorted(arrivals, arrivals - span / 2.0, side="left")
+    return (ahead - behind) / span
+
+
+def window_factor(arrivals: np.ndarray, span: float, quantile: float, seed: int = 0) -> float:
+    """The `quantile` over requests of the rate each sees within `span` around it, over a
+    Poisson process's of the same rate and length (>= 1)."""
+    arrivals = np.sort(np.asarray(arrivals, dtype=np.float64))
+    if len(arrivals) < 2 or not np.isfinite(span) or span <= 0:
+        return 1.0
+    rate = len(arrivals) / max(float(arrivals[-1] - arrivals[0]), 1.0)
+    if not 1e-9 < rate < 1e9:
+        return 1.0
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(arrivals))
+    poisson = np.cumsum(gaps) - gaps[0]
+    return max(1.0, float(np.quantile(seen_rates(arrivals, span), quantile))
+               / float(np.quantile(seen_rates(poisson, span), quantile)))
+
+
 def class_burst_factors(arrivals: np.ndarray, request_class: np.ndarray, classes: int,
-                        slack: float, quantile: float, least: int = 200) -> np.ndarray:
-    """Per class: the burst factor of its own arrivals, at least the whole trace's. A plan
-    routes by class, so a replica group sees its classes' bursts, and a trace's mix drifts
-    (azure-conv's short-prompt classes double their share for minutes). Classes with fewer
-    than `least` requests take the whole trace's factor (too few to measure their own)."""
+                        slack: float, quantile: float, spans: np.ndarray | None = None,
+                        least: int = 200) -> np.ndarray:
+    """Per class: the larger of the burst factor of its own arrivals (waits within `slack`)
+    and, with `spans` (per class: a request's lifetime, s), the window factor at that span; at
+    least the whole trace's. A plan routes by class, so a replica group sees its classes'
+    bursts, and a trace's mix drifts (azure-conv's short-prompt classes double their share for
+    minutes). Classes with fewer than `least` requests take the whole trace's factors (too few
+    to measure their own)."""
     arrivals = np.asarray(arrivals, dtype=np.float64)
     whole = burst_factor(arrivals, slack, quantile)
     out = np.full(classes, whole)
     for w in range(classes):
         mine = arrivals[request_class == w]
+        if spans is not None:
+            out[w] = max(out[w], window_factor(arrivals, float(spans[w]), quantile))
         if len(mine) >= least:
-            out[w] = max(whole, burst_factor(mine, slack, quantile))
+            out[w] = max(out[w], burst_factor(mine, slack, quantile))
+            if spans is not None:
+                out[w] = max(out[w], window_factor(mine, float(spans[w]), quantile))
     return out
