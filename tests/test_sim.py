@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -216,7 +217,8 @@ def test_routing_keys_narrow_by_max_tokens():
         return NS(name=name, input_range=inp, output_range=out, rate=rate)
 
     entry = NS(classes=[cls("A", (0, 1000), (1, 16), 3.0), cls("B", (0, 1000), (16, 128), 1.0),
-                        cls("C", (1000, 4000), (16, 128), 2.0)], slo=NS(ttft=2.0))
+                        cls("C", (1000, 4000), (16, 128), 2.0)], slo=NS(ttft=2.0),
+               best_effort=[])
     groups = [NS(shares={"A": 1.0, "B": 0.5}, capacity={"A": 5.0, "B": 5.0}),
               NS(shares={"B": 0.5, "C": 1.0}, capacity={"B": 5.0, "C": 5.0})]
     dep = NS(chunk_tokens=512, prefill_time=lambda n: n * 1e-4)
@@ -253,6 +255,28 @@ def test_plan_router_spills_backed_up_prefill_to_an_eligible_group():
                         table(shares, eligible={0: [0, 1]}, per_token=(1e-4,) * 3),
                         spill=False)
     assert static.route(Request(0, 0.0, 500, 10), 0.0) == 0
+    # a group given the key only for best-effort classes keeps it, backed up or not
+    kept = table(shares, eligible={0: [0, 1]}, per_token=(1e-4,) * 3)
+    kept = replace(kept, best_effort=frozenset({(0, 0)}))
+    fleet = FakeFleet([9, 2, 0], [[0], [1], [2]], pending=[30_000, 0, 0])
+    assert PlanRouter(fleet, kept).route(Request(0, 0.0, 500, 10), 0.0) == 0
+
+
+def test_best_effort_keys_of_a_plan_are_marked_and_kept_where_planned():
+    plan = hetserve.make_plan("llama-3.1-70b", workload="azure-conv", rate=10, ttft=2,
+                              tpot=0.05, baselines=False)
+    entry = plan.models[0]
+    assert entry.best_effort  # a few rare long-prompt classes, under 1% of requests
+    res = simulate(plan)
+    ranges = [c.input_range for c in entry.classes if c.name in entry.best_effort]
+    homes = [g.id for g in plan.groups if set(g.shares) <= set(entry.best_effort)]
+    assert homes  # the plan buys a replica for them alone
+    for k, g in enumerate(res.groups):
+        if g.id in homes:  # it gets requests (spilling left it idle), of their prompt ranges
+            prompts = res.input_tokens[res.group == k]
+            assert len(prompts) > 0
+            assert all(any(lo <= n < hi for lo, hi in ranges) for n in prompts)
+    assert res.met.mean() >= entry.attainment
 
 
 def test_round_robin_and_least_outstanding():

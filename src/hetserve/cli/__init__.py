@@ -534,7 +534,8 @@ def gap_warning(plan) -> str:
 
 
 def _round_line(r, target: float) -> str:
-    groups = ", ".join(f"{g['replicas']} x {g['config']} {g['slo_attainment']:.1%}"
+    groups = ", ".join(f"{g['replicas']} x {g['config']} "
+                       + (f"{g['slo_attainment']:.1%}" if g["requests"] else "no requests")
                        for g in r.result.group_rows())
     mark = "[green]meets[/]" if r.attainment >= target else "[red]misses[/]"
     line = (f"verify round {r.number}: ${r.plan.usd_per_hour:.2f}/h, SLO attainment "

@@ -12,7 +12,8 @@ asked; a gateway's fleet counts the requests it proxies. A router reads a reques
   When that replica's prompts in flight would hold this one past `spill_after` before its
   prefill (at the deployment's full-chunk prefill speed), it goes to the replica of an eligible
   group where the expected wait is least: bursts of long prompts spread over replicas with room
-  instead of queueing behind a static share.
+  instead of queueing behind a static share. A group given the key only for best-effort
+  classes keeps its requests (no latency promise to keep there).
 - round-robin: every replica in turn.
 - least-outstanding: the replica with the fewest requests in flight.
 
@@ -159,6 +160,8 @@ class PlanRouter(Router):
         return tokens * self.table.prefill_per_token[group]
 
     def _spill(self, key: int, group: int, chosen: int, req, now: float) -> int:
+        if (key, group) in self.table.best_effort:  # no promise to keep: as planned
+            return chosen
         wait = self._wait(group, chosen, req, now)
         if wait <= self.table.spill_after:
             return chosen

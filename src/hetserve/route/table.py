@@ -33,6 +33,10 @@ class RoutingTable:
     # starts of the output ranges, ascending: cap c keeps the classes whose output range starts
     # at or below output_starts[c]; () keys by prompt alone
     output_starts: tuple[int, ...] = ()
+    # (key, group) whose planned share holds only best-effort classes: no latency promise to
+    # keep there, so its requests stay (spilling them would leave the group the plan pays for
+    # idle and load the groups that keep a promise)
+    best_effort: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def n_caps(self) -> int:
@@ -80,6 +84,8 @@ class RoutingTable:
         weight: dict[int, dict[int, float]] = {}
         total: dict[int, float] = {}
         members: dict[int, list] = {}
+        promised: set[tuple[int, int]] = set()  # (key, group) with a class that has the SLO
+        tail = set(entry.best_effort)
         for w, c in enumerate(entry.classes):
             if by_class:
                 keys = [w]
@@ -96,6 +102,8 @@ class RoutingTable:
                     if share > 0:
                         weight.setdefault(k, {})[j] = (weight.get(k, {}).get(j, 0.0)
                                                        + rate * share)
+                        if c.name not in tail:
+                            promised.add((k, j))
         shares = {k: [(j, w / total[k]) for j, w in sorted(ws.items())]
                   for k, ws in weight.items()}
         if not by_class:  # a cap below every class of its prompt range: the lowest class's
@@ -113,8 +121,10 @@ class RoutingTable:
                            if all(g.capacity.get(c.name, 0.0) > 0 for c in busy)]
         per_token = tuple(float(d.prefill_time(d.chunk_tokens)) / d.chunk_tokens
                           for d in deployments)
+        best_effort = frozenset((k, j) for k, gs in shares.items() for j, _ in gs
+                                if (k, j) not in promised)
         return cls(tuple(edges), shares, eligible, per_token, SPILL_SHARE * entry.slo.ttft,
-                   starts)
+                   starts, best_effort)
 
 
 def _short(n: int) -> str:
