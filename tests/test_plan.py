@@ -48,11 +48,21 @@ def test_multi_model_shares_availability():
     # models' plan keeps within it and costs more
     h100 = used(free, "H100-SXM")
     assert h100 > 1
+    # limits the models' own plans fit change nothing (solved apart, proven as such); a budget
+    # below their cost is short by the difference, whatever the plan
+    loose = hetserve.make_plan(models, catalog=SMALL, baselines=False, budget=2 *
+                               free.usd_per_hour, available={"H100-SXM": h100 + 2})
+    assert loose.usd_per_hour == free.usd_per_hour and loose.solver.status == "optimal"
+    assert loose.solver.bound == pytest.approx(free.usd_per_hour, abs=1e-3)
+    with pytest.raises(HetserveError, match=r"budget is short by \$1\.00/h"):
+        hetserve.make_plan(models, catalog=SMALL, baselines=False,
+                           budget=free.usd_per_hour - 1.0)
     plan = hetserve.make_plan(models, catalog=SMALL, available={"H100-SXM": h100 - 1, "L40S": 1})
     check_plan(plan)
     assert {g.model for g in plan.groups} == {"llama-3.1-8b", "llama-3.1-70b"}
     assert used(plan, "H100-SXM") <= h100 - 1 and used(plan, "L40S") <= 1
     assert plan.usd_per_hour > free.usd_per_hour
+    assert free.usd_per_hour - 1e-3 <= plan.solver.bound <= plan.usd_per_hour + 1e-9  # joint
     assert plan.models[1].slo.tpot == 0.1
     assert plan.models[0].burst > 5 > plan.models[1].burst >= 1  # code traffic comes in bursts
 

@@ -19,7 +19,7 @@ from hetserve.perf.capacity import DEFAULT_QUANTILE
 from hetserve.perf.model import check_engine
 from hetserve.plan.configs import ModelDemand
 from hetserve.plan.planfile import Plan, load_plan
-from hetserve.plan.planner import solve_plan
+from hetserve.plan.planner import TIME_LIMIT, solve_plan
 from hetserve.workload import ClassGrid, classify, load_trace
 from hetserve.workload.burst import class_burst_factors
 
@@ -153,7 +153,7 @@ def plan(
     engine: str = "vllm",
     attainment: float = DEFAULT_ATTAINMENT,
     baselines: bool = True,
-    time_limit: float = 60.0,
+    time_limit: float = TIME_LIMIT,
 ) -> Plan:
     """The cheapest plan (objective='cost') or the most throughput within budget/availability
     (objective='throughput') for the models' workloads under their SLOs. `available` limits the

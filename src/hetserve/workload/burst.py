@@ -42,18 +42,27 @@ def service_rate(arrivals: np.ndarray, slack: float, quantile: float) -> float:
     return hi
 
 
+def _with_poisson(arrivals: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The arrivals sorted, and a Poisson process of the same rate and count (seeded); None
+    where there is no burst to speak of (fewer than two, or a rate past floating point's
+    comfort)."""
+    arrivals = np.sort(np.asarray(arrivals, dtype=np.float64))
+    if len(arrivals) < 2:
+        return None
+    rate = len(arrivals) / max(float(arrivals[-1] - arrivals[0]), 1.0)
+    if not 1e-9 < rate < 1e9:
+        return None
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(arrivals))
+    return arrivals, np.cumsum(gaps) - gaps[0]
+
+
 def burst_factor(arrivals: np.ndarray, slack: float, quantile: float, seed: int = 0) -> float:
     """The trace's service rate over a Poisson process's of the same rate and length (>= 1)."""
-    arrivals = np.sort(np.asarray(arrivals, dtype=np.float64))
-    if len(arrivals) < 2 or not np.isfinite(slack):
+    pair = _with_poisson(arrivals, seed) if np.isfinite(slack) else None
+    if pair is None:
         return 1.0
-    rate = len(arrivals) / max(float(arrivals[-1] - arrivals[0]), 1.0)
-    if not 1e-9 < rate < 1e9:  # past floating point's comfort: no burst to speak of
-        return 1.0
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(arrivals))
-    poisson = np.cumsum(gaps) - gaps[0]
-    return max(1.0, service_rate(arrivals, slack, quantile)
-               / service_rate(poisson, slack, quantile))
+    trace, poisson = pair
+    return max(1.0, service_rate(trace, slack, quantile) / service_rate(poisson, slack, quantile))
 
 
 def seen_rates(arrivals: np.ndarray, span: float) -> np.ndarray:
@@ -66,15 +75,11 @@ def seen_rates(arrivals: np.ndarray, span: float) -> np.ndarray:
 def window_factor(arrivals: np.ndarray, span: float, quantile: float, seed: int = 0) -> float:
     """The `quantile` over requests of the rate each sees within `span` around it, over a
     Poisson process's of the same rate and length (>= 1)."""
-    arrivals = np.sort(np.asarray(arrivals, dtype=np.float64))
-    if len(arrivals) < 2 or not np.isfinite(span) or span <= 0:
+    pair = _with_poisson(arrivals, seed) if np.isfinite(span) and span > 0 else None
+    if pair is None:
         return 1.0
-    rate = len(arrivals) / max(float(arrivals[-1] - arrivals[0]), 1.0)
-    if not 1e-9 < rate < 1e9:
-        return 1.0
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(arrivals))
-    poisson = np.cumsum(gaps) - gaps[0]
-    return max(1.0, float(np.quantile(seen_rates(arrivals, span), quantile))
+    trace, poisson = pair
+    return max(1.0, float(np.quantile(seen_rates(trace, span), quantile))
                / float(np.quantile(seen_rates(poisson, span), quantile)))
 
 
