@@ -50,7 +50,7 @@ def run(model: str, workload: str, rate: float, catalog: str) -> dict:
     planned = time.perf_counter() - t0
     proven = prove(plan)
     proof = time.perf_counter() - t0 - planned
-    oracle = float(simulate(plan, router="plan-oracle").met.mean())
+    oracle = simulate(plan, router="plan-oracle").attainment
     feasible = [b for b in proven.baselines if b.usd_per_hour is not None]
     cheapest = min(feasible, key=lambda b: b.usd_per_hour) if feasible else None
     holding = [b for b in feasible if (b.slo_attainment or 0.0) >= TARGET]

@@ -103,9 +103,9 @@ def main() -> None:
         runs = []
         for load, mult in LOADS:
             sim_rate = planned * mult
-            fast = min((simulate(plan, rate=sim_rate) for _ in range(REPEATS)),
+            fast = min((simulate(plan, rate=sim_rate, per_request=True) for _ in range(REPEATS)),
                        key=lambda r: r.wall_seconds)
-            ref = simulate(plan, rate=sim_rate, fast=False)
+            ref = simulate(plan, rate=sim_rate, fast=False, per_request=True)
             rows = {"fast path": figures(fast), "step by step": figures(ref)}
             print(f"  {load}: {workload} {len(fast)} requests at {sim_rate:.1f} req/s")
             for label, r in rows.items():

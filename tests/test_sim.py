@@ -9,6 +9,7 @@ from hetserve.catalog import load_catalog
 from hetserve.models import get_model
 from hetserve.perf import Deployment
 from hetserve.route import PlanRouter, RoutingTable
+from hetserve.route.loads import LoadIndex
 from hetserve.sim.engine import Engine, Request
 from hetserve.sim.router import make_router
 from hetserve.sim.simulate import SimFleet, run_closed, run_open, simulate
@@ -113,9 +114,9 @@ def test_fast_path_matches_step_by_step_overloaded_plan(catalog, monkeypatch):
         return step_seconds(self, tokens, seqs, decode_ctx, prefill_pairs, chunk, chunk_pairs)
 
     monkeypatch.setattr(Deployment, "step_seconds", counted)
-    fast = simulate(plan, rate=20.0, requests=1500)
+    fast = simulate(plan, rate=20.0, requests=1500, per_request=True)
     interleaved = sum(mixed)
-    ref = simulate(plan, rate=20.0, requests=1500, fast=False)
+    ref = simulate(plan, rate=20.0, requests=1500, fast=False, per_request=True)
     assert interleaved > 500  # prefill chunks in steps with decodes, in the fast run alone
     assert fast.summary()["slo_attainment"] < 0.5 and fast.preemptions.sum() > 0
     assert len(np.unique(fast.replica)) > 1 and (fast.replica == ref.replica).all()
@@ -145,7 +146,7 @@ def test_overloaded_replica_queue_grows_and_attainment_drops(catalog, tmp_path):
                               catalog=catalog.only(["L4"]), baselines=False)
     assert sum(g.replicas for g in plan.groups) == 1
     light = simulate(plan, requests=400)
-    heavy = simulate(plan, rate=200.0, requests=400)
+    heavy = simulate(plan, rate=200.0, requests=400, per_request=True)
     assert light.summary()["slo_attainment"] > 0.95
     assert heavy.summary()["slo_attainment"] < 0.5
     q = heavy.queueing
@@ -162,6 +163,12 @@ class FakeFleet:
         self.kv = kv or [10**9] * len(loads)
         self.deps = deps
         self.pending = pending or [0] * len(loads)
+
+        self.index = LoadIndex(groups, len(loads))
+
+    def refresh(self, group, now):
+        for i in self.groups[group]:
+            self.index.set(i, self.loads[i])
 
     def pending_prefill(self, i, now):
         return self.pending[i]
@@ -267,7 +274,7 @@ def test_best_effort_keys_of_a_plan_are_marked_and_kept_where_planned():
                               tpot=0.05, baselines=False)
     entry = plan.models[0]
     assert entry.best_effort  # a few rare long-prompt classes, under 1% of requests
-    res = simulate(plan)
+    res = simulate(plan, per_request=True)
     ranges = [c.input_range for c in entry.classes if c.name in entry.best_effort]
     homes = [g.id for g in plan.groups if set(g.shares) <= set(entry.best_effort)]
     assert homes  # the plan buys a replica for them alone
@@ -350,7 +357,7 @@ def test_simulated_plan_counts_and_money_add_up():
     cat = load_catalog()
     plan = hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=3.0, baselines=False,
                          catalog=cat.only(["L4", "A10G", "L40S", "A100-80GB"]))
-    res = simulate(plan, requests=1500)
+    res = simulate(plan, requests=1500, per_request=True)
     s = res.summary()
     assert s["requests"] == 1500 == s["completed"] + s["rejected"]
     assert sum(g["requests"] for g in res.group_rows()) + s["rejected"] == 1500
@@ -371,7 +378,7 @@ def test_simulated_plan_counts_and_money_add_up():
         allowed = {g for g, _ in routes.shares[key]} | set(routes.eligible[key])
         assert res.group[r] in allowed
     # the oracle routing (per class, static) keeps each class within its shares' support
-    oracle = simulate(plan, requests=1500, router="plan-oracle")
+    oracle = simulate(plan, requests=1500, router="plan-oracle", per_request=True)
     names = [c.name for c in entry.classes]
     for k, g in enumerate(plan.groups):
         routed = {names[c] for c in oracle.cls[oracle.group == k] if c >= 0}
@@ -406,11 +413,11 @@ def test_prove_quotes_savings_only_between_plans_that_hold():
     plan = hetserve.make_plan("llama-3.1-8b", workload="azure-code", rate=5, catalog=cat,
                               attainment=0.999)
     proven = prove(plan)
-    assert proven.slo_attainment == pytest.approx(float(simulate(plan).met.mean()))
+    assert proven.slo_attainment == pytest.approx(simulate(plan).attainment)
     for b in proven.baselines:
         if b.usd_per_hour is not None:  # every feasible baseline simulated on the same trace
             assert b.slo_attainment == pytest.approx(
-                float(simulate(plan.baseline_plans[b.accelerator]).met.mean()))
+                simulate(plan.baseline_plans[b.accelerator]).attainment)
     assert proven.slo_attainment < 0.999 and proven.savings is None  # it misses: no saving
     assert plan.savings is not None  # the unproven figure the closed form alone would quote
     # with a target every plan here reaches, the saving is against the cheapest that holds

@@ -564,7 +564,8 @@ def simulate_cmd(
     clients: Annotated[int | None, typer.Option(
         "--clients", help="closed loop: this many clients sending back to back")] = None,
     requests: Annotated[int | None, typer.Option(
-        "--requests", help="replay only the first N requests (closed loop: send N)")] = None,
+        "--requests", help="replay N requests (more than the trace holds: it repeats; closed "
+        "loop: send N)")] = None,
     router: Annotated[str, typer.Option(
         "--router", help="plan (by prompt range, spilling backed-up prefill), round-robin, "
         "least-outstanding; simulation-only baselines that read the true output: size-aware, "
@@ -580,7 +581,15 @@ def simulate_cmd(
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="write latency CDFs per replica group (PNG)")] = None,
     per_request: Annotated[Path | None, typer.Option(
-        "--per-request", help="write per-request results (CSV)")] = None,
+        "--per-request", help="write per-request results (CSV); without it (and --plot) only "
+        "counters and quantile sketches are kept, in memory that does not grow with the "
+        "trace")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="replay in this many local processes: models apart, a long trace "
+        "in windows of time")] = 1,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="replay the pieces on Ray: local (start one here), auto (join the "
+        "running cluster) or the cluster's address")] = None,
 ) -> None:
     """Replay a trace against a plan: SLO attainment, latency percentiles, cost, tokens/$."""
     from hetserve.plan import load_plan
@@ -598,7 +607,8 @@ def simulate_cmd(
     traces = load_trace(workload) if workload else None
     policies = list(dict.fromkeys([router, *POLICIES])) if compare else [router]
     results = [simulate(plan, traces, catalog=cat, router=p, arrivals=arrivals, rate=rate,
-                        clients=clients, requests=requests, seed=seed, engine=engine)
+                        clients=clients, requests=requests, seed=seed, engine=engine,
+                        per_request=bool(plot or per_request), workers=workers, ray=ray)
                for p in policies]
     first = results[0]
     if plot:

@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -50,6 +50,7 @@ from hetserve.gateway.backends import parse_backends
 from hetserve.perf import Deployment
 from hetserve.plan.planfile import Plan, parse_plan
 from hetserve.route import PlanRouter, RoutingTable
+from hetserve.route.loads import LoadIndex
 from hetserve.route.request import (
     MAX_BODY,
     WORDS,
@@ -104,9 +105,22 @@ class ModelFleet:
     replicas: list[Replica]
     groups: list[list[int]]
     group_ids: list[str]
+    index: LoadIndex = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = LoadIndex(self.groups, len(self.replicas))
 
     def __len__(self) -> int:
         return len(self.replicas)
+
+    def refresh(self, group: int, now: float) -> None:
+        """The index is current: count() keeps it so."""
+
+    def count(self, replica: int, change: int) -> None:
+        """A request to the replica starts (+1) or ends (-1)."""
+        r = self.replicas[replica]
+        r.in_flight += change
+        self.index.set(replica, r.in_flight)
 
     def load(self, replica: int, now: float) -> int:
         return self.replicas[replica].in_flight
@@ -397,7 +411,7 @@ class Gateway:
         """`key`: the request's routing key, as metrics label it."""
         replica = fleet.replicas[k]
         group = fleet.group_ids[replica.group]
-        replica.in_flight += 1
+        fleet.count(k, 1)
         replica.waiting_tokens += view.input_tokens
         waiting = True
         self.in_flight.labels(model, group).inc()
@@ -465,7 +479,7 @@ class Gateway:
         finally:
             if waiting:
                 replica.waiting_tokens -= view.input_tokens
-            replica.in_flight -= 1
+            fleet.count(k, -1)
             self.in_flight.labels(model, group).dec()
             self.requests.labels(model, group, outcome).inc()
             took = time.monotonic() - start

@@ -17,9 +17,9 @@ asked; a gateway's fleet counts the requests it proxies. A router reads a reques
 - round-robin: every replica in turn.
 - least-outstanding: the replica with the fewest requests in flight.
 
-A fleet may also offer `least_loaded(replicas, req, now, turn)` (the same choice as the scan
-here, the scan starting at position `turn`) and `group_holds(group, req)`; the simulator's fleet
-does, to route without a call per replica.
+A fleet keeps a LoadIndex of its replicas' loads (hetserve.route.loads), so the least loaded
+replica of a group costs O(log n) however many replicas it has; it may also offer
+`group_holds(group, req)` (whether any replica of the group holds the request at all).
 
 Each returns the replica index, or -1 when no replica can hold the request at all. Requests
 whose key the plan does not route, or that do not fit the groups the plan gives them, fall back
@@ -33,13 +33,18 @@ from typing import Any, Protocol
 
 from hetserve.errors import HetserveError
 from hetserve.perf import Deployment
+from hetserve.route.loads import LoadIndex
 from hetserve.route.table import RoutingTable
 
 
 class Fleet(Protocol):
     groups: Sequence[Sequence[int]]  # replica indices of each replica group
+    index: LoadIndex  # what each replica has in flight, kept current by the fleet
 
     def __len__(self) -> int: ...
+
+    def refresh(self, group: int, now: float) -> None:
+        """Bring the index's loads of the group's replicas up to `now`."""
 
     def load(self, replica: int, now: float) -> int: ...
 
@@ -56,33 +61,30 @@ class Router:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self._turn = 0
-        # a fleet may scan its replicas itself (the simulator's does, without a call per
-        # replica); the choice is the same
-        self._scan = getattr(fleet, "least_loaded", None)
+        self._group_holds = getattr(fleet, "group_holds", None)  # any replica holds it
+        # ... and, in a uniform fleet, every replica of the group does
+        self._uniform = self._group_holds is not None and getattr(fleet, "uniform", False)
+        self._all = range(len(fleet.groups))
 
     def route(self, req, now: float) -> int:
-        return self.least_loaded(range(len(self.fleet)), req, now)
+        return self.least_loaded(self._all, req, now)
 
-    def least_loaded(self, replicas: Sequence[int], req, now: float) -> int:
-        """The replica with the fewest outstanding requests among those that hold `req`; ties go
-        round robin (the scan starts one further each call)."""
-        self._turn += 1
-        if self._scan is not None:
-            best = self._scan(replicas, req, now, self._turn)
-        else:
-            best, best_load = -1, 0
-            n = len(replicas)
-            for k in range(n):
-                i = replicas[(k + self._turn) % n]
-                if not self.fleet.holds(i, req):
-                    continue
-                load = self.fleet.load(i, now)
-                if best < 0 or load < best_load:
-                    best, best_load = i, load
-                    if not load:
-                        break  # none can have fewer
-        if best < 0 and len(replicas) < len(self.fleet):
-            return self.least_loaded(range(len(self.fleet)), req, now)
+    def least_loaded(self, groups: Sequence[int], req, now: float) -> int:
+        """The replica with the fewest requests in flight among those of `groups` that hold
+        `req`, ties to the one whose load changed longest ago (hetserve.route.loads: O(log n)
+        a group); if none does, the same over every group; -1 if no replica holds it."""
+        fleet = self.fleet
+        index = fleet.index
+        best = -1
+        for g in groups:
+            if self._group_holds is not None and not self._group_holds(g, req):
+                continue
+            fleet.refresh(g, now)
+            i = index.least(g, None if self._uniform else lambda i: fleet.holds(i, req))
+            if i >= 0 and (best < 0 or index.rank(i) < index.rank(best)):
+                best = i
+        if best < 0 and groups is not self._all:
+            return self.least_loaded(self._all, req, now)
         return best
 
 
@@ -114,7 +116,6 @@ class PlanRouter(Router):
         self.spill = spill
         self.shares = {k: [(g, s) for g, s in gs if s > 0] for k, gs in table.shares.items()}
         self.current = {k: [0.0] * len(gs) for k, gs in self.shares.items()}
-        self._group_holds = getattr(fleet, "group_holds", None)  # any replica holds it
         self.spilled = 0  # requests sent past their share to a replica with less prefill queued
 
     def pick_group(self, key: int) -> int:
@@ -148,7 +149,7 @@ class PlanRouter(Router):
             return super().route(req, now)
         if not self._holds(g, req):  # too long for the group
             g = next((other for other, _ in self.shares[key] if self._holds(other, req)), g)
-        best = self.least_loaded(self.fleet.groups[g], req, now)
+        best = self.least_loaded((g,), req, now)
         if not self.spill or best < 0:
             return best
         return self._spill(key, g, best, req, now)

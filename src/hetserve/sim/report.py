@@ -1,4 +1,6 @@
-"""What a simulation measured: per-request latencies, and summaries per replica group and class.
+"""What a simulation measured: summaries of the run, per replica group and per class (from the
+replay's Tally: exact counts, latency percentiles exact up to a million requests and from
+t-digests past that), and per-request latencies when the replay kept them.
 
 A request meets its SLO when its TTFT and its TPOT (mean time per output token after the first)
 are both within its model's limits; requests no replica could hold count as misses. Cost is the
@@ -13,7 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PERCENTILES = (50, 90, 99)
+from hetserve.errors import HetserveError
+from hetserve.sim.tally import Tally
+
+REQUEST_COLUMNS = ("model", "group", "cls", "replica", "arrival", "input_tokens",
+                   "output_tokens", "scheduled", "first_token", "finish", "preemptions")
 
 
 @dataclass(frozen=True)
@@ -35,18 +41,12 @@ class SimResult:
     classes: list[list[str]]  # per model: class names
     slo: list[tuple[float, float]]  # per model: (ttft, tpot) limits, s
     groups: list[GroupInfo]
-    # per request
-    model: np.ndarray
-    cls: np.ndarray  # -1: a class the plan does not list
-    group: np.ndarray  # -1: rejected (no replica could hold it)
-    replica: np.ndarray
-    arrival: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    scheduled: np.ndarray
-    first_token: np.ndarray
-    finish: np.ndarray
-    preemptions: np.ndarray
+    tally: Tally  # counters and latency quantiles per (model, group, class)
+    # per request, when the replay kept them (simulate(per_request=True)): columns "model",
+    # "group" (-1: rejected, no replica could hold it), "cls" (-1: a class the plan does not
+    # list), "replica", "arrival", "input_tokens", "output_tokens", "scheduled",
+    # "first_token", "finish" (nan: never), "preemptions"
+    requests: dict[str, np.ndarray] | None = None
     router: str = "plan"
     arrivals: str = "trace"
     wall_seconds: float = 0.0
@@ -54,7 +54,18 @@ class SimResult:
 
     # ---- per request -------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.arrival)
+        return self.tally.requests
+
+    def column(self, name: str) -> np.ndarray:
+        if self.requests is None:
+            raise HetserveError("per-request results were not kept: simulate with "
+                                "per_request=True (--per-request)")
+        return self.requests[name]
+
+    def __getattr__(self, name: str) -> np.ndarray:  # model, cls, group, arrival, finish, ...
+        if name in REQUEST_COLUMNS:
+            return self.column(name)
+        raise AttributeError(name)
 
     @property
     def completed(self) -> np.ndarray:
@@ -88,12 +99,14 @@ class SimResult:
 
     # ---- window and money --------------------------------------------------------------
     @property
+    def attainment(self) -> float:
+        """The share of all requests that met their SLO (nan: none)."""
+        return self.tally.stats()["slo_attainment"]
+
+    @property
     def window(self) -> float:
         """Seconds from the first arrival to the last completion."""
-        if not len(self):
-            return 0.0
-        end = np.nanmax(self.finish) if self.completed.any() else self.arrival.max()
-        return float(max(end - self.arrival.min(), 1e-9))
+        return self.tally.window
 
     @property
     def usd_per_hour(self) -> float:
@@ -104,55 +117,39 @@ class SimResult:
         return self.usd_per_hour * self.window / 3600.0
 
     # ---- summaries ---------------------------------------------------------------------
-    def _stats(self, mask: np.ndarray) -> dict:
-        done = mask & self.completed
-        out: dict = {"requests": int(mask.sum()), "completed": int(done.sum())}
-        out["slo_attainment"] = float(self.met[mask].mean()) if mask.any() else float("nan")
-        multi = done & (self.output_tokens > 1)
-        for name, values, sel in (("ttft", self.ttft, done), ("tpot", self.tpot, multi),
-                                  ("e2e", self.e2e, done), ("queue", self.queueing, done)):
-            picked = values[sel]
-            for q in PERCENTILES:
-                out[f"{name}_p{q}"] = float(np.percentile(picked, q)) if len(picked) else \
-                    float("nan")
-        out["preemptions"] = int(self.preemptions[mask].sum())
-        out["goodput"] = float((self.met & mask).sum() / self.window)  # req/s within the SLO
-        return out
-
     def summary(self) -> dict:
         """The whole run: the keys `hetserve simulate --json` prints at its top level."""
-        everything = np.ones(len(self), dtype=bool)
-        out = self._stats(everything)
-        done = self.completed
-        tokens = float((self.input_tokens[done] + self.output_tokens[done]).sum())
+        out = self.tally.stats()
+        everything = self.tally.total()
         window = self.window
         replicas = sum(g.replicas for g in self.groups)
         out.update(
-            rejected=int((self.group < 0).sum()),
-            unplanned=int((self.cls < 0).sum()),
+            rejected=self.tally.total(lambda key: key[1] < 0).requests,
+            unplanned=self.tally.total(lambda key: key[2] < 0).requests,
             simulated_seconds=window,
-            output_tokens_per_second=float(self.output_tokens[done].sum() / window),
+            output_tokens_per_second=everything.output_tokens / window if window else 0.0,
             utilisation=sum(g.busy_seconds for g in self.groups) / (replicas * window)
-            if replicas else 0.0,
+            if replicas and window else 0.0,
             kv_usage=sum(g.kv_block_seconds / g.kv_blocks for g in self.groups)
-            / (replicas * window) if replicas else 0.0,
+            / (replicas * window) if replicas and window else 0.0,
             usd_per_hour=self.usd_per_hour,
             cost_usd=self.cost_usd,
-            tokens_per_dollar=tokens / self.cost_usd if self.cost_usd > 0 else 0.0,
+            tokens_per_dollar=everything.tokens / self.cost_usd if self.cost_usd > 0 else 0.0,
             router=self.router,
             arrivals=self.arrivals,
             wall_seconds=self.wall_seconds,
             requests_per_wall_second=len(self) / self.wall_seconds if self.wall_seconds else 0.0,
+            exact_percentiles=self.tally.exact,
         )
         return out | self.extra
 
     def group_rows(self) -> list[dict]:
-        window = self.window
+        window = self.window or 1e-9
         rows = []
         for k, g in enumerate(self.groups):
             row = {"group": g.id, "model": self.models[g.model], "config": g.label,
                    "replicas": g.replicas}
-            row |= self._stats(self.group == k)
+            row |= self.tally.stats(lambda key, k=k: key[1] == k)
             row["utilisation"] = g.busy_seconds / (g.replicas * window)
             row["kv_usage"] = g.kv_block_seconds / (g.kv_blocks * g.replicas * window)
             row["preemptions"] = g.preemptions
@@ -164,20 +161,19 @@ class SimResult:
     def class_rows(self) -> list[dict]:
         rows = []
         for m, names in enumerate(self.classes):
-            in_model = self.model == m
             for c, name in [*enumerate(names), (-1, "unplanned")]:
-                mask = in_model & (self.cls == c)
-                if not mask.any():
+                stats = self.tally.stats(lambda key, m=m, c=c: key[0] == m and key[2] == c)
+                if not stats["requests"]:
                     continue
                 label = name if len(self.models) == 1 else f"{self.models[m]}:{name}"
-                rows.append({"class": label} | self._stats(mask))
+                rows.append({"class": label} | stats)
         return rows
 
     def as_dict(self) -> dict:
         return self.summary() | {"groups": self.group_rows(), "classes": self.class_rows()}
 
     def per_request(self) -> dict[str, list]:
-        """Columns of per-request results (for --requests CSV)."""
+        """Columns of per-request results (for --per-request CSV)."""
         return {
             "model": [self.models[m] for m in self.model],
             "class": [self.classes[m][c] if c >= 0 else "unplanned"

@@ -19,7 +19,7 @@ import heapq
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,24 +29,41 @@ from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.plan.planfile import ModelEntry, Plan
 from hetserve.route import Router, RoutingTable
-from hetserve.sim.engine import Engine, Request
+from hetserve.route.loads import LoadIndex
+from hetserve.sim.arrivals import ARRIVALS, chunks
+from hetserve.sim.engine import BLOCK_TOKENS, Engine, Request
+from hetserve.sim.pool import run_all
 from hetserve.sim.report import GroupInfo, SimResult
 from hetserve.sim.router import make_router
+from hetserve.sim.tally import Tally
 from hetserve.workload import ClassGrid, Trace, load_trace
 
-ARRIVALS = ("trace", "as-is", "poisson")
 MAX_CLIENTS = 100_000  # closed-loop clients
 MAX_REQUESTS = 100_000_000
-MAX_REPLICAS = 20_000  # one engine object each; larger fleets wait for the streaming simulator
+MAX_REPLICAS = 20_000  # one engine object each
+OVERLAP = 180.0  # s of arrivals before and after a window of a split replay, run uncounted
+MIN_WINDOWS = 4  # a window is at least this many overlaps long
 
 
 class SimFleet:
-    """Engines in virtual time, advanced lazily up to the time a router looks at them."""
+    """Engines in virtual time, advanced lazily up to the time a router looks at them.
+
+    The loads in `index` are exact at any time `refresh` brings a group to: each replica is due
+    for a look when a request it holds could finish (Engine.quiet_until, or the end of the step
+    whose finished requests still count), and a group keeps its replicas in a heap by that
+    time, so a look costs O(log n) and only replicas that changed are advanced."""
 
     def __init__(self, engines: Sequence[Engine], groups: Sequence[Sequence[int]]) -> None:
         self.engines = list(engines)
         self.groups = [list(g) for g in groups]
         self.done: list[Request] = []
+        self.index = LoadIndex(self.groups, len(self.engines))
+        self._due = [math.inf] * len(self.engines)  # when a replica's load may next drop
+        self._dues: list[list[tuple[float, int]]] = [[] for _ in self.groups]
+        for i, engine in enumerate(self.engines):  # engines may come with requests in flight
+            if engine.busy:
+                self._due[i] = -math.inf
+                self._dues[self.index.group_of[i]].append((-math.inf, i))
         # the longest request (prompt + output tokens) some replica of each (fixed) group holds
         self._group_limit = [max((self.engines[i].kv_limit for i in g), default=-1)
                              for g in self.groups]
@@ -59,34 +76,51 @@ class SimFleet:
         finish before `now`, and then only past the steps that finish one: cutting a run of
         steady decode steps at `now` would change nothing but add work."""
         engine = self.engines[replica]
-        if engine.clock < now and engine.busy and engine.quiet_until() < now:
-            self.done += engine.advance(now, finished_only=True)
+        if self._advance(engine, now):
+            self._note(replica, engine.outstanding_at(now), now)
         return engine.outstanding_at(now)
 
-    def least_loaded(self, replicas: Sequence[int], req: Request, now: float, turn: int) -> int:
-        """Router.least_loaded's choice (the scan starts at position `turn`), without a call per
-        replica: the first replica in scan order with the fewest outstanding requests at `now`
-        among those that hold `req`, or -1."""
-        engines = self.engines
-        size = req.input_tokens + req.output_tokens
-        n = len(replicas)
-        best, best_load = -1, 0
-        for k in range(n):
-            i = replicas[(k + turn) % n]
-            if size > engines[i].kv_limit:
-                continue
-            load = self.load(i, now)
-            if best < 0 or load < best_load:
-                best, best_load = i, load
-                if not load:
-                    break  # none can have fewer
-        return best
+    def _advance(self, engine: Engine, now: float) -> bool:
+        if engine.clock < now and engine.busy and engine.quiet_until() < now:
+            self.done += engine.advance(now, finished_only=True)
+            return True
+        return False
+
+    def _note(self, replica: int, load: int, now: float) -> None:
+        """Record the replica's load at `now`, and when it may next drop."""
+        self.index.set(replica, load)
+        engine = self.engines[replica]
+        if engine.last_finished and engine.clock > now:
+            due = engine.clock  # finished by the step that ends then
+        else:
+            due = engine.quiet_until() if engine.busy else math.inf
+        if due != self._due[replica]:
+            self._due[replica] = due
+            if due < math.inf:
+                heapq.heappush(self._dues[self.index.group_of[replica]], (due, replica))
+
+    def refresh(self, group: int, now: float) -> None:
+        dues = self._dues[group]
+        if not dues or dues[0][0] > now:
+            return
+        looked: dict[int, None] = {}  # each once: its next due time may be `now` again
+        while dues and dues[0][0] <= now:
+            due, i = heapq.heappop(dues)
+            if due == self._due[i]:
+                looked[i] = None
+        for i in looked:
+            engine = self.engines[i]
+            self._advance(engine, now)
+            self._due[i] = math.nan  # noted afresh
+            self._note(i, engine.outstanding_at(now), now)
 
     def pending_prefill(self, replica: int, now: float) -> int:
         """Prompt tokens awaiting their first token at `now` (load() brings the engine there
         when a step could change it)."""
         self.load(replica, now)
         return self.engines[replica].pending_prefill()
+
+    uniform = True  # a group's replicas hold the same requests: group_holds says for all
 
     def group_holds(self, group: int, req: Request) -> bool:
         """Whether some replica of the group holds the request (any `holds`)."""
@@ -105,6 +139,13 @@ class SimFleet:
             self.done += engine.advance(req.arrival)
         req.replica = replica
         engine.add(req)
+        self._note(replica, engine.outstanding_at(req.arrival), req.arrival)
+
+    def settle(self, now: float) -> None:
+        """Run every engine up to `now` (their counters then hold the time before it)."""
+        for engine in self.engines:
+            if engine.busy and engine.clock < now:
+                self.done += engine.advance(now)
 
     def drain(self) -> None:
         for engine in self.engines:
@@ -147,8 +188,7 @@ def run_closed(fleet: SimFleet, router: Router, sizes: Sequence[tuple[int, int]]
             if replica < 0:
                 heapq.heappush(ready, (t, client))
             else:
-                req.replica = replica
-                engines[replica].add(req)
+                fleet.dispatch(replica, req)
             continue
         # run the earliest engine, but not past a step another engine or client could change
         until = min(t_next, busy[1][0] if len(busy) > 1 else math.inf)
@@ -197,15 +237,174 @@ def classify_for(entry: ModelEntry, trace: Trace) -> np.ndarray:
     return lookup[grid.bucket(trace.input_tokens, trace.output_tokens)]
 
 
-def arrivals_for(trace: Trace, mode: str, rate: float | None, seed: int = 0) -> Trace:
-    """The trace with arrivals as asked: scaled to `rate`, as they are, or Poisson at `rate`."""
-    if mode not in ARRIVALS:
-        raise HetserveError(f"--arrivals '{mode}': expected one of {', '.join(ARRIVALS)}")
-    if mode == "as-is" or rate is None:  # (simulate refuses --rate with as-is)
-        return trace
-    if mode == "poisson":
-        return trace.with_poisson_arrivals(rate, seed)
-    return trace.scaled_to_rate(rate)
+@dataclass(frozen=True)
+class Replay:
+    """What to replay: everything a piece needs (pickled to worker processes)."""
+
+    plan: Plan
+    traces: dict[str, Trace]  # per model
+    catalog: Catalog | None = None
+    router: str = "plan"
+    arrivals: str = "trace"
+    rate: float | None = None
+    clients: int | None = None
+    requests: int | None = None
+    seed: int = 0
+    fast: bool = True
+    engine: str | None = None
+    per_request: bool = False
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One model's requests arriving in [start, stop), replayed with those of `overlap` seconds
+    before (the engines warm up) and after (they keep the load the next ones bring), uncounted."""
+
+    model: int
+    start: float = -math.inf
+    stop: float = math.inf
+    overlap: float = 0.0
+
+
+@dataclass
+class Part:
+    """What one piece measured."""
+
+    tally: Tally
+    groups: list[tuple[float, float, int]]  # per group of the model: busy s, KV block s,
+    # preemptions
+    columns: list[np.ndarray] | None  # per request (Replay.per_request) in arrival order, in
+    # COLUMNS order (group: its index in the plan)
+    spilled: int = 0
+
+
+def replay_piece(job: Replay, piece: Piece) -> Part:
+    """Replay one piece in this process."""
+    plan = job.plan
+    entry = plan.models[piece.model]
+    trace = job.traces[entry.name]
+    plan_groups = [g for g in plan.groups if g.model == entry.name]
+    engines: list[Engine] = []
+    members: list[list[int]] = []
+    for g in plan_groups:
+        dep = _deployment(plan, g, job.catalog, job.engine)
+        members.append(list(range(len(engines), len(engines) + g.replicas)))
+        engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=job.fast)
+                    for _ in range(g.replicas)]
+    fleet = SimFleet(engines, members)
+    deps = [engines[idx[0]].dep for idx in members]
+    policy = make_router(job.router, fleet, RoutingTable.from_plan(
+        entry, plan_groups, deps, by_class=job.router == "plan-oracle"))
+    cls = classify_for(entry, trace)
+    offset = sum(g.model in {e.name for e in plan.models[:piece.model]} for g in plan.groups)
+    group_of = np.full(len(engines), -1)
+    for j, idx in enumerate(members):
+        group_of[idx] = offset + j  # the group's index in the plan (SimResult.groups)
+    tally = Tally([(e.slo.ttft, e.slo.tpot) for e in plan.models])
+    kept: list[Request] | None = [] if job.per_request else None
+
+    def counters() -> list[tuple[float, float, int]]:
+        return [(sum(engines[i].busy_time for i in idx),
+                 sum(engines[i].kv_block_seconds for i in idx),
+                 sum(engines[i].preemptions for i in idx)) for idx in members]
+
+    def count(reqs: list[Request]) -> None:
+        tally.add(piece.model, *_request_columns(reqs, group_of)[:9])
+
+    if job.clients is not None:
+        total = job.requests or len(trace)
+        sizes = list(zip(trace.input_tokens.tolist(), trace.output_tokens.tolist(), strict=True))
+        sent = run_closed(fleet, policy, sizes, job.clients, total, cls=cls.tolist())
+        count(sent)
+        return Part(tally, counters(), _request_columns(sent, group_of) if kept is not None
+                    else None, getattr(policy, "spilled", 0))
+    target = job.rate if job.rate is not None else entry.rate * plan.scale
+    n = job.requests or len(trace)
+    begin, end = piece.start - piece.overlap, piece.stop + piece.overlap
+    before: list | None = None  # the counters when the first counted one arrives
+    after: list | None = None  # ... and when the first past the piece does
+    for first, arr, rows in chunks(trace, job.arrivals, target, n, job.seed):
+        if arr[-1] < begin:
+            continue
+        if arr[0] >= end:
+            break
+        lo, a, b, hi = np.searchsorted(arr, [begin, piece.start, piece.stop, end])
+        ins, outs, cs = (trace.input_tokens[rows].tolist(), trace.output_tokens[rows].tolist(),
+                         cls[rows].tolist())
+        times = arr.tolist()
+        counted: list[Request] = []
+        rejected: list[Request] = []
+        for k in range(lo, hi):
+            if k == a and before is None:
+                fleet.settle(piece.start)
+                before = counters()
+            if k == b and after is None and piece.stop < math.inf:
+                fleet.settle(piece.stop)
+                after = counters()
+            req = Request(first + k, times[k], ins[k], outs[k], cs[k])
+            replica = policy.route(req, req.arrival)
+            if replica >= 0:
+                fleet.dispatch(replica, req)
+            if a <= k < b:
+                counted.append(req)
+                if replica < 0:
+                    rejected.append(req)
+        if rejected:
+            count(rejected)
+        if kept is not None:
+            kept += counted
+        _count_done(fleet, piece, count)
+    fleet.drain()
+    _count_done(fleet, piece, count)
+    after = after or counters()
+    before = before or [(0.0, 0.0, 0)] * len(members)
+    groups = [(x[0] - y[0], x[1] - y[1], x[2] - y[2]) for x, y in zip(after, before, strict=True)]
+    columns = _request_columns(kept, group_of) if kept is not None else None
+    return Part(tally, groups, columns, getattr(policy, "spilled", 0))
+
+
+def _count_done(fleet: SimFleet, piece: Piece, count) -> None:
+    """Tally the finished requests the piece counts, and let go of all of them."""
+    done = [r for r in fleet.done if piece.start <= r.arrival < piece.stop]
+    fleet.done = []
+    if done:
+        count(done)
+
+
+COLUMNS = ("group", "cls", "arrival", "input_tokens", "output_tokens", "scheduled",
+           "first_token", "finish", "preemptions", "replica")
+
+
+def _request_columns(reqs: list[Request], group_of: np.ndarray) -> list[np.ndarray]:
+    """Per-request arrays in COLUMNS order."""
+    replica = np.array([r.replica for r in reqs], dtype=np.int64)
+    group = np.where(replica >= 0, group_of[np.maximum(replica, 0)], -1)
+    floats = [np.array([getattr(r, f) for r in reqs], dtype=np.float64)
+              for f in ("arrival", "input_tokens", "output_tokens", "scheduled", "first_token",
+                        "finish")]
+    return [group, np.array([r.cls for r in reqs], dtype=np.int64), floats[0],
+            floats[1].astype(np.int64), floats[2].astype(np.int64), *floats[3:],
+            np.array([r.preemptions for r in reqs], dtype=np.int64), replica]
+
+
+def pieces_for(job: Replay, workers: int, overlap: float = OVERLAP) -> list[Piece]:
+    """Every model is a piece of its own; with more workers than models, a model's requests are
+    split into windows of time, each at least MIN_WINDOWS overlaps long."""
+    models = len(job.plan.models)
+    if workers <= models or job.clients is not None:
+        return [Piece(m) for m in range(models)]
+    out = []
+    for m, entry in enumerate(job.plan.models):
+        trace = job.traces[entry.name]
+        rate = job.rate if job.rate is not None else entry.rate * job.plan.scale
+        if job.arrivals == "as-is":
+            rate = trace.rate
+        span = (job.requests or len(trace)) / rate
+        fit = int(span // (MIN_WINDOWS * overlap)) if overlap > 0 else workers
+        windows = max(1, min(workers // models, fit))
+        edges = [-math.inf, *(span * k / windows for k in range(1, windows)), math.inf]
+        out += [Piece(m, lo, hi, overlap) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    return out
 
 
 def simulate(
@@ -221,16 +420,31 @@ def simulate(
     seed: int = 0,
     fast: bool = True,
     engine: str | None = None,
+    per_request: bool = False,
+    workers: int = 1,
+    ray: str | None = None,
+    overlap: float = OVERLAP,
 ) -> SimResult:
     """Replay each model's trace against the plan's replicas.
 
     traces: one trace for every model (rows filtered by model when it has a model column), one
       per model name, or None for each model's workload as recorded in the plan.
     rate: req/s per model; default the rate the plan serves (its models' rates x plan scale).
-    clients: closed loop with this many clients (`requests` in all, default the trace's length)
-      instead of open-loop arrivals."""
+    requests: how many (default the trace's length; more repeat the trace, see sim.arrivals).
+    clients: closed loop with this many clients (`requests` in all) instead of open-loop
+      arrivals.
+    per_request: keep every request's results (SimResult.ttft and the like); otherwise only
+      counters and quantiles are kept, in memory that does not grow with the trace.
+    workers, ray: replay pieces in this many local processes, or on a Ray cluster ("local"
+      starts one here, "auto" joins the running one, or its address). Models replay apart
+      (exactly as in one process); with more workers than models, a model's trace is cut into
+      windows of time, each replayed with `overlap` seconds before and after it (uncounted):
+      the same requests are counted, with latencies as in one process up to the state the
+      engines carry across a cut."""
     if engine is not None:
         check_engine(engine)
+    if arrivals not in ARRIVALS:
+        raise HetserveError(f"--arrivals '{arrivals}': expected one of {', '.join(ARRIVALS)}")
     if arrivals == "as-is" and rate is not None:
         raise HetserveError("--rate does not apply to --arrivals as-is (the trace's own times)")
     if clients is not None:
@@ -245,77 +459,51 @@ def simulate(
         positive(rate, "--rate")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise HetserveError(f"--seed: expected an integer >= 0, got {seed!r}")
+    positive(workers, "--workers", integer=True)
+    if overlap < 0:
+        raise HetserveError(f"overlap: expected seconds >= 0, got {overlap!r}")
     too_big = simulation_limit(plan)
     if too_big:
         raise HetserveError(too_big)
-    started = time.perf_counter()
-    loading = 0.0  # reading traces is not the simulation's own time
-    groups_info: list[GroupInfo] = []
-    columns: list[list] = []
-    offset = 0
-    for m, entry in enumerate(plan.models):
-        mark = time.perf_counter()
-        trace = _trace_for(entry, traces)
-        loading += time.perf_counter() - mark
-        plan_groups = [g for g in plan.groups if g.model == entry.name]
-        if not plan_groups:
+    for entry in plan.models:
+        if not any(g.model == entry.name for g in plan.groups):
             raise HetserveError(f"plan: no replica group serves model {entry.name}")
-        engines: list[Engine] = []
-        members: list[list[int]] = []
-        for g in plan_groups:
-            dep = _deployment(plan, g, catalog, engine)
-            members.append(list(range(len(engines), len(engines) + g.replicas)))
-            engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=fast)
-                        for _ in range(g.replicas)]
-        fleet = SimFleet(engines, members)
-        deps = [engines[idx[0]].dep for idx in members]
-        policy = make_router(router, fleet, RoutingTable.from_plan(
-            entry, plan_groups, deps, by_class=router == "plan-oracle"))
-        cls = classify_for(entry, trace)
-        if clients is not None:
-            total = requests or len(trace)
-            sizes = list(zip(trace.input_tokens.tolist(), trace.output_tokens.tolist(),
-                             strict=True))
-            reqs = run_closed(fleet, policy, sizes, clients, total, cls=cls.tolist())
-        else:
-            target = rate if rate is not None else entry.rate * plan.scale
-            trace = arrivals_for(trace, arrivals, target, seed)
-            n = min(requests or len(trace), len(trace))
-            reqs = [Request(k, a, i, o, c) for k, (a, i, o, c) in enumerate(zip(
-                trace.arrivals[:n].tolist(), trace.input_tokens[:n].tolist(),
-                trace.output_tokens[:n].tolist(), cls[:n].tolist(), strict=True))]
-            run_open(fleet, policy, reqs)
-        group_of = np.full(len(engines), -1)
-        for j, idx in enumerate(members):
-            group_of[idx] = offset + j
+    job = Replay(plan, {e.name: _trace_for(e, traces) for e in plan.models}, catalog, router,
+                 arrivals, rate, clients, requests, seed, fast, engine, per_request)
+    started = time.perf_counter()
+    pieces = pieces_for(job, workers, overlap)
+    parts = run_all(replay_piece, job, pieces, workers, ray)
+    wall = time.perf_counter() - started
+    tally = Tally([(e.slo.ttft, e.slo.tpot) for e in plan.models])
+    groups_info: list[GroupInfo] = []
+    columns: list[list[np.ndarray]] = []
+    for m, entry in enumerate(plan.models):
+        mine = [p for piece, p in zip(pieces, parts, strict=True) if piece.model == m]
+        plan_groups = [g for g in plan.groups if g.model == entry.name]
+        for part in mine:
+            tally.merge(part.tally)
+            if part.columns is not None:
+                columns.append([np.full(len(part.columns[0]), m), *part.columns])
         for j, g in enumerate(plan_groups):
-            es = [engines[i] for i in members[j]]
+            dep = _deployment(plan, g, catalog, engine)
+            blocks = (g.kv_tokens or dep.kv_capacity_tokens) // BLOCK_TOKENS
             groups_info.append(GroupInfo(
-                id=g.id, model=m, label=es[0].dep.label, replicas=g.replicas,
-                usd_per_hour=g.usd_per_hour, busy_seconds=sum(e.busy_time for e in es),
-                kv_block_seconds=sum(e.kv_block_seconds for e in es),
-                kv_blocks=es[0].total_blocks, preemptions=sum(e.preemptions for e in es)))
-        offset += len(plan_groups)
-        replica = np.array([r.replica for r in reqs], dtype=np.int64)
-        columns.append([
-            np.full(len(reqs), m), np.array([r.cls for r in reqs], dtype=np.int64),
-            np.where(replica >= 0, group_of[replica], -1), replica,
-            *(np.array([getattr(r, f) for r in reqs], dtype=np.float64)
-              for f in ("arrival", "input_tokens", "output_tokens", "scheduled",
-                        "first_token", "finish")),
-            np.array([r.preemptions for r in reqs], dtype=np.int64),
-        ])
-    stacked = [np.concatenate(col) for col in zip(*columns, strict=True)]
+                id=g.id, model=m, label=dep.label, replicas=g.replicas,
+                usd_per_hour=g.usd_per_hour,
+                busy_seconds=sum(p.groups[j][0] for p in mine),
+                kv_block_seconds=sum(p.groups[j][1] for p in mine),
+                kv_blocks=blocks, preemptions=sum(p.groups[j][2] for p in mine)))
+    stacked = [np.concatenate(col) for col in zip(*columns, strict=True)] if per_request \
+        else None
     mode = f"closed loop, {clients} clients" if clients is not None else arrivals
     return SimResult(
-        models=[e.name for e in plan.models], classes=[[c.name for c in e.classes]
-                                                       for e in plan.models],
-        slo=[(e.slo.ttft, e.slo.tpot) for e in plan.models], groups=groups_info,
-        model=stacked[0], cls=stacked[1], group=stacked[2], replica=stacked[3],
-        arrival=stacked[4], input_tokens=stacked[5].astype(np.int64),
-        output_tokens=stacked[6].astype(np.int64), scheduled=stacked[7],
-        first_token=stacked[8], finish=stacked[9], preemptions=stacked[10],
-        router=router, arrivals=mode, wall_seconds=time.perf_counter() - started - loading,
+        models=[e.name for e in plan.models],
+        classes=[[c.name for c in e.classes] for e in plan.models],
+        slo=[(e.slo.ttft, e.slo.tpot) for e in plan.models], groups=groups_info, tally=tally,
+        requests=dict(zip(("model", *COLUMNS), stacked, strict=True)) if stacked else None,
+        router=router, arrivals=mode, wall_seconds=wall,
+        extra={"workers": workers if ray is None else f"ray {ray}", "pieces": len(pieces)}
+        if workers > 1 or ray is not None else {},
     )
 
 

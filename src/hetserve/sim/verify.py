@@ -48,7 +48,7 @@ class Round:
 
     @property
     def attainment(self) -> float:
-        return float(self.result.met.mean())
+        return self.result.attainment
 
 
 def check_verify_options(target: float, rounds: int) -> None:
@@ -121,16 +121,15 @@ def _lower(this: Round, rows: list[dict], names: list[str], derate: dict[str, fl
            target: float) -> None:
     """Lower the configs, and the classes on a config, that missed the target."""
     result = this.result
-    met = result.met
     for k, (row, name) in enumerate(zip(rows, names, strict=True)):
         if row["requests"] >= MIN_SAMPLES and row["slo_attainment"] < target:
             this.lowered[name] = _factor(row["slo_attainment"], target)
-        here = result.group == k
-        for c in np.unique(result.cls[here]):
-            sel = here & (result.cls == c)
-            if c >= 0 and sel.sum() >= MIN_SAMPLES and met[sel].mean() < target:
-                cls = result.classes[int(result.model[sel][0])][int(c)]
-                this.lowered_classes[f"{name}|{cls}"] = _factor(met[sel].mean(), target)
+        for (m, g, c), cell in sorted(result.tally.cells.items()):
+            if g == k and c >= 0 and cell.requests >= MIN_SAMPLES \
+                    and cell.met / cell.requests < target:
+                cls = result.classes[m][c]
+                this.lowered_classes[f"{name}|{cls}"] = _factor(cell.met / cell.requests,
+                                                                target)
     for name, factor in this.lowered.items():
         derate[name] *= factor
     for key, factor in this.lowered_classes.items():
@@ -173,7 +172,7 @@ def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Pl
     def attained(p: Plan) -> float | None:  # None: too large to simulate
         if simulation_limit(p):
             return None
-        return float(simulate(p, traces, router=router, seed=seed).met.mean())
+        return simulate(p, traces, router=router, seed=seed).attainment
 
     target = min(m.attainment for m in plan.models)
     own = plan.verification.slo_attainment if plan.verification else attained(plan)
