@@ -15,6 +15,18 @@ decode runs, the decode batch served in bulk; best of 3) and once step by step, 
 Per-request latencies and replica choices of the two are compared. The target is 30,000
 simulated requests per wall second on one core for every run.
 
+Then fleet scale (`--scale`; `--scale-only` skips the above), each point in a fresh process so
+that its peak memory (max RSS, with its worker processes) is its own, results kept as counters
+and sketches (no per-request columns):
+
+  - replicas: plans of 16, 256 and 1,024 L4 replicas (8B, azure-conv), 200,000 requests as
+    planned and 2x overloaded: requests per wall second should not fall with the fleet;
+  - length: the 8B plan for 1,000 req/s on the six GPUs, 20,000 / 1M / 20M requests (the trace
+    repeated) at 1,000 req/s: requests per wall second and peak memory, flat in the length;
+  - parallel: the 1M point in one process, in 2 local worker processes and on a local Ray
+    instance (2 CPUs); the 20M point in one process and in 2 workers, with their attainment;
+  - the projected wall time of a day at 1,000 req/s (86.4M requests) on 16 cores.
+
 Prints the figures and writes benchmarks/results/sim_speed.json. Exits 1 if the fast path and
 step by step disagree (a relative difference above 1e-6 or a request on another replica).
 """
@@ -22,14 +34,19 @@ step by step disagree (a relative difference above 1e-6 or a request on another 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 import hetserve
+from hetserve.catalog import load_catalog
 from hetserve.sim.simulate import simulate
 from hetserve.workload import load_trace
 
@@ -82,6 +99,28 @@ def compare(fast, ref) -> tuple[dict, bool]:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--point"]:
+        print(json.dumps(point(json.loads(args[1]))))
+        return
+    out = Path(__file__).parent / "results" / "sim_speed.json"
+    body = json.loads(out.read_text()) if out.exists() else {}
+    if "--scale-only" not in args:
+        body |= single_core()
+    if "--scale" in args or "--scale-only" in args:
+        body["scale"] = scale()
+    body["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+                      f"Python {platform.python_version()}"
+    body["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(body, indent=2) + "\n")
+    print(f"wrote {out}")
+    if not body.get("fast_matches_step_by_step", True):
+        print("fast path and step by step disagree", file=sys.stderr)
+        sys.exit(1)
+
+
+def single_core() -> dict:
     scenarios, summary, failures = [], [], []
     simulate(hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=5.0,
                                 only=["A100-80GB"], baselines=False), requests=2000)  # warm-up
@@ -135,22 +174,103 @@ def main() -> None:
               f"{r['requests_per_wall_second']:>12,.0f}{r['slo_attainment']:>9.2%}  "
               f"{'yes' if r['requests_per_wall_second'] >= TARGET else 'NO'}")
     slowest = min(r["requests_per_wall_second"] for *_, r in summary)
-    out = Path(__file__).parent / "results" / "sim_speed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({
+    if failures:
+        print(f"fast path and step by step disagree: {'; '.join(failures)}", file=sys.stderr)
+    return {
         "target_requests_per_wall_second": TARGET,
         "slowest_requests_per_wall_second": slowest,
         "target_met": slowest >= TARGET,
         "fast_matches_step_by_step": not failures,
         "scenarios": scenarios,
-        "machine": f"{platform.processor() or platform.machine()}, Python "
-                   f"{platform.python_version()}",
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }, indent=2) + "\n")
-    print(f"wrote {out}")
-    if failures:
-        print(f"fast path and step by step disagree: {'; '.join(failures)}", file=sys.stderr)
-        sys.exit(1)
+    }
+
+
+# ---- fleet scale ---------------------------------------------------------------------------
+
+DAY = 86_400 * 1_000  # requests in a day at 1,000 req/s
+CORES = 16
+
+
+def point(spec: dict) -> dict:
+    """One replay in this (fresh) process: its figures and peak memory."""
+    from hetserve.plan import load_plan
+
+    plan = load_plan(spec["plan"])
+    res = simulate(plan, requests=spec["requests"], rate=spec["rate"],
+                   workers=spec.get("workers", 1), ray=spec.get("ray"))
+    s = res.summary()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"requests": len(res), "wall_seconds": res.wall_seconds,
+            "requests_per_wall_second": len(res) / res.wall_seconds,
+            "slo_attainment": s["slo_attainment"], "ttft_p99": s["ttft_p99"],
+            "tpot_p99": s["tpot_p99"], "exact_percentiles": s["exact_percentiles"],
+            "peak_rss_mb": own, "peak_worker_rss_mb": children,
+            "replicas": sum(g.replicas for g in plan.groups), "pieces": s.get("pieces", 1)}
+
+
+def run_point(spec: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--point", json.dumps(spec)],
+                          capture_output=True, text=True, check=True)
+    return spec | json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scale_line(label: str, r: dict) -> str:
+    memory = f"{r['peak_rss_mb']:,.0f} MB"
+    if r.get("workers", 1) > 1:
+        memory += f" (+ {r['peak_worker_rss_mb']:,.0f} MB a worker)"
+    return (f"  {label:<34}{r['requests']:>12,}{r['replicas']:>6}{r['wall_seconds']:>9.1f}"
+            f"{r['requests_per_wall_second']:>12,.0f}{r['slo_attainment']:>10.4%}  {memory}")
+
+
+def scale() -> dict:
+    tmp = Path(tempfile.mkdtemp())
+    head = f"  {'':<34}{'requests':>12}{'reps':>6}{'wall s':>9}{'req/wall s':>12}{'SLO':>10}"
+    out: dict = {"replicas": [], "length": [], "parallel": []}
+    print(f"\n== fleet scale: replicas (L4 only, 8B, azure-conv) ==\n{head}  peak memory")
+    l4 = load_catalog().only(["L4"])
+    for want, rate in ((16, 45.0), (256, 830.0), (1024, 3450.0)):  # about `want` replicas
+        plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=rate, ttft=TTFT,
+                                  tpot=TPOT, catalog=l4, baselines=False)
+        path = tmp / f"l4_{want}.json"
+        plan.save(path)
+        for load, mult in LOADS:
+            r = run_point({"plan": str(path), "requests": 200_000, "rate": rate * mult})
+            r |= {"load": load, "target_replicas": want}
+            out["replicas"].append(r)
+            print(scale_line(f"{r['replicas']} replicas, {load}", r), flush=True)
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=1000.0, ttft=TTFT,
+                              tpot=TPOT, only=SIX_GPUS, baselines=False)
+    path = tmp / "day.json"
+    plan.save(path)
+    print(f"\n== fleet scale: length (8B, azure-conv at 1,000 req/s, six GPUs) ==\n{head}  "
+          "peak memory")
+    for n in (20_000, 1_000_000, 20_000_000):
+        r = run_point({"plan": str(path), "requests": n, "rate": 1000.0})
+        out["length"].append(r)
+        print(scale_line(f"{n:,} requests, one process", r), flush=True)
+    print(f"\n== fleet scale: parallel ==\n{head}  peak memory")
+    one = {r["requests"]: r for r in out["length"]}
+    for n, how in ((1_000_000, {"workers": 2}), (1_000_000, {"workers": 2, "ray": "local"}),
+                   (20_000_000, {"workers": 2})):
+        r = run_point({"plan": str(path), "requests": n, "rate": 1000.0} | how)
+        r["speedup"] = one[n]["wall_seconds"] / r["wall_seconds"]
+        r["attainment_difference"] = r["slo_attainment"] - one[n]["slo_attainment"]
+        out["parallel"].append(r)
+        label = f"{n:,}, " + ("Ray (local, 2 CPUs)" if "ray" in how else "2 workers")
+        print(scale_line(label, r) + f"  {r['speedup']:.2f}x; SLO vs one process "
+              f"{r['attainment_difference']:+.4%}", flush=True)
+    per_core = one[20_000_000]["requests_per_wall_second"]
+    two = next(r for r in out["parallel"] if r["requests"] == 20_000_000)
+    efficiency = two["speedup"] / 2
+    projected = DAY / (per_core * CORES * efficiency)
+    out["projection"] = {"requests": DAY, "cores": CORES, "one_core_requests_per_second":
+                         per_core, "parallel_efficiency_at_2": efficiency,
+                         "wall_seconds": projected}
+    print(f"\nprojected: a day at 1,000 req/s ({DAY:,} requests) on {CORES} cores, at "
+          f"{per_core:,.0f} req per wall s a core and the 2-worker efficiency "
+          f"({efficiency:.0%}): {projected / 60:.1f} min")
+    return out
 
 
 if __name__ == "__main__":
