@@ -89,3 +89,50 @@ def test_max_scale_is_not_capped_by_the_number_of_configs():
     assert sol.replicas.tolist() == [10]
     assert sol.scale == pytest.approx(20.0)
     assert sol.shares[0, 0] == pytest.approx(1.0)
+
+
+def linked_problem(rng, blocks=3, n_types=4, n_classes=4):
+    """Blocks (a model each: a config per type, its own classes) that share the types."""
+    B, T, W = blocks, n_types, n_classes
+    cap = np.zeros((B * T, B * W))
+    for b in range(B):
+        part = rng.uniform(0.5, 6.0, (T, W)) * (rng.random((T, W)) > 0.2)
+        part[rng.integers(T), :] = rng.uniform(0.5, 3.0, W)  # every class servable
+        cap[b * T:(b + 1) * T, b * W:(b + 1) * W] = part
+    price = np.tile(rng.uniform(0.5, 4.0, T), B)
+    usage = np.tile(np.eye(T), (B, 1)) * rng.integers(1, 3, B * T)[:, None]
+    p = Problem([f"m{b}-t{t}" for b in range(B) for t in range(T)], price, cap,
+                rng.uniform(0.5, 8.0, B * W), usage=usage, types=[f"t{t}" for t in range(T)])
+    blocks_ = [(np.arange(b * T, (b + 1) * T), np.arange(b * W, (b + 1) * W)) for b in range(B)]
+    return p, blocks_
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_linked_blocks_reach_the_joint_optimum_within_their_gap(seed):
+    """Lagrangian decomposition by block: a plan within the limits, proven within LINKED_GAP
+    of the joint MILP's exact optimum, with a bound below that optimum."""
+    from dataclasses import replace
+
+    from hetserve.plan.milp import LINKED_GAP, min_cost_blocks, min_cost_linked
+
+    rng = np.random.default_rng(seed)
+    p, blocks = linked_problem(rng)
+    alone = min_cost_blocks(p, blocks)
+    used = p.usage.T @ alone.replicas
+    top = int(np.argmax(used))  # the most used type: at most half of it
+    p = replace(p, available=np.where(np.arange(len(used)) == top, used[top] // 2, np.inf))
+    if seed % 3 == 0:
+        p = replace(p, budget=alone.cost * 1.3)
+    exact = min_cost(p, abs_gap=0.0)
+    sol = min_cost_linked(p, blocks)
+    if exact.status == "infeasible":
+        assert not sol.ok or sol.status != "optimal"
+        return
+    assert exact.status == "optimal"
+    assert sol.ok, sol.status
+    check_feasible(p, sol)
+    assert np.all(p.usage.T @ sol.replicas <= p.available + 1e-9)
+    assert p.budget is None or sol.cost <= p.budget + 1e-9
+    assert sol.bound <= exact.objective + 1e-6 <= sol.objective + 1e-6
+    if sol.status == "optimal":
+        assert sol.objective - exact.objective <= LINKED_GAP * sol.objective + 5e-4

@@ -517,14 +517,18 @@ def plan_cmd(
 
 
 VERIFY_MISSED = 3  # exit code of plan --verify when no round reached the target
-COST_GAP = 0.001  # $/h: cost plans are proven to the cent; a wider gap is said aloud
+COST_GAP = 0.001  # $/h: cost plans are proven to the cent (coupled ones to LINKED_GAP of their
+# cost); a wider gap is said aloud
 
 
 def gap_warning(plan) -> str:
     """'' when the solver proved the plan optimal (to the cent, or to its gap for throughput
     plans); else how far from the optimum it may be, and what to do."""
+    from hetserve.plan.milp import LINKED_GAP
+
     s = plan.solver
-    if s.status == "optimal" and (plan.objective != "cost" or s.abs_gap <= COST_GAP):
+    if s.status == "optimal" and (plan.objective != "cost" or s.abs_gap <= COST_GAP
+                                  or s.gap <= LINKED_GAP):
         return ""
     far = (f"${s.abs_gap:.2f}/h ({s.gap:.1%}) above the least cost proven possible "
            f"(${s.bound:.2f}/h)" if plan.objective == "cost" else

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -61,12 +62,15 @@ def _stdout_to_devnull() -> Iterator[None]:
         os.close(saved)
 
 
+_creating = threading.Lock()  # one thread at a time moves file descriptor 1
+
+
 def _highs() -> highspy.Highs:
     """One HiGHS instance per thread, reused. HiGHS >= 1.16 prints a banner on standard output
     when an instance is created, before output_flag can be set: it goes to /dev/null."""
     h = getattr(_local, "highs", None)
     if h is None:
-        with _stdout_to_devnull():
+        with _creating, _stdout_to_devnull():
             h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         _local.highs = h
@@ -353,29 +357,193 @@ def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
     return _unpack(p, status, values, bound, seconds, idx, step, False)
 
 
-def min_cost_blocks(p: Problem, blocks: list[tuple[np.ndarray, np.ndarray]],
-                    abs_gap: float = COST_ABS_GAP, rel_gap: float = 0.0,
-                    time_limit: float = 60.0) -> Solution:
-    """min_cost of a problem whose (config, class) blocks share no constraint (no budget, no
-    availability limit): each block solved alone, which is exact and much faster."""
+Blocks = list[tuple[np.ndarray, np.ndarray]]  # (config indices, class indices) per block
+
+
+def in_threads(fn, items: list) -> list:
+    """fn over items in threads, one a core (HiGHS lets go of the GIL while it solves)."""
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _joined(p: Problem, blocks: Blocks, sols: list[Solution], status: str, bound: float,
+            seconds: float) -> Solution:
+    """One solution from one solution per block."""
     C, W = p.cap.shape
     y, shares = np.zeros(C, int), np.zeros((C, W))
-    bound, seconds, status = 0.0, 0.0, "optimal"
     tail: list[int] = []
-    for ci, wi in blocks:
-        sol = min_cost(p.block(ci, wi), abs_gap=abs_gap / len(blocks),  # the gaps add up
-                       rel_gap=rel_gap, time_limit=time_limit)
-        seconds += sol.seconds
-        if not sol.ok:
-            return Solution(sol.status, y, shares, np.inf, 0.0, np.nan, seconds)
-        if sol.status != "optimal":  # a block stopped at the time limit: so does the whole
-            status = sol.status
+    for (ci, wi), sol in zip(blocks, sols, strict=True):
         y[ci] = sol.replicas
         shares[np.ix_(ci, wi)] = sol.shares
-        bound += sol.bound
         tail += [int(wi[w]) for w in sol.tail]
     return Solution(status, y, shares, float(p.price @ y), 1.0, bound, seconds,
                     tail=np.array(sorted(tail), dtype=int))
+
+
+def min_cost_blocks(p: Problem, blocks: Blocks, abs_gap: float = COST_ABS_GAP,
+                    rel_gap: float = 0.0, time_limit: float = 60.0) -> Solution:
+    """min_cost of a problem whose (config, class) blocks share no constraint (no budget, no
+    availability limit): each block solved alone (side by side, a thread a core), which is
+    exact and much faster."""
+    t0 = time.perf_counter()
+    sols = in_threads(lambda b: min_cost(p.block(*b), abs_gap=abs_gap / len(blocks),  # gaps add up
+                                    rel_gap=rel_gap, time_limit=time_limit), blocks)
+    seconds = time.perf_counter() - t0
+    failed = next((s for s in sols if not s.ok), None)
+    if failed is not None:
+        C, W = p.cap.shape
+        return Solution(failed.status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, np.nan,
+                        seconds)
+    # a block stopped at the time limit: so does the whole
+    status = "optimal" if all(s.status == "optimal" for s in sols) else "time_limit"
+    return _joined(p, blocks, sols, status, sum(s.bound for s in sols), seconds)
+
+
+LINKED_GAP = 1e-3  # linked blocks: stop once proven within this share of the optimum
+LINKED_ROUNDS = 40  # subgradient steps at most
+
+
+def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
+                    abs_gap: float = COST_ABS_GAP, time_limit: float = 60.0,
+                    block_gap: float = 0.0) -> Solution:
+    """min_cost of blocks linked only by availability limits and a budget, by Lagrangian
+    relaxation (docs/design.md, 3.3), proven to within rel_gap of the optimum (or abs_gap $/h).
+
+    Each block is first solved alone. Where those plans fit the limits and the budget together
+    they are the optimum; a budget below their bounds' sum is short whatever the plan. Otherwise
+    a price lam_t on each limited type's devices makes each block its own problem again: the
+    blocks' bounds at any lam >= 0, less lam . available, bound the joint cost from below, and
+    each block's plan at each lam is a column of a small master MILP that picks one plan per
+    block within the limits and the budget (the best joint plan found). lam follows
+    subgradient steps (Polyak's, aimed at the master's cost) until the two bounds meet, time
+    runs out or LINKED_ROUNDS pass. A block whose own plan uses no limited type keeps it at
+    every lam (its cost does not change, every other plan's only rises): only the others are
+    solved again. Status "optimal" when the bounds met; otherwise "time_limit", with the best
+    plan found (cost inf when the master found none) and the lower bound. block_gap: the
+    relative gap of the blocks solved alone (0: to abs_gap $/h in all, as min_cost_blocks)."""
+    t0 = time.perf_counter()
+    free = replace(p, budget=None, available=np.full(len(p.types), np.inf))
+    subs = [free.block(*b) for b in blocks]
+
+    def solve(k: int, lam: np.ndarray) -> Solution:
+        sub = subs[k] if not lam.any() else replace(subs[k], price=subs[k].price + use[k] @ lam)
+        sol = min_cost(sub, abs_gap=abs_gap / len(blocks),
+                       rel_gap=rel_gap / 2 if lam.any() else block_gap,
+                       time_limit=max(time_limit - (time.perf_counter() - t0), 1.0))
+        return replace(sol, cost=float(subs[k].price @ sol.replicas))  # at the true prices
+
+    limited = np.nonzero(np.isfinite(p.available))[0]
+    avail = p.available[limited]
+    use = [p.usage[ci][:, limited] for ci, _ in blocks]  # [block][config, limited type]
+    lam = np.zeros(len(limited))
+    at = in_threads(lambda k: solve(k, lam), list(range(len(blocks))))  # each block's plan at lam
+    C, W = p.cap.shape
+    failed = next((s for s in at if not s.ok), None)
+    if failed is not None:
+        return Solution(failed.status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, np.nan,
+                        time.perf_counter() - t0)
+    base = [s.bound for s in at]  # each block's bound at lam = 0
+    lower = sum(base)
+    if p.budget is not None and lower > p.budget + abs_gap:
+        return Solution("infeasible", np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, lower,
+                        time.perf_counter() - t0)
+    columns = [[s] for s in at]
+    moving = [k for k, s in enumerate(at) if (use[k].T @ s.replicas).any()]
+    chosen, upper = _master(p, columns, use, avail, max(time_limit, 1.0))
+    value, theta, stall = lower, 1.0, 0
+
+    def proven() -> bool:
+        return bool(np.isfinite(upper) and upper - lower <= max(rel_gap * upper, abs_gap))
+
+    while not proven() and moving and time.perf_counter() - t0 < time_limit \
+            and len(columns[moving[0]]) <= LINKED_ROUNDS:
+        slope = sum(use[k].T @ at[k].replicas for k in range(len(blocks))) - avail
+        if not slope.any():
+            break
+        aim = upper if np.isfinite(upper) else 1.05 * lower
+        lam = np.maximum(0.0, lam + theta * (aim - value) / float(slope @ slope) * slope)
+        again = in_threads(lambda k, lam=lam: solve(k, lam), moving)
+        for k, sol in zip(moving, again, strict=True):
+            at[k] = sol
+            if sol.ok:
+                columns[k].append(sol)
+        if not all(at[k].ok for k in moving):
+            break
+        value = sum(base[k] for k in range(len(blocks)) if k not in moving) \
+            + sum(at[k].bound for k in moving) - float(lam @ avail)
+        if value > lower + 1e-9:
+            lower, stall = value, 0
+        else:
+            stall += 1
+            if stall >= 2:  # no progress: shorter steps, until they are too short to matter
+                theta, stall = theta / 2.0, 0
+                if theta < 1.0 / 16:
+                    break
+        chosen, upper = _master(p, columns, use, avail,
+                                max(time_limit - (time.perf_counter() - t0), 1.0))
+    best = _joined(p, blocks, chosen, "time_limit", lower, 0.0) if chosen is not None \
+        else None
+    if not proven():  # the plans found may combine better: every config they use, jointly
+        keep = np.zeros(C, dtype=bool)
+        for (ci, _), col in zip(blocks, columns, strict=True):
+            for sol in col:
+                keep[ci[sol.replicas > 0]] = True
+        sub = min_cost(p.restricted(keep), abs_gap=abs_gap,
+                       time_limit=max(time_limit - (time.perf_counter() - t0), 1.0))
+        if sub.ok and (best is None or sub.objective < best.objective):
+            y, shares = np.zeros(C, int), np.zeros((C, W))
+            y[keep], shares[keep] = sub.replicas, sub.shares
+            best = replace(sub, replicas=y, shares=shares)
+            upper = sub.objective
+    seconds = time.perf_counter() - t0
+    if best is None:
+        return Solution("time_limit", np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, lower,
+                        seconds)
+    return replace(best, status="optimal" if proven() else "time_limit",
+                   bound=min(lower, upper), seconds=seconds)
+
+
+def _master(p: Problem, columns: list[list[Solution]], use: list[np.ndarray],
+            avail: np.ndarray, time_limit: float) -> tuple[list[Solution] | None, float]:
+    """One plan per block from its columns: the least objective within the limited types'
+    availability and the budget. (chosen plans, their objective) or (None, inf)."""
+    flat = [(k, s) for k, col in enumerate(columns) for s in col]
+    n = len(flat)
+    objective = np.array([s.objective for _, s in flat])
+    rows = [np.array([k for k, _ in flat])]  # one plan per block
+    cols = [np.arange(n)]
+    vals = [np.ones(n)]
+    row_lo, row_hi = [1.0] * len(columns), [1.0] * len(columns)
+    r = len(columns)
+    used = np.array([use[k].T @ s.replicas for k, s in flat]).reshape(n, len(avail))
+    for t in range(len(avail)):
+        rows.append(np.full(n, r))
+        cols.append(np.arange(n))
+        vals.append(used[:, t])
+        row_lo.append(-INF)
+        row_hi.append(float(avail[t]))
+        r += 1
+    if p.budget is not None:
+        rows.append(np.full(n, r))
+        cols.append(np.arange(n))
+        vals.append(np.array([s.cost for _, s in flat]))
+        row_lo.append(-INF)
+        row_hi.append(p.budget)
+    status, values, _, _ = _solve(objective, np.zeros(n), np.ones(n), [True] * n,
+                                  np.concatenate(rows), np.concatenate(cols),
+                                  np.concatenate(vals), row_lo, row_hi, False, time_limit,
+                                  rel_gap=0.0)
+    if values is None:
+        return None, np.inf
+    pick = values > 0.5
+    chosen: list[Solution | None] = [None] * len(columns)
+    for (k, s), on in zip(flat, pick, strict=True):
+        if on:
+            chosen[k] = s
+    return chosen, float(objective[pick].sum())  # type: ignore[return-value]
 
 
 def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP) -> Solution:

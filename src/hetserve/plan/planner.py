@@ -20,13 +20,15 @@ from hetserve.plan.configs import (
     pp_degrees,
 )
 from hetserve.plan.milp import (
-    COST_ABS_GAP,
+    LINKED_GAP,
     MAX_REPLICAS,
     Problem,
     Solution,
+    in_threads,
     max_scale,
     min_cost,
     min_cost_blocks,
+    min_cost_linked,
     replicas_floor,
 )
 from hetserve.plan.planfile import (
@@ -203,24 +205,21 @@ def _solve(problem: Problem, objective: str, blocks=None, rel_gap: float = 0.0,
     coupled = problem.budget is not None or np.isfinite(problem.available).any()
     if not blocks or len(blocks) < 2:
         return min_cost(problem, rel_gap=rel_gap, time_limit=time_limit)
-    apart = min_cost_blocks(problem, blocks, rel_gap=rel_gap, time_limit=time_limit)
-    if not coupled or not apart.ok:
-        return apart
-    # a budget or availability limit couples the models, but each model's own optimum bounds
-    # its cost from below: where together they fit both limits, they are the optimum, and a
-    # budget below their bound is short whatever the plan
-    if _within_limits(problem, apart):
-        return apart
-    if problem.budget is not None and apart.bound > problem.budget + COST_ABS_GAP:
-        return replace(apart, status="infeasible", cost=np.inf)
-    joint = min_cost(problem, rel_gap=rel_gap, time_limit=max(time_limit - apart.seconds, 1.0))
-    return replace(joint, bound=max(joint.bound, apart.bound)) if joint.ok else joint
-
-
-def _within_limits(p: Problem, sol: Solution) -> bool:
-    used = p.usage.T @ sol.replicas
-    return bool(np.all(used <= p.available + 1e-9)
-                and (p.budget is None or sol.cost <= p.budget + 1e-9))
+    if not coupled:
+        return min_cost_blocks(problem, blocks, rel_gap=rel_gap, time_limit=time_limit)
+    # a budget or availability limit couples the models: Lagrangian decomposition by model;
+    # where it cannot prove its plan (a limit no plan it found fits), the joint MILP in the
+    # time left, with the better plan and the better bound of the two
+    linked = min_cost_linked(problem, blocks, rel_gap=max(rel_gap, LINKED_GAP),
+                             block_gap=rel_gap, time_limit=time_limit)
+    if linked.status in ("optimal", "infeasible") or not np.isfinite(linked.bound):
+        return linked
+    joint = min_cost(problem, rel_gap=rel_gap,
+                     time_limit=max(time_limit - linked.seconds, 1.0))
+    best = min((s for s in (linked, joint) if s.ok), key=lambda s: s.objective, default=joint)
+    bound = max(linked.bound, joint.bound) if joint.ok else linked.bound
+    return replace(best, bound=min(bound, best.objective),
+                   seconds=linked.seconds + joint.seconds)
 
 
 def _blocks(space: Space, keep: np.ndarray | None = None):
@@ -254,7 +253,7 @@ def _baselines(space: Space, objective: str, budget, avail: dict[str, int]
     """Per accelerator type: the best plan on that type alone (its summary, and the plan)."""
     p = space.problem
     out: list[Baseline | None] = [None] * len(p.types)
-    solved: dict[int, tuple[np.ndarray, Problem, Solution]] = {}
+    solved: dict[int, tuple[np.ndarray, Problem, Solution | None]] = {}
     for t, name in enumerate(p.types):
         keep = p.usage[:, t] > 0
         sub = p.restricted(keep)
@@ -263,16 +262,23 @@ def _baselines(space: Space, objective: str, budget, avail: dict[str, int]
             miss = p.classes[int(np.argmin(served))]
             out[t] = Baseline(accelerator=name, reason=f"cannot serve {miss} within the SLO")
             continue
-        solved[t] = (keep, sub, _solve(sub, objective, _blocks(space, keep), BASELINE_GAP,
-                                       BASELINE_FIRST))
+        solved[t] = (keep, sub, None)
+
+    def run(t: int, seconds: float) -> Solution:  # the baselines side by side, a thread a core
+        keep, sub, _ = solved[t]
+        return _solve(sub, objective, _blocks(space, keep), BASELINE_GAP, seconds)
+
+    for t, sol in zip(solved, in_threads(lambda t: run(t, BASELINE_FIRST), list(solved)),
+                      strict=True):
+        solved[t] = solved[t][:2] + (sol,)
     ok = [s for _, _, s in solved.values() if s.ok]
     if ok:  # the baselines that may yet be the best, not proven: the rest of their time
         best = min(s.cost for s in ok) if objective == "cost" else max(s.scale for s in ok)
-        for t, (keep, sub, sol) in solved.items():
-            contender = (sol.bound < best) if objective == "cost" else (sol.bound > best)
-            if sol.status == "time_limit" and (contender or not sol.ok):
-                solved[t] = (keep, sub, _solve(sub, objective, _blocks(space, keep),
-                                               BASELINE_GAP, BASELINE_SECONDS - BASELINE_FIRST))
+        again = [t for t, (_, _, sol) in solved.items() if sol.status == "time_limit" and (
+            not sol.ok or (sol.bound < best if objective == "cost" else sol.bound > best))]
+        for t, sol in zip(again, in_threads(
+                lambda t: run(t, BASELINE_SECONDS - BASELINE_FIRST), again), strict=True):
+            solved[t] = solved[t][:2] + (sol,)
     plans = {}
     for t, (keep, sub, sol) in solved.items():
         name = p.types[t]
