@@ -3,7 +3,8 @@ memory-feasible, with per-class capacity under the model's SLO; dominated config
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ from hetserve.models import ModelSpec
 from hetserve.perf import SLO, Deployment
 from hetserve.perf.capacity import class_capacities
 from hetserve.perf.model import TP_DEGREES
+from hetserve.pool import run_all
 from hetserve.workload import Workload
 
 MAX_PP = 8
@@ -114,6 +116,20 @@ def measure_configs(demand: ModelDemand, catalog: Catalog) -> list[Config]:
         if capacity.rate.max() > 0 or tail.max() > 0:
             cfgs.append(Config(demand.model.name, dep, capacity.rate, tail))
     return cfgs
+
+
+def _measure(catalog: Catalog, demand: ModelDemand) -> list[Config]:
+    return measure_configs(demand, catalog)
+
+
+def measure_all(demands: Sequence[ModelDemand], catalog: Catalog,
+                measured: Mapping[str, list[Config]] | None = None) -> dict[str, list[Config]]:
+    """measure_configs of every model (by name) not in `measured`, the models side by side in
+    worker processes (one a core)."""
+    out = dict(measured or {})
+    missing = [d for d in demands if d.model.name not in out]
+    got = run_all(_measure, catalog, missing, workers=os.cpu_count() or 1)
+    return out | {d.model.name: cfgs for d, cfgs in zip(missing, got, strict=True)}
 
 
 def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: bool = False,

@@ -17,6 +17,7 @@ from hetserve.plan.configs import (
     Config,
     ModelDemand,
     enumerate_configs,
+    measure_all,
     pp_degrees,
 )
 from hetserve.plan.milp import (
@@ -68,14 +69,14 @@ def build_space(demands: Sequence[ModelDemand], catalog: Catalog, budget: float 
     here)."""
     configs: list[Config] = []
     offsets, class_model, names, demand = [], [], [], []
+    measured = measure_all(demands, catalog, measured)  # the costly step, models side by side
     for k, d in enumerate(demands):
         offsets.append(len(names))
         for w, c in enumerate(d.workload.classes):
             class_model.append(k)
             names.append(f"{d.model.name}:{c.name}")
             demand.append(c.rate * rate_scale * d.class_burst(w))
-        cfgs = enumerate_configs(d, catalog, derate=derate,
-                                 measured=(measured or {}).get(d.model.name))
+        cfgs = enumerate_configs(d, catalog, derate=derate, measured=measured[d.model.name])
         if not cfgs:
             raise HetserveError(_no_config_reason(d, catalog))
         configs += cfgs

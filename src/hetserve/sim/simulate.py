@@ -28,11 +28,11 @@ from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.plan.planfile import ModelEntry, Plan
+from hetserve.pool import run_all
 from hetserve.route import Router, RoutingTable
 from hetserve.route.loads import LoadIndex
 from hetserve.sim.arrivals import ARRIVALS, chunks
 from hetserve.sim.engine import BLOCK_TOKENS, Engine, Request
-from hetserve.sim.pool import run_all
 from hetserve.sim.report import GroupInfo, SimResult
 from hetserve.sim.router import make_router
 from hetserve.sim.tally import Tally

@@ -25,7 +25,7 @@ import numpy as np
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.plan import Plan, solve_plan
-from hetserve.plan.configs import ModelDemand, measure_configs
+from hetserve.plan.configs import ModelDemand, measure_all
 from hetserve.plan.planfile import Verification, best_baseline
 from hetserve.plan.planner import TIME_LIMIT, with_baselines
 from hetserve.sim.report import SimResult
@@ -73,7 +73,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
     derate: dict[str, float] = {}  # config -> factor; "*": configs never simulated
     settled: set[str] = set()  # raised once, then missed: not raised again
     history: list[Round] = []
-    measured = {d.model.name: measure_configs(d, catalog) for d in demands}  # once, derated
+    measured = measure_all(demands, catalog)  # once, derated
     plan = solve_plan(demands, catalog, objective, budget, baselines=False, measured=measured,
                       time_limit=time_limit)
     for number in range(1, rounds + 1):
