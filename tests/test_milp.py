@@ -107,32 +107,34 @@ def linked_problem(rng, blocks=3, n_types=4, n_classes=4):
     return p, blocks_
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_linked_blocks_reach_the_joint_optimum_within_their_gap(seed):
-    """Lagrangian decomposition by block: a plan within the limits, proven within LINKED_GAP
-    of the joint MILP's exact optimum, with a bound below that optimum."""
+def test_linked_blocks_reach_the_joint_optimum_within_their_gap():
+    """Lagrangian decomposition by block on 12 random problems whose most used type is cut to
+    half (and a budget on every third): a plan within the limits, the joint MILP's exact optimum
+    (the plans the prices found, combined), a bound below it, and a proof for at least half."""
     from dataclasses import replace
 
     from hetserve.plan.milp import LINKED_GAP, min_cost_blocks, min_cost_linked
 
-    rng = np.random.default_rng(seed)
-    p, blocks = linked_problem(rng)
-    alone = min_cost_blocks(p, blocks)
-    used = p.usage.T @ alone.replicas
-    top = int(np.argmax(used))  # the most used type: at most half of it
-    p = replace(p, available=np.where(np.arange(len(used)) == top, used[top] // 2, np.inf))
-    if seed % 3 == 0:
-        p = replace(p, budget=alone.cost * 1.3)
-    exact = min_cost(p, abs_gap=0.0)
-    sol = min_cost_linked(p, blocks)
-    if exact.status == "infeasible":
-        assert not sol.ok or sol.status != "optimal"
-        return
-    assert exact.status == "optimal"
-    assert sol.ok, sol.status
-    check_feasible(p, sol)
-    assert np.all(p.usage.T @ sol.replicas <= p.available + 1e-9)
-    assert p.budget is None or sol.cost <= p.budget + 1e-9
-    assert sol.bound <= exact.objective + 1e-6 <= sol.objective + 1e-6
-    if sol.status == "optimal":
-        assert sol.objective - exact.objective <= LINKED_GAP * sol.objective + 5e-4
+    proven = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        p, blocks = linked_problem(rng)
+        alone = min_cost_blocks(p, blocks)
+        used = p.usage.T @ alone.replicas
+        top = int(np.argmax(used))  # the most used type: at most half of it
+        p = replace(p, available=np.where(np.arange(len(used)) == top, used[top] // 2, np.inf))
+        if seed % 3 == 0:
+            p = replace(p, budget=alone.cost * 1.3)
+        exact = min_cost(p, abs_gap=0.0)
+        sol = min_cost_linked(p, blocks)
+        if exact.status == "infeasible":
+            assert not sol.ok
+            continue
+        assert exact.status == "optimal" and sol.ok, (seed, sol.status)
+        check_feasible(p, sol)
+        assert np.all(p.usage.T @ sol.replicas <= p.available + 1e-9)
+        assert p.budget is None or sol.cost <= p.budget + 1e-9
+        assert sol.bound <= exact.objective + 1e-6
+        assert sol.objective == pytest.approx(exact.objective, rel=LINKED_GAP, abs=5e-4), seed
+        proven += sol.status == "optimal"
+    assert proven >= 6

@@ -303,13 +303,17 @@ def test_size_aware_sends_long_prompts_to_the_faster_replica(catalog):
     assert router.route(Request(1, 0.0, 50, 20), 0.0) == 0  # a short one to the idle L4
 
 
-def test_simulator_fleet_scan_routes_as_the_router_does(catalog):
-    """SimFleet scans its replicas itself (least_loaded, group_holds); a router that asks each
-    replica through holds() and load() makes the same choices, with the same results."""
+def test_lazy_load_index_routes_as_an_eager_one(catalog):
+    """SimFleet looks at a replica only when a request it holds could have finished; a fleet
+    that looks at every replica of a group before each choice (and checks holds() replica by
+    replica) makes the same choices, with the same results."""
 
     class PerReplica(SimFleet):
-        least_loaded = None  # the router falls back to its own scan
-        group_holds = None
+        group_holds = None  # the router asks holds() of each replica
+
+        def refresh(self, group, now):
+            for i in self.groups[group]:
+                self._note(i, self.load(i, now), now)
 
     deps = [Deployment(M8, catalog.get(a)) for a in ("A100-80GB", "L40S", "L4")]
     trace = synthetic(1500, 40.0, input_median=1500, output_median=150, seed=5)

@@ -61,8 +61,8 @@ def test_tally_is_exact_then_sketches_within_a_percent(monkeypatch):
         merged.merge(pickle.loads(pickle.dumps(h)))  # as from a worker process
     assert not merged.exact
     assert merged.total().requests == 40_000 and merged.total().met == met
-    for q in (50, 90, 99):
-        assert merged.stats()[f"ttft_p{q}"] == pytest.approx(np.percentile(values, q), rel=0.01)
+    for q in (50, 90, 99):  # t-digest: within 0.2% here
+        assert merged.stats()[f"ttft_p{q}"] == pytest.approx(np.percentile(ttft, q), rel=0.002)
 
 
 def test_chunks_repeat_the_trace_and_match_it_where_it_runs():
@@ -112,6 +112,25 @@ def test_models_replay_apart_exactly_as_in_one_process(two_models):
         {k: v for k, v in b.items() if k not in drop}
 
 
+def test_per_request_columns_of_pieces_are_those_of_one_process(two_models):
+    one = simulate(two_models, requests=1500, per_request=True)
+    two = simulate(two_models, requests=1500, per_request=True, workers=2)
+    assert set(one.requests) == set(two.requests)
+    for name, col in one.requests.items():
+        assert np.array_equal(col, two.requests[name], equal_nan=True), name
+
+
+def test_bad_parallel_options_are_clear_errors(plan, run_cli, tmp_path):
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    for args, needs in ((["--workers", "0"], "--workers"),
+                        (["--ray", "not an address"], "--ray 'not an address'")):
+        res = run_cli("simulate", path, *args)
+        assert res.code == 2 and needs in res.err and "Traceback" not in res.err, res.summary()
+    with pytest.raises(hetserve.errors.HetserveError, match="overlap"):
+        simulate(plan, workers=2, overlap=float("nan"))
+
+
 def test_windows_count_every_request_once(plan):
     n = 60_000
     one = simulate(plan, requests=n, rate=20.0)
@@ -144,21 +163,23 @@ def test_bad_workers_is_a_clear_error(plan):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 9)), max_size=200))
+@given(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 9), st.booleans()), max_size=200))
 def test_load_index_least_is_the_least_loaded(changes):
     groups = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10, 11]]
     index = LoadIndex(groups, 12)
     loads = [0] * 12
-    last = list(range(12))  # when each load last changed (the index's tie order)
-    for t, (replica, load) in enumerate(changes, 12):
-        if load != loads[replica]:
-            loads[replica], last[replica] = load, t
-        index.set(replica, load)
-        for members in groups:
-            want = min(members, key=lambda i: (loads[i], last[i]))
-            assert index.least(groups.index(members)) == want
+    sent = list(range(12))  # when each was last sent a request (the index's tie order)
+    for t, (replica, load, is_sent) in enumerate(changes, 12):
+        loads[replica] = load
+        if is_sent:
+            sent[replica] = t
+        index.set(replica, load, is_sent)
+        for g, members in enumerate(groups):
+            want = min(members, key=lambda i: (loads[i], sent[i]))
+            assert index.least(g) == want and index.rank(want) == (loads[want], sent[want]) \
+                or (loads[index.least(g)], sent[index.least(g)]) == (loads[want], sent[want])
         odd = index.least(1, lambda i: i % 2 == 1)
-        assert odd == min((i for i in groups[1] if i % 2), key=lambda i: (loads[i], last[i]))
+        assert odd == min((i for i in groups[1] if i % 2), key=lambda i: (loads[i], sent[i]))
 
 
 def test_simulator_routes_to_a_least_loaded_replica(plan):

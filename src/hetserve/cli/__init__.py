@@ -589,8 +589,8 @@ def simulate_cmd(
         "counters and quantile sketches are kept, in memory that does not grow with the "
         "trace")] = None,
     workers: Annotated[int, typer.Option(
-        "--workers", help="replay in this many local processes: models apart, a long trace "
-        "in windows of time")] = 1,
+        "--workers", help="replay in this many local processes (or, with --ray, this many "
+        "pieces at most): models apart, a long trace in windows of time")] = 1,
     ray: Annotated[str | None, typer.Option(
         "--ray", help="replay the pieces on Ray: local (start one here), auto (join the "
         "running cluster) or the cluster's address")] = None,

@@ -120,7 +120,7 @@ class ModelFleet:
         """A request to the replica starts (+1) or ends (-1)."""
         r = self.replicas[replica]
         r.in_flight += change
-        self.index.set(replica, r.in_flight)
+        self.index.set(replica, r.in_flight, sent=change > 0)
 
     def load(self, replica: int, now: float) -> int:
         return self.replicas[replica].in_flight

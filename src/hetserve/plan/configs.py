@@ -3,7 +3,6 @@ memory-feasible, with per-class capacity under the model's SLO; dominated config
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -14,7 +13,7 @@ from hetserve.models import ModelSpec
 from hetserve.perf import SLO, Deployment
 from hetserve.perf.capacity import class_capacities
 from hetserve.perf.model import TP_DEGREES
-from hetserve.pool import run_all
+from hetserve.pool import cores, run_all
 from hetserve.workload import Workload
 
 MAX_PP = 8
@@ -128,7 +127,7 @@ def measure_all(demands: Sequence[ModelDemand], catalog: Catalog,
     worker processes (one a core)."""
     out = dict(measured or {})
     missing = [d for d in demands if d.model.name not in out]
-    got = run_all(_measure, catalog, missing, workers=os.cpu_count() or 1)
+    got = run_all(_measure, catalog, missing, workers=cores())
     return out | {d.model.name: cfgs for d, cfgs in zip(missing, got, strict=True)}
 
 

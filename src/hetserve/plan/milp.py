@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 import highspy
 import numpy as np
 
+from hetserve.pool import cores
+
 INF = highspy.kHighsInf
 MIP_GAP = 1e-4  # relative gap at which HiGHS stops on throughput plans (its default)
 COST_ABS_GAP = 5e-4  # $/h: cost plans are proven optimal to below a tenth of a cent per hour
@@ -361,12 +363,18 @@ Blocks = list[tuple[np.ndarray, np.ndarray]]  # (config indices, class indices) 
 
 
 def in_threads(fn, items: list) -> list:
-    """fn over items in threads, one a core (HiGHS lets go of the GIL while it solves)."""
-    workers = min(len(items), os.cpu_count() or 1)
-    if workers <= 1:
+    """fn over items in threads, one a core (HiGHS lets go of the GIL while it solves); within
+    such a thread, one after another (no more solves at once than cores)."""
+    workers = min(len(items), cores())
+    if workers <= 1 or getattr(_local, "pooled", False):
         return [fn(x) for x in items]
+
+    def run(x):
+        _local.pooled = True
+        return fn(x)
+
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
+        return list(pool.map(run, items))
 
 
 def _joined(p: Problem, blocks: Blocks, sols: list[Solution], status: str, bound: float,
@@ -447,7 +455,9 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
                         time.perf_counter() - t0)
     base = [s.bound for s in at]  # each block's bound at lam = 0
     lower = sum(base)
-    if p.budget is not None and lower > p.budget + abs_gap:
+    # the bounds count TAIL_PENALTY per best-effort class; a budget bounds the price alone
+    penalties = TAIL_PENALTY * sum(len(g) for g, _ in p.tail_groups)
+    if p.budget is not None and lower - penalties > p.budget + abs_gap:
         return Solution("infeasible", np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, lower,
                         time.perf_counter() - t0)
     columns = [[s] for s in at]
@@ -464,7 +474,10 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
         if not slope.any():
             break
         aim = upper if np.isfinite(upper) else 1.05 * lower
-        lam = np.maximum(0.0, lam + theta * (aim - value) / float(slope @ slope) * slope)
+        step = np.maximum(0.0, lam + theta * (aim - value) / float(slope @ slope) * slope)
+        if np.array_equal(step, lam):  # the limits are slack at these prices: nothing moves
+            break
+        lam = step
         again = in_threads(lambda k, lam=lam: solve(k, lam), moving)
         for k, sol in zip(moving, again, strict=True):
             at[k] = sol

@@ -21,6 +21,7 @@ from hetserve.plan.configs import (
     pp_degrees,
 )
 from hetserve.plan.milp import (
+    COST_ABS_GAP,
     LINKED_GAP,
     MAX_REPLICAS,
     Problem,
@@ -218,8 +219,12 @@ def _solve(problem: Problem, objective: str, blocks=None, rel_gap: float = 0.0,
     joint = min_cost(problem, rel_gap=rel_gap,
                      time_limit=max(time_limit - linked.seconds, 1.0))
     best = min((s for s in (linked, joint) if s.ok), key=lambda s: s.objective, default=joint)
-    bound = max(linked.bound, joint.bound) if joint.ok else linked.bound
-    return replace(best, bound=min(bound, best.objective),
+    if not best.ok:
+        return best
+    bound = min(max(linked.bound, joint.bound if joint.ok else -np.inf), best.objective)
+    proven = best.objective - bound <= max(max(rel_gap, LINKED_GAP) * best.objective,
+                                           COST_ABS_GAP)
+    return replace(best, bound=bound, status="optimal" if proven else best.status,
                    seconds=linked.seconds + joint.seconds)
 
 

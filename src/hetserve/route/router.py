@@ -10,10 +10,10 @@ asked; a gateway's fleet counts the requests it proxies. A router reads a reques
   weighted round robin across replica groups (nginx's algorithm: deterministic, and any window
   of picks matches the shares to within one), then the least loaded replica within the group.
   When that replica's prompts in flight would hold this one past `spill_after` before its
-  prefill (at the deployment's full-chunk prefill speed), it goes to the replica of an eligible
-  group where the expected wait is least: bursts of long prompts spread over replicas with room
-  instead of queueing behind a static share. A group given the key only for best-effort
-  classes keeps its requests (no latency promise to keep there).
+  prefill (at the deployment's full-chunk prefill speed), it goes to whichever of the eligible
+  groups' least loaded replicas has the least expected wait: bursts of long prompts spread over
+  replicas with room instead of queueing behind a static share. A group given the key only for
+  best-effort classes keeps its requests (no latency promise to keep there).
 - round-robin: every replica in turn.
 - least-outstanding: the replica with the fewest requests in flight.
 
@@ -71,8 +71,14 @@ class Router:
 
     def least_loaded(self, groups: Sequence[int], req, now: float) -> int:
         """The replica with the fewest requests in flight among those of `groups` that hold
-        `req`, ties to the one whose load changed longest ago (hetserve.route.loads: O(log n)
-        a group); if none does, the same over every group; -1 if no replica holds it."""
+        `req`, ties to the one sent a request longest ago (hetserve.route.loads: O(log n) a
+        group); if none does, the same over every group; -1 if no replica holds it."""
+        best = self._least(groups, req, now)
+        if best < 0 and groups is not self._all:
+            return self._least(self._all, req, now)
+        return best
+
+    def _least(self, groups: Sequence[int], req, now: float) -> int:
         fleet = self.fleet
         index = fleet.index
         best = -1
@@ -83,8 +89,6 @@ class Router:
             i = index.least(g, None if self._uniform else lambda i: fleet.holds(i, req))
             if i >= 0 and (best < 0 or index.rank(i) < index.rank(best)):
                 best = i
-        if best < 0 and groups is not self._all:
-            return self.least_loaded(self._all, req, now)
         return best
 
 
@@ -167,13 +171,13 @@ class PlanRouter(Router):
         if wait <= self.table.spill_after:
             return chosen
         best, best_wait = chosen, wait
-        for other in self.table.eligible.get(key, ()):
-            for i in self.fleet.groups[other]:
-                if i == chosen or not self.fleet.holds(i, req):
-                    continue
-                w = self._wait(other, i, req, now)
-                if w < best_wait:
-                    best, best_wait = i, w
+        for other in self.table.eligible.get(key, ()):  # each one's least loaded replica
+            i = self._least((other,), req, now)
+            if i < 0 or i == chosen:
+                continue
+            w = self._wait(other, i, req, now)
+            if w < best_wait:
+                best, best_wait = i, w
         if best != chosen:
             self.spilled += 1
         return best

@@ -21,10 +21,15 @@ ARRIVALS = ("trace", "as-is", "poisson")
 CHUNK = 1 << 16  # requests per chunk
 
 
-def arrivals_for(trace: Trace, mode: str, rate: float | None, seed: int = 0) -> Trace:
-    """The trace with arrivals as asked: scaled to `rate`, as they are, or Poisson at `rate`."""
+def check_arrivals(mode: str) -> str:
     if mode not in ARRIVALS:
         raise HetserveError(f"--arrivals '{mode}': expected one of {', '.join(ARRIVALS)}")
+    return mode
+
+
+def arrivals_for(trace: Trace, mode: str, rate: float | None, seed: int = 0) -> Trace:
+    """The trace with arrivals as asked: scaled to `rate`, as they are, or Poisson at `rate`."""
+    check_arrivals(mode)
     if mode == "as-is" or rate is None:  # (simulate refuses --rate with as-is)
         return trace
     if mode == "poisson":
@@ -35,10 +40,10 @@ def arrivals_for(trace: Trace, mode: str, rate: float | None, seed: int = 0) -> 
 def chunks(trace: Trace, mode: str, rate: float | None, n: int, seed: int = 0,
            size: int = CHUNK) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(index of the chunk's first request, arrivals, trace rows) for requests 0..n-1."""
-    timed = arrivals_for(trace, mode, rate, seed)
-    base = timed.arrivals - timed.arrivals[0]
     rows = len(trace)
-    if mode == "poisson" and rate is not None:
+    if not rows or n <= 0:
+        return
+    if check_arrivals(mode) == "poisson" and rate is not None:
         rng = np.random.default_rng(seed)  # the same draws as Trace.with_poisson_arrivals
         carry, first = 0.0, None
         for start in range(0, n, size):
@@ -52,7 +57,10 @@ def chunks(trace: Trace, mode: str, rate: float | None, n: int, seed: int = 0,
             idx = np.arange(start, start + len(gaps))
             yield start, sums - first, idx % rows
         return
-    period = (base[-1] + base[-1] / (rows - 1)) if rows > 1 else 1.0 / (rate or 1.0)
+    timed = arrivals_for(trace, mode, rate, seed)
+    base = timed.arrivals - timed.arrivals[0]
+    gap = base[-1] / (rows - 1) if rows > 1 and base[-1] > 0 else 1.0 / (rate or trace.rate)
+    period = base[-1] + gap  # a copy starts one mean gap after the last arrival
     for start in range(0, n, size):
         idx = np.arange(start, min(start + size, n))
         row = idx % rows

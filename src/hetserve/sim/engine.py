@@ -100,7 +100,8 @@ class Engine:
     __slots__ = ("dep", "fast", "total_blocks", "free_blocks", "kv_limit", "waiting", "running",
                  "clock", "steps", "busy_time", "kv_block_seconds", "preemptions",
                  "last_finished", "_run", "_quiet", "_span", "_tick", "_nd", "_due",
-                 "_ctx", "_ends", "_serial", "_mixed", "_chunk", "_max_seqs", "_queued")
+                 "_ctx", "_ends", "_serial", "_mixed", "_chunk", "_max_seqs", "_queued",
+                 "_min_step")
 
     def __init__(self, dep: Deployment, kv_tokens: int | None = None, fast: bool = True) -> None:
         if not dep.fits:
@@ -124,6 +125,7 @@ class Engine:
         self._span = 0.0  # ... and the steady run's duration (quiet_until - clock)
         self._chunk = dep.chunk_tokens
         self._max_seqs = dep.max_seqs
+        self._min_step = dep.step_seconds(1, 1)  # no step is shorter
         # the decode set of a fast engine: running[:_nd], every one decoding (module docstring)
         self._tick = 0  # steps taken by the decode set
         self._nd = 0
@@ -251,6 +253,13 @@ class Engine:
                 self._span = self.dep.decode_run_seconds(run[1], run[2], run[0])
                 self._quiet = self.clock + self._span
         return self._quiet
+
+    def finish_bound(self) -> float:
+        """A time before which no request it holds finishes, unless one is added: the end of
+        the steady decode run ahead, and at least one step past the clock (inf when idle)."""
+        if not (self.waiting or self.running):
+            return math.inf
+        return max(self.quiet_until(), self.clock + self._min_step)
 
     def _decode_run(self, until: float, done: list[Request]) -> bool:
         """Take the steady decode steps that start before `until` at once; False if none."""

@@ -28,11 +28,11 @@ from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.plan.planfile import ModelEntry, Plan
-from hetserve.pool import run_all
+from hetserve.pool import check_ray_address, run_all
 from hetserve.route import Router, RoutingTable
 from hetserve.route.loads import LoadIndex
-from hetserve.sim.arrivals import ARRIVALS, chunks
-from hetserve.sim.engine import BLOCK_TOKENS, Engine, Request
+from hetserve.sim.arrivals import check_arrivals, chunks
+from hetserve.sim.engine import Engine, Request
 from hetserve.sim.report import GroupInfo, SimResult
 from hetserve.sim.router import make_router
 from hetserve.sim.tally import Tally
@@ -43,15 +43,17 @@ MAX_REQUESTS = 100_000_000
 MAX_REPLICAS = 20_000  # one engine object each
 OVERLAP = 180.0  # s of arrivals before and after a window of a split replay, run uncounted
 MIN_WINDOWS = 4  # a window is at least this many overlaps long
+MAX_WORKERS = 1024
 
 
 class SimFleet:
     """Engines in virtual time, advanced lazily up to the time a router looks at them.
 
     The loads in `index` are exact at any time `refresh` brings a group to: each replica is due
-    for a look when a request it holds could finish (Engine.quiet_until, or the end of the step
-    whose finished requests still count), and a group keeps its replicas in a heap by that
-    time, so a look costs O(log n) and only replicas that changed are advanced."""
+    for a look when a request it holds could first finish (Engine.finish_bound: past the steady
+    decode run ahead and at least a step away; or the end of the step whose finished requests
+    still count), and a group keeps its replicas in a heap by that time, so a look costs
+    O(log n) and only replicas whose load may have changed are advanced."""
 
     def __init__(self, engines: Sequence[Engine], groups: Sequence[Sequence[int]]) -> None:
         self.engines = list(engines)
@@ -61,12 +63,14 @@ class SimFleet:
         self._due = [math.inf] * len(self.engines)  # when a replica's load may next drop
         self._dues: list[list[tuple[float, int]]] = [[] for _ in self.groups]
         for i, engine in enumerate(self.engines):  # engines may come with requests in flight
-            if engine.busy:
+            if engine.busy or engine.last_finished:
                 self._due[i] = -math.inf
                 self._dues[self.index.group_of[i]].append((-math.inf, i))
         # the longest request (prompt + output tokens) some replica of each (fixed) group holds
         self._group_limit = [max((self.engines[i].kv_limit for i in g), default=-1)
                              for g in self.groups]
+        # a group's replicas hold the same requests: group_holds says for each of them
+        self.uniform = all(len({self.engines[i].kv_limit for i in g}) <= 1 for g in self.groups)
 
     def __len__(self) -> int:
         return len(self.engines)
@@ -86,14 +90,14 @@ class SimFleet:
             return True
         return False
 
-    def _note(self, replica: int, load: int, now: float) -> None:
-        """Record the replica's load at `now`, and when it may next drop."""
-        self.index.set(replica, load)
+    def _note(self, replica: int, load: int, now: float, sent: bool = False) -> None:
+        """Record the replica's load at `now` (`sent`: a request was sent to it), and when it
+        may next drop."""
+        self.index.set(replica, load, sent)
         engine = self.engines[replica]
-        if engine.last_finished and engine.clock > now:
-            due = engine.clock  # finished by the step that ends then
-        else:
-            due = engine.quiet_until() if engine.busy else math.inf
+        # requests finished by the step that ends at the clock count until then
+        late = engine.last_finished and engine.clock > now
+        due = engine.clock if late else engine.finish_bound()
         if due != self._due[replica]:
             self._due[replica] = due
             if due < math.inf:
@@ -120,8 +124,6 @@ class SimFleet:
         self.load(replica, now)
         return self.engines[replica].pending_prefill()
 
-    uniform = True  # a group's replicas hold the same requests: group_holds says for all
-
     def group_holds(self, group: int, req: Request) -> bool:
         """Whether some replica of the group holds the request (any `holds`)."""
         return req.input_tokens + req.output_tokens <= self._group_limit[group]
@@ -139,7 +141,7 @@ class SimFleet:
             self.done += engine.advance(req.arrival)
         req.replica = replica
         engine.add(req)
-        self._note(replica, engine.outstanding_at(req.arrival), req.arrival)
+        self._note(replica, engine.outstanding_at(req.arrival), req.arrival, sent=True)
 
     def settle(self, now: float) -> None:
         """Run every engine up to `now` (their counters then hold the time before it)."""
@@ -275,7 +277,7 @@ class Part:
     # preemptions
     columns: list[np.ndarray] | None  # per request (Replay.per_request) in arrival order, in
     # COLUMNS order (group: its index in the plan)
-    spilled: int = 0
+    kv_blocks: list[int]  # per group of the model: KV blocks of one replica
 
 
 def replay_piece(job: Replay, piece: Piece) -> Part:
@@ -300,8 +302,9 @@ def replay_piece(job: Replay, piece: Piece) -> Part:
     group_of = np.full(len(engines), -1)
     for j, idx in enumerate(members):
         group_of[idx] = offset + j  # the group's index in the plan (SimResult.groups)
-    tally = Tally([(e.slo.ttft, e.slo.tpot) for e in plan.models])
+    tally = Tally(_slos(plan))
     kept: list[Request] | None = [] if job.per_request else None
+    blocks = [engines[idx[0]].total_blocks for idx in members]
 
     def counters() -> list[tuple[float, float, int]]:
         return [(sum(engines[i].busy_time for i in idx),
@@ -317,7 +320,7 @@ def replay_piece(job: Replay, piece: Piece) -> Part:
         sent = run_closed(fleet, policy, sizes, job.clients, total, cls=cls.tolist())
         count(sent)
         return Part(tally, counters(), _request_columns(sent, group_of) if kept is not None
-                    else None, getattr(policy, "spilled", 0))
+                    else None, blocks)
     target = job.rate if job.rate is not None else entry.rate * plan.scale
     n = job.requests or len(trace)
     begin, end = piece.start - piece.overlap, piece.stop + piece.overlap
@@ -354,13 +357,20 @@ def replay_piece(job: Replay, piece: Piece) -> Part:
         if kept is not None:
             kept += counted
         _count_done(fleet, piece, count)
+    # the engines' work is the piece's between its edges (no arrival may have marked them): the
+    # next piece counts its own from its start, after warming up on this one's last arrivals
+    if before is None:
+        fleet.settle(piece.start)
+        before = counters() if piece.start > -math.inf else [(0.0, 0.0, 0)] * len(members)
+    if after is None and piece.stop < math.inf and piece.overlap > 0:
+        fleet.settle(piece.stop)
+        after = counters()
     fleet.drain()
     _count_done(fleet, piece, count)
-    after = after or counters()
-    before = before or [(0.0, 0.0, 0)] * len(members)
+    after = after or counters()  # the last piece (or no overlap): until every request is done
     groups = [(x[0] - y[0], x[1] - y[1], x[2] - y[2]) for x, y in zip(after, before, strict=True)]
     columns = _request_columns(kept, group_of) if kept is not None else None
-    return Part(tally, groups, columns, getattr(policy, "spilled", 0))
+    return Part(tally, groups, columns, blocks)
 
 
 def _count_done(fleet: SimFleet, piece: Piece, count) -> None:
@@ -443,8 +453,7 @@ def simulate(
       engines carry across a cut."""
     if engine is not None:
         check_engine(engine)
-    if arrivals not in ARRIVALS:
-        raise HetserveError(f"--arrivals '{arrivals}': expected one of {', '.join(ARRIVALS)}")
+    check_arrivals(arrivals)
     if arrivals == "as-is" and rate is not None:
         raise HetserveError("--rate does not apply to --arrivals as-is (the trace's own times)")
     if clients is not None:
@@ -459,8 +468,11 @@ def simulate(
         positive(rate, "--rate")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise HetserveError(f"--seed: expected an integer >= 0, got {seed!r}")
-    positive(workers, "--workers", integer=True)
-    if overlap < 0:
+    if positive(workers, "--workers", integer=True) > MAX_WORKERS:
+        raise HetserveError(f"--workers: at most {MAX_WORKERS}, got {workers}")
+    if ray is not None:
+        check_ray_address(ray)
+    if not (isinstance(overlap, int | float) and 0 <= overlap < math.inf):
         raise HetserveError(f"overlap: expected seconds >= 0, got {overlap!r}")
     too_big = simulation_limit(plan)
     if too_big:
@@ -468,13 +480,14 @@ def simulate(
     for entry in plan.models:
         if not any(g.model == entry.name for g in plan.groups):
             raise HetserveError(f"plan: no replica group serves model {entry.name}")
+    deps = [_deployment(plan, g, catalog, engine) for g in plan.groups]  # errors before pieces
     job = Replay(plan, {e.name: _trace_for(e, traces) for e in plan.models}, catalog, router,
                  arrivals, rate, clients, requests, seed, fast, engine, per_request)
     started = time.perf_counter()
     pieces = pieces_for(job, workers, overlap)
     parts = run_all(replay_piece, job, pieces, workers, ray)
     wall = time.perf_counter() - started
-    tally = Tally([(e.slo.ttft, e.slo.tpot) for e in plan.models])
+    tally = Tally(_slos(plan))
     groups_info: list[GroupInfo] = []
     columns: list[list[np.ndarray]] = []
     for m, entry in enumerate(plan.models):
@@ -485,26 +498,28 @@ def simulate(
             if part.columns is not None:
                 columns.append([np.full(len(part.columns[0]), m), *part.columns])
         for j, g in enumerate(plan_groups):
-            dep = _deployment(plan, g, catalog, engine)
-            blocks = (g.kv_tokens or dep.kv_capacity_tokens) // BLOCK_TOKENS
             groups_info.append(GroupInfo(
-                id=g.id, model=m, label=dep.label, replicas=g.replicas,
+                id=g.id, model=m, label=deps[plan.groups.index(g)].label, replicas=g.replicas,
                 usd_per_hour=g.usd_per_hour,
                 busy_seconds=sum(p.groups[j][0] for p in mine),
                 kv_block_seconds=sum(p.groups[j][1] for p in mine),
-                kv_blocks=blocks, preemptions=sum(p.groups[j][2] for p in mine)))
+                kv_blocks=mine[0].kv_blocks[j], preemptions=sum(p.groups[j][2] for p in mine)))
     stacked = [np.concatenate(col) for col in zip(*columns, strict=True)] if per_request \
         else None
     mode = f"closed loop, {clients} clients" if clients is not None else arrivals
     return SimResult(
         models=[e.name for e in plan.models],
         classes=[[c.name for c in e.classes] for e in plan.models],
-        slo=[(e.slo.ttft, e.slo.tpot) for e in plan.models], groups=groups_info, tally=tally,
+        slo=_slos(plan), groups=groups_info, tally=tally,
         requests=dict(zip(("model", *COLUMNS), stacked, strict=True)) if stacked else None,
         router=router, arrivals=mode, wall_seconds=wall,
         extra={"workers": workers if ray is None else f"ray {ray}", "pieces": len(pieces)}
         if workers > 1 or ray is not None else {},
     )
+
+
+def _slos(plan: Plan) -> list[tuple[float, float]]:
+    return [(e.slo.ttft, e.slo.tpot) for e in plan.models]
 
 
 def simulation_limit(plan: Plan) -> str:
