@@ -15,9 +15,9 @@ decode runs, the decode batch served in bulk; best of 3) and once step by step, 
 Per-request latencies and replica choices of the two are compared. The target is 30,000
 simulated requests per wall second on one core for every run.
 
-Then fleet scale (`--scale`; `--scale-only` skips the above), each point in a fresh process so
-that its peak memory (max RSS, with its worker processes) is its own, results kept as counters
-and sketches (no per-request columns):
+Then fleet scale (`--scale`; `--scale-only` skips the above), each point in a fresh process,
+its resident memory sampled every 20 ms (the process, and its largest worker), results kept as
+counters and sketches (no per-request columns):
 
   - replicas: plans of 16, 256 and 1,024 L4 replicas (8B, azure-conv), 200,000 requests as
     planned and 2x overloaded: requests per wall second should not fall with the fleet;
@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -191,21 +190,62 @@ DAY = 86_400 * 1_000  # requests in a day at 1,000 req/s
 CORES = 16
 
 
+WATCHER = """
+import os, select, sys
+pid, me = sys.argv[1], str(os.getpid())
+def rss(p):
+    try:
+        with open(f"/proc/{p}/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+def children():
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [c for c in f.read().split() if c != me]
+    except OSError:
+        pass
+    return out
+own = worker = 0.0
+while not select.select([sys.stdin], [], [], 0.02)[0]:
+    own = max(own, rss(pid))
+    worker = max([worker, *(rss(c) for c in children())])
+print(own, worker)
+"""
+
+
+class PeakMemory:
+    """Resident memory of this process and of its largest worker process, sampled every 20 ms
+    by a watching process (a thread would make the pool start workers by fork server; and
+    ru_maxrss would not do: on Linux it keeps the high-water mark of the process that forked
+    and exec'd this one)."""
+
+    def __enter__(self) -> PeakMemory:
+        self._watch = subprocess.Popen([sys.executable, "-c", WATCHER, str(os.getpid())],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        out, _ = self._watch.communicate("")
+        self.own, self.worker = (float(x) for x in out.split())
+
+
 def point(spec: dict) -> dict:
     """One replay in this (fresh) process: its figures and peak memory."""
     from hetserve.plan import load_plan
 
     plan = load_plan(spec["plan"])
-    res = simulate(plan, requests=spec["requests"], rate=spec["rate"],
-                   workers=spec.get("workers", 1), ray=spec.get("ray"))
+    with PeakMemory() as memory:
+        res = simulate(plan, requests=spec["requests"], rate=spec["rate"],
+                       workers=spec.get("workers", 1), ray=spec.get("ray"))
     s = res.summary()
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"requests": len(res), "wall_seconds": res.wall_seconds,
             "requests_per_wall_second": len(res) / res.wall_seconds,
             "slo_attainment": s["slo_attainment"], "ttft_p99": s["ttft_p99"],
             "tpot_p99": s["tpot_p99"], "exact_percentiles": s["exact_percentiles"],
-            "peak_rss_mb": own, "peak_worker_rss_mb": children,
+            "peak_rss_mb": memory.own, "peak_worker_rss_mb": memory.worker,
             "replicas": sum(g.replicas for g in plan.groups), "pieces": s.get("pieces", 1)}
 
 
