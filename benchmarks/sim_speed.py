@@ -23,8 +23,9 @@ counters and sketches (no per-request columns):
     planned and 2x overloaded: requests per wall second should not fall with the fleet;
   - length: the 8B plan for 1,000 req/s on the six GPUs, 20,000 / 1M / 20M requests (the trace
     repeated) at 1,000 req/s: requests per wall second and peak memory, flat in the length;
-  - parallel: the 1M point in one process, in 2 local worker processes and on a local Ray
-    instance (2 CPUs); the 20M point in one process and in 2 workers, with their attainment;
+  - parallel: 4M requests (long enough for two windows) in one process, in 2 local worker
+    processes and on a local Ray instance (2 CPUs); the 20M point in one process and in 2
+    workers, with their attainment (`--scale-parallel` runs the 4M points alone again);
   - the projected wall time of a day at 1,000 req/s (86.4M requests) on 16 cores.
 
 Prints the figures and writes benchmarks/results/sim_speed.json. Exits 1 if the fast path and
@@ -104,10 +105,16 @@ def main() -> None:
         return
     out = Path(__file__).parent / "results" / "sim_speed.json"
     body = json.loads(out.read_text()) if out.exists() else {}
-    if "--scale-only" not in args:
+    if "--scale-only" not in args and "--scale-parallel" not in args:
         body |= single_core()
     if "--scale" in args or "--scale-only" in args:
         body["scale"] = scale()
+    elif "--scale-parallel" in args:  # the 4M points again, the rest as last measured
+        kept = [r for r in body["scale"]["parallel"] if r["requests"] == 20_000_000]
+        body["scale"] |= parallel(_day_plan(Path(tempfile.mkdtemp())), {}, only_small=True)
+        body["scale"]["parallel"] += kept
+    if "scale" in body:
+        body["scale"]["projection"] = projection(body["scale"])
     body["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
                       f"Python {platform.python_version()}"
     body["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -265,7 +272,7 @@ def scale_line(label: str, r: dict) -> str:
 
 def scale() -> dict:
     tmp = Path(tempfile.mkdtemp())
-    head = f"  {'':<34}{'requests':>12}{'reps':>6}{'wall s':>9}{'req/wall s':>12}{'SLO':>10}"
+    head = HEAD
     out: dict = {"replicas": [], "length": [], "parallel": []}
     print(f"\n== fleet scale: replicas (L4 only, 8B, azure-conv) ==\n{head}  peak memory")
     l4 = load_catalog().only(["L4"])
@@ -279,38 +286,65 @@ def scale() -> dict:
             r |= {"load": load, "target_replicas": want}
             out["replicas"].append(r)
             print(scale_line(f"{r['replicas']} replicas, {load}", r), flush=True)
-    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=1000.0, ttft=TTFT,
-                              tpot=TPOT, only=SIX_GPUS, baselines=False)
-    path = tmp / "day.json"
-    plan.save(path)
+    path = _day_plan(tmp)
     print(f"\n== fleet scale: length (8B, azure-conv at 1,000 req/s, six GPUs) ==\n{head}  "
           "peak memory")
     for n in (20_000, 1_000_000, 20_000_000):
         r = run_point({"plan": str(path), "requests": n, "rate": 1000.0})
         out["length"].append(r)
         print(scale_line(f"{n:,} requests, one process", r), flush=True)
-    print(f"\n== fleet scale: parallel ==\n{head}  peak memory")
-    one = {r["requests"]: r for r in out["length"]}
-    for n, how in ((1_000_000, {"workers": 2}), (1_000_000, {"workers": 2, "ray": "local"}),
-                   (20_000_000, {"workers": 2})):
+    out |= parallel(path, {r["requests"]: r for r in out["length"]})
+    return out
+
+
+HEAD = f"  {'':<34}{'requests':>12}{'reps':>6}{'wall s':>9}{'req/wall s':>12}{'SLO':>10}"
+
+
+def _day_plan(tmp: Path) -> Path:
+    plan = hetserve.make_plan("llama-3.1-8b", workload="azure-conv", rate=1000.0, ttft=TTFT,
+                              tpot=TPOT, only=SIX_GPUS, baselines=False)
+    path = tmp / "day.json"
+    plan.save(path)
+    return path
+
+
+def parallel(path: Path, one: dict[int, dict], only_small: bool = False) -> dict:
+    """4M requests (a trace long enough for two windows of at least four overlaps) in one
+    process, 2 local workers and on a local Ray instance; 20M in 2 workers (against `one`)."""
+    print(f"\n== fleet scale: parallel ==\n{HEAD}  peak memory")
+    rows = []
+    runs = [(4_000_000, {}), (4_000_000, {"workers": 2}),
+            (4_000_000, {"workers": 2, "ray": "local"})]
+    if not only_small:
+        runs.append((20_000_000, {"workers": 2}))
+    for n, how in runs:
         r = run_point({"plan": str(path), "requests": n, "rate": 1000.0} | how)
+        if not how:
+            one[n] = r
+            print(scale_line(f"{n:,}, one process", r), flush=True)
+            continue
         r["speedup"] = one[n]["wall_seconds"] / r["wall_seconds"]
         r["attainment_difference"] = r["slo_attainment"] - one[n]["slo_attainment"]
-        out["parallel"].append(r)
+        rows.append(r)
         label = f"{n:,}, " + ("Ray (local, 2 CPUs)" if "ray" in how else "2 workers")
         print(scale_line(label, r) + f"  {r['speedup']:.2f}x; SLO vs one process "
               f"{r['attainment_difference']:+.4%}", flush=True)
-    per_core = one[20_000_000]["requests_per_wall_second"]
-    two = next(r for r in out["parallel"] if r["requests"] == 20_000_000)
+    return {"parallel": rows, "parallel_one_process": one[4_000_000]}
+
+
+def projection(scale: dict) -> dict:
+    per_core = next(r for r in scale["length"] if r["requests"] == 20_000_000)[
+        "requests_per_wall_second"]
+    two = next(r for r in scale["parallel"] if r["requests"] == 20_000_000)
     efficiency = two["speedup"] / 2
     projected = DAY / (per_core * CORES * efficiency)
-    out["projection"] = {"requests": DAY, "cores": CORES, "one_core_requests_per_second":
-                         per_core, "parallel_efficiency_at_2": efficiency,
-                         "wall_seconds": projected}
     print(f"\nprojected: a day at 1,000 req/s ({DAY:,} requests) on {CORES} cores, at "
           f"{per_core:,.0f} req per wall s a core and the 2-worker efficiency "
-          f"({efficiency:.0%}): {projected / 60:.1f} min")
-    return out
+          f"({efficiency:.0%}): {projected / 60:.1f} min; memory flat in the length: "
+          f"{two['peak_rss_mb']:.0f} MB here and about {two['peak_worker_rss_mb']:.0f} MB a "
+          f"worker")
+    return {"requests": DAY, "cores": CORES, "one_core_requests_per_second": per_core,
+            "parallel_efficiency_at_2": efficiency, "wall_seconds": projected}
 
 
 if __name__ == "__main__":

@@ -146,6 +146,11 @@ def test_compare_day_and_cli(tmp_path):
     assert results[1].plans[0][1].models[0].rate == pytest.approx(mean * 1.5)
     assert results[1].changes == 0 and results[1].cost_usd == pytest.approx(
         results[1].plans[0][1].usd_per_hour)
+    # the policies replayed side by side in worker processes: the same days
+    apart = compare_day(demand, catalog, day, DayOptions(peak_hour=1.0), mean, end=3600.0,
+                        workers=2)
+    assert [(r.policy, r.cost_usd, r.attainment, r.changes) for r in apart] == \
+        [(r.policy, r.cost_usd, r.attainment, r.changes) for r in results]
     png = tmp_path / "day.png"
     rc, out, err = cli("autoscale", "--hours", "0.5", "--only", "RTX4090,A100-80GB",
                        "--no-compare", "--plot", str(png))

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from hetserve.errors import HetserveError
@@ -45,16 +45,26 @@ def _run(item: Any) -> Any:
 
 
 def run_all(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], workers: int = 1,
-            ray: str | None = None) -> list:
+            ray: str | None = None, progress: Callable[[int, int], None] | None = None
+            ) -> list:
+    """progress(done, total) as results come in."""
+    tick = progress or (lambda done, total: None)
     if ray is not None:
-        return _on_ray(fn, shared, items, ray)
+        return _on_ray(fn, shared, items, ray, tick)
     if workers <= 1 or len(items) <= 1:
-        return [fn(shared, item) for item in items]
+        out = []
+        for item in items:
+            out.append(fn(shared, item))
+            tick(len(out), len(items))
+        return out
     context = multiprocessing.get_context("fork" if threading.active_count() == 1
                                           else "forkserver")
     with ProcessPoolExecutor(min(workers, len(items)), mp_context=context, initializer=_start,
                              initargs=(fn, shared)) as pool:
-        return list(pool.map(_run, items))
+        futures = [pool.submit(_run, item) for item in items]
+        for done, _ in enumerate(as_completed(futures), 1):
+            tick(done, len(items))
+        return [f.result() for f in futures]
 
 
 def check_ray_address(address: str) -> str:
@@ -65,8 +75,8 @@ def check_ray_address(address: str) -> str:
     return address
 
 
-def _on_ray(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], address: str
-            ) -> list:
+def _on_ray(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], address: str,
+            tick: Callable[[int, int], None]) -> list:
     check_ray_address(address)
     try:
         import ray
@@ -84,7 +94,12 @@ def _on_ray(fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], ad
     try:
         task = ray.remote(num_cpus=1)(fn)
         ref = ray.put(shared)
-        return ray.get([task.remote(ref, item) for item in items])
+        refs = [task.remote(ref, item) for item in items]
+        waiting = list(refs)
+        while waiting:
+            _, waiting = ray.wait(waiting)
+            tick(len(refs) - len(waiting), len(refs))
+        return ray.get(refs)
     except RayTaskError as exc:  # what the task raised, without Ray's remote traceback
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
         if isinstance(cause, HetserveError):

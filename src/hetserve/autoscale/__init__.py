@@ -19,6 +19,7 @@ from hetserve.autoscale.replay import DayResult, replay_day
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError
 from hetserve.plan.configs import ModelDemand, measure_configs
+from hetserve.pool import run_all
 from hetserve.workload import Trace
 
 __all__ = ["DayOptions", "compare_day"]
@@ -39,10 +40,12 @@ class DayOptions:
 def compare_day(demand: ModelDemand, catalog: Catalog, day: Trace, opts: DayOptions,
                 mean_rate: float, outages: list[Outage] | None = None, compare: bool = True,
                 end: float = DAY,
-                progress: Callable[[str, float], None] | None = None) -> list[DayResult]:
+                progress: Callable[[str, float], None] | None = None,
+                workers: int = 1) -> list[DayResult]:
     """The adaptive re-planner's day, then (with `compare`) the static peak plan's, the
     single-type re-planner's and the queue scaler's on the same arrivals. `mean_rate`: the
-    day curve's mean (the baselines are sized from the curve, not from the part replayed)."""
+    day curve's mean (the baselines are sized from the curve, not from the part replayed).
+    `workers`: replay the policies in that many worker processes."""
     configs = measure_configs(demand, catalog)
     kw = {"headroom": opts.headroom, "threshold": opts.threshold, "startup": opts.startup,
           "configs": configs}
@@ -66,15 +69,23 @@ def compare_day(demand: ModelDemand, catalog: Catalog, day: Trace, opts: DayOpti
         best = min(singles, key=lambda n: singles[n].usd_per_hour)
         policies += [Static(static), Replanner(demand, catalog, only=best, **kw),
                      QueueScaler(_one_group(singles[best]), opts.queue_target)]
+    shared = (day, demand.workload, opts, outages, end)
+    if workers > 1:  # the policies side by side, a process each (no progress to report)
+        return run_all(_replay, shared, policies, workers=workers)
     results = []
     for policy in policies:
         def tick(t, name=policy.name):
             if progress:
                 progress(name, t)
-        results.append(replay_day(day, policy, demand.workload, window=opts.window,
-                                  startup={"default": opts.startup}, notice=opts.notice,
-                                  outages=outages, end=end, progress=tick))
+        results.append(_replay(shared, policy, tick))
     return results
+
+
+def _replay(shared, policy, progress: Callable[[float], None] | None = None) -> DayResult:
+    day, classes, opts, outages, end = shared
+    return replay_day(day, policy, classes, window=opts.window,
+                      startup={"default": opts.startup}, notice=opts.notice, outages=outages,
+                      end=end, progress=progress)
 
 
 def _one_group(plan):

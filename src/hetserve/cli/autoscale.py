@@ -63,6 +63,8 @@ def autoscale_cmd(
     = Path("deploy"),
     interval: Annotated[str, typer.Option(
         "--interval", help="controller mode: read the metrics every")] = "15s",
+    workers: Annotated[int, typer.Option(
+        "--workers", help="replay the policies in this many local processes")] = 1,
 ) -> None:
     """Replay a day of traffic (the trace shaped into a diurnal curve) through the simulator
     under the adaptive autoscaler, with every transition in it, against the static peak plan,
@@ -84,6 +86,7 @@ def autoscale_cmd(
                 parse_duration(startup, "--startup"))
         return
     check_output(plot, "--plot")
+    positive(workers, "--workers", integer=True)
     if isinstance(seed, bool) or seed < 0:
         raise HetserveError(f"--seed: expected an integer >= 0, got {seed}")
     if not shape_day and rate is not None:
@@ -129,8 +132,10 @@ def autoscale_cmd(
             bar.update(task, completed=t, description=f"replaying: {name}",
                        at=f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}")
 
+        if workers > 1:
+            bar.update(task, description="replaying the policies side by side")
         results = compare_day(demand, catalog, day, opts, rate or trace.rate, outages,
-                              compare, hours * 3600.0, tick)
+                              compare, hours * 3600.0, tick, workers)
     wall = time.perf_counter() - started
     if as_json:
         print(json.dumps({"requests": results[0].requests, "wall_seconds": wall, "policies": [

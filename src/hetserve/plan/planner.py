@@ -214,7 +214,8 @@ def _solve(problem: Problem, objective: str, blocks=None, rel_gap: float = 0.0,
     # time left, with the better plan and the better bound of the two
     linked = min_cost_linked(problem, blocks, rel_gap=max(rel_gap, LINKED_GAP),
                              block_gap=rel_gap, time_limit=time_limit)
-    if linked.status in ("optimal", "infeasible") or not np.isfinite(linked.bound):
+    if linked.status in ("optimal", "infeasible") or not np.isfinite(linked.bound) \
+            or (linked.ok and linked.seconds >= time_limit):  # no time left for the joint MILP
         return linked
     joint = min_cost(problem, rel_gap=rel_gap,
                      time_limit=max(time_limit - linked.seconds, 1.0))
