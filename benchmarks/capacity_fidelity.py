@@ -55,7 +55,7 @@ Usage (full: ~7 CPU minutes, about 4 minutes wall on 2 idle cores):
     python benchmarks/capacity_fidelity.py              # full run, writes results JSON
     python benchmarks/capacity_fidelity.py --quick      # A10G, L40S, H100-SXM, headline SLO
     python benchmarks/capacity_fidelity.py --model llama-3.1-8b --accelerators L4,H100-SXM
-    ... [--classes tiny,chat] [--tp 1] [--slo 1s:40ms] [--seed N] [--workers 2] [--ray local]
+    ... [--classes tiny,chat] [--tp 1] [--slo 1s:40ms] [--seed N] [--workers 2]
     ... [--out FILE.json] [--quiet]
 Quick and filtered runs print only, unless --out names a file.
 """
@@ -347,12 +347,12 @@ def make_points(models: list[str], accelerators: list[str], classes: list[tuple[
     return points, skipped
 
 
-def run_points(points: list[Point], workers: int, ray: str | None = None) -> list[Point]:
+def run_points(points: list[Point], workers: int) -> list[Point]:
     # the costliest (long outputs at high rates) first, so the pool ends together; on local
-    # workers (hetserve.pool) or a Ray cluster, with this process's seed and knobs
+    # workers (hetserve.pool), with this process's seed and knobs. (Not on Ray: its workers
+    # cannot import this script's module.)
     order = sorted(points, key=lambda p: -(p.output_tokens + 1) * max(p.closed, 0.1))
-    done = run_all(_work_with, (SEED, KNOBS), order, workers=workers, ray=ray,
-                   progress=_progress)
+    done = run_all(_work_with, (SEED, KNOBS), order, workers=workers, progress=_progress)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     key = {_ident(p): k for k, p in enumerate(points)}
@@ -361,7 +361,7 @@ def run_points(points: list[Point], workers: int, ray: str | None = None) -> lis
 
 def _work_with(settings: tuple, p: Point) -> Point:
     global SEED, KNOBS
-    if settings != (SEED, KNOBS):  # a worker that did not fork from main (Ray)
+    if settings != (SEED, KNOBS):  # a worker that did not fork from this process
         SEED, KNOBS = settings
         _unit_gaps.cache_clear()
         _deployment.cache_clear()
@@ -620,7 +620,6 @@ def main(argv: list[str] | None = None) -> None:
     default_seed = SEED
     ap.add_argument("--seed", type=int, default=SEED, help="arrival seed (noise check)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--ray", help="run the points on Ray: local, auto or a cluster's address")
     ap.add_argument("--out", help="write the JSON here (default: results/ on a full run only)")
     ap.add_argument("--quiet", action="store_true", help="omit the per-point tables")
     args = ap.parse_args(argv)
@@ -648,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
     if not points:
         _bad("no points: " + "; ".join(f"{k['model']} on {k['accelerator']}: {k['why']}"
                                        for k in skipped))
-    points = run_points(points, max(1, args.workers), args.ray)
+    points = run_points(points, max(1, args.workers))
     wall = time.perf_counter() - start
     summaries = print_report(points, args.quiet)
     for s in skipped:
