@@ -468,8 +468,11 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
     def proven() -> bool:
         return bool(np.isfinite(upper) and upper - lower <= max(rel_gap * upper, abs_gap))
 
-    while not proven() and moving and time.perf_counter() - t0 < time_limit \
+    last = time.perf_counter() - t0  # how long a round takes (the first: the blocks alone)
+    # a round starts only when one as long as the last still ends within the time limit
+    while not proven() and moving and time.perf_counter() - t0 + last < time_limit \
             and len(columns[moving[0]]) <= LINKED_ROUNDS:
+        began = time.perf_counter()
         slope = sum(use[k].T @ at[k].replicas for k in range(len(blocks))) - avail
         if not slope.any():
             break
@@ -497,6 +500,7 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
                     break
         chosen, upper = _master(p, columns, use, avail,
                                 max(time_limit - (time.perf_counter() - t0), 1.0))
+        last = time.perf_counter() - began
     best = _joined(p, blocks, chosen, "time_limit", lower, 0.0) if chosen is not None \
         else None
     if not proven():  # the plans found may combine better: every config they use, jointly

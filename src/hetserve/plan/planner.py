@@ -215,8 +215,8 @@ def _solve(problem: Problem, objective: str, blocks=None, rel_gap: float = 0.0,
     linked = min_cost_linked(problem, blocks, rel_gap=max(rel_gap, LINKED_GAP),
                              block_gap=rel_gap, time_limit=time_limit)
     if linked.status in ("optimal", "infeasible") or not np.isfinite(linked.bound) \
-            or (linked.ok and linked.seconds >= time_limit):  # no time left for the joint MILP
-        return linked
+            or (linked.ok and linked.seconds > 0.75 * time_limit):  # too little time left for
+        return linked  # the joint MILP to do better (building it alone takes seconds)
     joint = min_cost(problem, rel_gap=rel_gap,
                      time_limit=max(time_limit - linked.seconds, 1.0))
     best = min((s for s in (linked, joint) if s.ok), key=lambda s: s.objective, default=joint)
