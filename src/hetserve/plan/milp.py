@@ -324,11 +324,18 @@ def _build(p: Problem, scale_mode: bool, slices: int | None):
     return n, (ci, wi, tail_classes), coo, row_lo, row_hi, lo, hi, integer
 
 
+def _no_plan(p: Problem, status: str, bound: float, seconds: float,
+             maximised: bool = False) -> Solution:
+    """A solution without a plan (infeasible, or none found in time)."""
+    C, W = p.cap.shape
+    return Solution(status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, bound, seconds,
+                    maximised)
+
+
 def _unpack(p: Problem, status, values, bound, seconds, idx, step, scale_mode) -> Solution:
     C, W = p.cap.shape
     if values is None:
-        return Solution(status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, bound, seconds,
-                        scale_mode)
+        return _no_plan(p, status, bound, seconds, scale_mode)
     ci, wi, tail_classes = idx
     y = np.round(values[:C]).astype(int)
     shares = np.zeros((C, W))
@@ -402,9 +409,7 @@ def min_cost_blocks(p: Problem, blocks: Blocks, abs_gap: float = COST_ABS_GAP,
     seconds = time.perf_counter() - t0
     failed = next((s for s in sols if not s.ok), None)
     if failed is not None:
-        C, W = p.cap.shape
-        return Solution(failed.status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, np.nan,
-                        seconds)
+        return _no_plan(p, failed.status, np.nan, seconds)
     # a block stopped at the time limit: so does the whole
     status = "optimal" if all(s.status == "optimal" for s in sols) else "time_limit"
     return _joined(p, blocks, sols, status, sum(s.bound for s in sols), seconds)
@@ -433,14 +438,15 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
     plan found (cost inf when the master found none) and the lower bound. block_gap: the
     relative gap of the blocks solved alone (0: to abs_gap $/h in all, as min_cost_blocks)."""
     t0 = time.perf_counter()
-    free = replace(p, budget=None, available=np.full(len(p.types), np.inf))
-    subs = [free.block(*b) for b in blocks]
+    subs = [p.block(*b) for b in blocks]  # (without the budget and availability rows)
+
+    def left() -> float:  # seconds of the time limit left (at least one, to finish a step)
+        return max(time_limit - (time.perf_counter() - t0), 1.0)
 
     def solve(k: int, lam: np.ndarray) -> Solution:
         sub = subs[k] if not lam.any() else replace(subs[k], price=subs[k].price + use[k] @ lam)
         sol = min_cost(sub, abs_gap=abs_gap / len(blocks),
-                       rel_gap=rel_gap / 2 if lam.any() else block_gap,
-                       time_limit=max(time_limit - (time.perf_counter() - t0), 1.0))
+                       rel_gap=rel_gap / 2 if lam.any() else block_gap, time_limit=left())
         return replace(sol, cost=float(subs[k].price @ sol.replicas))  # at the true prices
 
     limited = np.nonzero(np.isfinite(p.available))[0]
@@ -451,18 +457,16 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
     C, W = p.cap.shape
     failed = next((s for s in at if not s.ok), None)
     if failed is not None:
-        return Solution(failed.status, np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, np.nan,
-                        time.perf_counter() - t0)
+        return _no_plan(p, failed.status, np.nan, time.perf_counter() - t0)
     base = [s.bound for s in at]  # each block's bound at lam = 0
     lower = sum(base)
     # the bounds count TAIL_PENALTY per best-effort class; a budget bounds the price alone
     penalties = TAIL_PENALTY * sum(len(g) for g, _ in p.tail_groups)
     if p.budget is not None and lower - penalties > p.budget + abs_gap:
-        return Solution("infeasible", np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, lower,
-                        time.perf_counter() - t0)
+        return _no_plan(p, "infeasible", lower, time.perf_counter() - t0)
     columns = [[s] for s in at]
     moving = [k for k, s in enumerate(at) if (use[k].T @ s.replicas).any()]
-    chosen, upper = _master(p, columns, use, avail, max(time_limit, 1.0))
+    chosen, upper = _master(p, columns, use, avail, left())
     value, theta, stall = lower, 1.0, 0
 
     def proven() -> bool:
@@ -498,8 +502,7 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
                 theta, stall = theta / 2.0, 0
                 if theta < 1.0 / 16:
                     break
-        chosen, upper = _master(p, columns, use, avail,
-                                max(time_limit - (time.perf_counter() - t0), 1.0))
+        chosen, upper = _master(p, columns, use, avail, left())
         last = time.perf_counter() - began
     best = _joined(p, blocks, chosen, "time_limit", lower, 0.0) if chosen is not None \
         else None
@@ -508,8 +511,7 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
         for (ci, _), col in zip(blocks, columns, strict=True):
             for sol in col:
                 keep[ci[sol.replicas > 0]] = True
-        sub = min_cost(p.restricted(keep), abs_gap=abs_gap,
-                       time_limit=max(time_limit - (time.perf_counter() - t0), 1.0))
+        sub = min_cost(p.restricted(keep), abs_gap=abs_gap, time_limit=left())
         if sub.ok and (best is None or sub.objective < best.objective):
             y, shares = np.zeros(C, int), np.zeros((C, W))
             y[keep], shares[keep] = sub.replicas, sub.shares
@@ -517,8 +519,7 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
             upper = sub.objective
     seconds = time.perf_counter() - t0
     if best is None:
-        return Solution("time_limit", np.zeros(C, int), np.zeros((C, W)), np.inf, 0.0, lower,
-                        seconds)
+        return _no_plan(p, "time_limit", lower, seconds)
     return replace(best, status="optimal" if proven() else "time_limit",
                    bound=min(lower, upper), seconds=seconds)
 

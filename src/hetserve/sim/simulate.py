@@ -312,7 +312,9 @@ def replay_piece(job: Replay, piece: Piece) -> Part:
                  sum(engines[i].preemptions for i in idx)) for idx in members]
 
     def count(reqs: list[Request]) -> None:
-        tally.add(piece.model, *_request_columns(reqs, group_of)[:9])
+        columns = dict(zip(COLUMNS, _request_columns(reqs, group_of), strict=True))
+        del columns["replica"]
+        tally.add(piece.model, **columns)
 
     if job.clients is not None:
         total = job.requests or len(trace)

@@ -121,15 +121,14 @@ def _lower(this: Round, rows: list[dict], names: list[str], derate: dict[str, fl
            target: float) -> None:
     """Lower the configs, and the classes on a config, that missed the target."""
     result = this.result
-    for k, (row, name) in enumerate(zip(rows, names, strict=True)):
+    for row, name in zip(rows, names, strict=True):
         if row["requests"] >= MIN_SAMPLES and row["slo_attainment"] < target:
             this.lowered[name] = _factor(row["slo_attainment"], target)
-        for (m, g, c), cell in sorted(result.tally.cells.items()):
-            if g == k and c >= 0 and cell.requests >= MIN_SAMPLES \
-                    and cell.met / cell.requests < target:
-                cls = result.classes[m][c]
-                this.lowered_classes[f"{name}|{cls}"] = _factor(cell.met / cell.requests,
-                                                                target)
+    for (m, g, c), cell in sorted(result.tally.cells.items()):  # a class on a group's config
+        if g >= 0 and c >= 0 and cell.requests >= MIN_SAMPLES \
+                and cell.met / cell.requests < target:
+            key = f"{names[g]}|{result.classes[m][c]}"
+            this.lowered_classes[key] = _factor(cell.met / cell.requests, target)
     for name, factor in this.lowered.items():
         derate[name] *= factor
     for key, factor in this.lowered_classes.items():
