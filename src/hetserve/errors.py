@@ -116,6 +116,50 @@ def write_text(path: Path | str, text: str) -> None:
         raise HetserveError(f"{path}: cannot write ({exc.strerror})") from None
 
 
+def read_csv_records(path: Path | str, model: type[Record], required: Iterable[str],
+                     lower: Iterable[str] = ()) -> list:
+    """Every row of a CSV file validated as `model` (empty cells left out, so that defaults
+    apply; the columns in `lower` lower-cased). Errors name the file, line and field; a file
+    without a row, or without a `required` column, is an error too."""
+    import csv
+
+    lines = read_text(path).splitlines()
+    out = []
+    reader = csv.DictReader(lines)
+    try:
+        missing = [f for f in required if f not in (reader.fieldnames or [])]
+        if missing:
+            raise HetserveError(f"{path}: line 1: missing column '{missing[0]}'")
+        for row in reader:
+            where = f"{path}: line {reader.line_num}"
+            if None in row or None in row.values():
+                raise HetserveError(f"{where}: expected {len(reader.fieldnames)} fields")
+            cells = {k: v.strip() for k, v in row.items() if v.strip()}
+            for key in lower:
+                if key in cells:
+                    cells[key] = cells[key].lower()
+            try:
+                out.append(model.model_validate(cells))
+            except ValidationError as err:
+                raise HetserveError(validation_message(err, where)) from None
+    except csv.Error as exc:
+        raise HetserveError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
+    if not out:
+        raise HetserveError(f"{path}: no rows")
+    return out
+
+
+def csv_columns(path: Path | str) -> list[str]:
+    """The header of a CSV file (its first line's fields)."""
+    import csv
+
+    first = read_text(path).partition("\n")[0]
+    try:
+        return [c.strip() for c in next(csv.reader([first]), [])]
+    except csv.Error:
+        return []
+
+
 def load_json(path: Path | str) -> Any:
     """Read a JSON file; errors name the file and line."""
     import json

@@ -328,17 +328,24 @@ def calibrate_cmd(
         "--out", help="--fit: write the fits as a catalog YAML (use with --catalog)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare the performance model with published serving measurements."""
-    from hetserve.sim.calibrate import calibrate, median_abs_error
+    """Compare the performance model with published serving measurements, or with measured
+    step times (a CSV with phase and seconds columns, docs/design.md 5.8)."""
+    from hetserve.profile.steps import compare_steps, is_step_file, read_step_times
+    from hetserve.sim.calibrate import calibrate, median_abs_error, of_engine
 
+    steps = data is not None and is_step_file(data)
     if fit:
         check_output(out_file, "--out")
         _calibrate_fit(build_catalog(catalog, price, None, None, profile), data, engine,
-                       hold_back, out_file, as_json)
+                       hold_back, out_file, as_json, steps)
         return
     if out_file is not None:
         raise HetserveError("--out goes with --fit")
-    points = calibrate(build_catalog(catalog, price, None, None, profile), data, engine)
+    cat = build_catalog(catalog, price, None, None, profile)
+    if steps:
+        points = compare_steps(of_engine(read_step_times(data), engine, data), cat)
+    else:
+        points = calibrate(cat, data, engine)
     median = median_abs_error(points)
     if as_json:
         _emit_json({
@@ -347,7 +354,8 @@ def calibrate_cmd(
             "median_abs_error": median,
         })
         return
-    table = Table(title="Performance model vs published measurements (closed-loop simulation)",
+    table = Table(title="Performance model vs measured step times (ms)" if steps else
+                  "Performance model vs published measurements (closed-loop simulation)",
                   title_justify="left")
     for col in ("id", "metric", "predicted", "measured", "error"):
         table.add_column(col, justify="left" if col in ("id", "metric") else "right")
@@ -362,20 +370,26 @@ def calibrate_cmd(
 
 
 def _calibrate_fit(cat: Catalog, data: Path | None, engine: str | None, hold_back: float,
-                   out_file: Path | None, as_json: bool) -> None:
+                   out_file: Path | None, as_json: bool, steps: bool = False) -> None:
     from rich.progress import Progress
 
-    from hetserve.profile.fit import fit_measurements
-    from hetserve.sim.calibrate import engine_profile, read_measurements
+    from hetserve.profile.fit import MIN_ROWS, fit_measurements
+    from hetserve.profile.steps import (
+        MIN_STEP_ROWS,
+        fit_step_times,
+        read_step_times,
+        step_deployment,
+    )
+    from hetserve.sim.calibrate import measured_deployment, of_engine, read_measurements
 
     if not 0 <= hold_back < 1:
         raise HetserveError(f"--hold-back: expected a share in [0, 1), got {hold_back}")
-    rows = read_measurements(data)
-    if engine is not None:
-        rows = [m for m in rows if engine_profile(m.engine) == engine]
+    rows = of_engine(read_step_times(data) if steps else read_measurements(data), engine, data)
+    for row in rows:  # bad input is refused before any work
+        (step_deployment if steps else measured_deployment)(row, cat)
     with Progress(console=_console(stderr=True), transient=True) as bar:
         task = bar.add_task("fitting", total=None)
-        groups = fit_measurements(rows, cat, hold_back)
+        groups = (fit_step_times if steps else fit_measurements)(rows, cat, hold_back)
         bar.update(task, completed=1, total=1)
     fitted = [g for g in groups if g.fit is not None]
     if out_file is not None:
@@ -391,9 +405,11 @@ def _calibrate_fit(cat: Catalog, data: Path | None, engine: str | None, hold_bac
             "fit": g.fit.model_dump() if g.fit else None,
             "report": g.report.model_dump() if g.report else None} for g in groups]})
         return
-    table = Table(title="Coefficients fitted per deployment (closed-loop simulation of each "
-                  "row)", title_justify="left", caption=f"{len(fitted)} of {len(groups)} "
-                  "deployments have enough rows to fit (6)", caption_justify="left")
+    table = Table(title="Coefficients fitted per deployment (" + (
+        "least squares on the step times)" if steps else
+        "closed-loop simulation of each row)"), title_justify="left",
+        caption=f"{len(fitted)} of {len(groups)} deployments have enough rows to fit "
+        f"({MIN_STEP_ROWS if steps else MIN_ROWS})", caption_justify="left")
     for col in ("deployment", "rows", "eta_compute", "eta_memory", "overhead ms", "host us/seq",
                 "median |error| before -> after", "held back before -> after"):
         table.add_column(col, justify="left" if col == "deployment" else "right",

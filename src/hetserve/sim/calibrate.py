@@ -9,7 +9,6 @@ clients) and reads off the same metric. Rows without lengths use DEFAULT_SHAPE.
 
 from __future__ import annotations
 
-import csv
 import re
 import statistics
 from collections.abc import Sequence
@@ -18,10 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from hetserve.catalog import Catalog
-from hetserve.errors import HetserveError, Record, read_text, validation_message
+from hetserve.errors import HetserveError, Record, read_csv_records
 from hetserve.models import Dtype, get_model
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
@@ -86,29 +85,7 @@ def default_data() -> Path:
 
 def read_measurements(path: Path | str | None = None) -> list[Measurement]:
     path = Path(path) if path else default_data()
-    lines = read_text(path).splitlines()
-    out = []
-    try:
-        reader = csv.DictReader(lines)
-        missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
-        if missing:
-            raise HetserveError(f"{path}: line 1: missing column '{missing[0]}'")
-        for row in reader:
-            where = f"{path}: line {reader.line_num}"
-            if None in row or None in row.values():
-                raise HetserveError(f"{where}: expected {len(reader.fieldnames)} fields")
-            cells = {k: v.strip() for k, v in row.items() if v.strip()}
-            if "dtype" in cells:
-                cells["dtype"] = cells["dtype"].lower()
-            try:
-                out.append(Measurement.model_validate(cells))
-            except ValidationError as err:
-                raise HetserveError(validation_message(err, where)) from None
-    except csv.Error as exc:
-        raise HetserveError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
-    if not out:
-        raise HetserveError(f"{path}: no measurements")
-    return out
+    return read_csv_records(path, Measurement, FIELDS, lower=("dtype",))
 
 
 @dataclass(frozen=True)
@@ -190,6 +167,19 @@ def engine_profile(engine: str) -> str:
     return "vllm"
 
 
+def of_engine(rows: list, engine: str | None, data: Path | str | None) -> list:
+    """The rows (with an `engine` column) of one engine, all with engine None; none left is
+    an error."""
+    if engine is None:
+        return rows
+    check_engine(engine)
+    kept = [r for r in rows if engine_profile(r.engine) == engine]
+    if not kept:
+        raise HetserveError(f"--engine {engine}: no measurement of that engine in "
+                            f"{data or default_data()}")
+    return kept
+
+
 def measured_deployment(m: Measurement, catalog: Catalog) -> Deployment:
     """The deployment a measurement ran on, as the model sees it (an error naming the row if
     it does not fit or the request does not fit its KV cache)."""
@@ -226,13 +216,7 @@ def predict(m: Measurement, catalog: Catalog) -> float:
 def calibrate(catalog: Catalog, data: Path | str | None = None,
               engine: str | None = None) -> list[Point]:
     """Model against measurement for every row (with `engine`: the rows of that engine)."""
-    rows = read_measurements(data)
-    if engine is not None:
-        check_engine(engine)
-        rows = [m for m in rows if engine_profile(m.engine) == engine]
-        if not rows:
-            raise HetserveError(f"--engine {engine}: no measurement of that engine in "
-                                f"{data or default_data()}")
+    rows = of_engine(read_measurements(data), engine, data)
     points = []
     for m in rows:
         try:

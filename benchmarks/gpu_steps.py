@@ -1,0 +1,354 @@
+"""Measure real engine step times on a GPU: a randomly initialised model of a real architecture
+in PyTorch, prefill and decode steps as an engine runs them (decode as CUDA-graph replays), and
+the linear layers alone. Writes a step-times CSV (docs/design.md, section 5.8) that
+`hetserve calibrate --data FILE [--fit]` compares the model with and fits.
+
+Needs only PyTorch and PyYAML (it runs on a GPU machine without hetserve's dependencies):
+
+    python benchmarks/gpu_steps.py --gpu H200 --model llama-3.1-8b --model llama-2-7b \\
+        --out src/hetserve/perf/data/step_times.csv
+
+What a step runs, per model (weights random, N(0, 0.02): random weights time the same as
+trained ones):
+- prefill: `batch` prompts of `prompt` tokens from an empty cache: embedding, every layer
+  (RMSNorm, fused QKV, RoPE, causal flash attention via scaled_dot_product_attention, the KV
+  written to a cache, output projection, fused gate/up SwiGLU MLP, down projection), the final
+  norm, and the LM head and a greedy sample for each prompt's last token only;
+- decode: one token for each of `batch` sequences with `context` tokens of KV each, attention
+  reading the whole cache (grouped heads as one batched matmul, no copy of K and V), the new K
+  and V written in place; captured once as a CUDA graph and replayed, as vLLM does;
+- linear: the matmuls of every layer alone on `tokens` tokens (as a CUDA graph), as Vidur's
+  operator profiles measure them.
+
+Each shape is timed with CUDA events over `--repeats` runs after warm-ups; the CSV holds the
+median. `--device cpu --layers 2 --quick` checks the script on a machine without a GPU (its rows
+then say so in `source` and are not calibration data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+MODELS = Path(__file__).resolve().parents[1] / "src" / "hetserve" / "models" / "data" / \
+    "models.yaml"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FIELDS = ("id", "gpu", "model", "dtype", "tp", "phase", "batch", "tokens", "seconds", "p10",
+          "p90", "device", "software", "source")
+# Shapes: (batch, prompt) for prefill, (batch, context) for decode, tokens for linear
+PREFILL = [(1, 128), (1, 512), (1, 2048), (1, 8192), (4, 128), (4, 512), (4, 2048), (4, 8192),
+           (16, 128), (16, 512), (16, 2048)]
+DECODE = [(b, c) for b in (1, 4, 16, 64, 128, 256) for c in (256, 2048, 8192)]
+LINEAR = [1, 8, 32, 128, 512, 2048, 8192]
+MAX_KV_TOKENS = 600_000  # decode shapes whose cache holds more are left out
+QUICK = ([(1, 16), (2, 64), (4, 32)], [(1, 32), (4, 64), (8, 128), (16, 64)], [1, 16, 64, 256])
+
+
+def arch(name: str) -> dict:
+    for m in yaml.safe_load(MODELS.read_text())["models"]:
+        if m["name"] == name:
+            return m
+    sys.exit(f"--model {name}: not in {MODELS}")
+
+
+class Model:
+    """A Llama-family decoder (Llama, Mistral, Qwen2) with random weights, run by hand."""
+
+    def __init__(self, spec: dict, layers: int, dtype: torch.dtype, device: str) -> None:
+        self.spec, self.layers, self.device, self.dtype = spec, layers, device, dtype
+        h, d = spec["hidden"], spec["head_dim"]
+        self.h, self.d, self.heads, self.kv = h, d, spec["heads"], spec["kv_heads"]
+        q, kv, inter = self.heads * d, self.kv * d, spec["intermediate"]
+
+        def w(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, device=device, dtype=dtype) * 0.02
+
+        self.embed = w(spec["vocab"], h)
+        self.lm_head = self.embed if spec.get("tie_embeddings") else w(spec["vocab"], h)
+        self.w = [{"qkv": w(q + 2 * kv, h), "qkv_bias": w(q + 2 * kv) if spec.get("qkv_bias")
+                   else None, "o": w(h, q), "gate_up": w(2 * inter, h), "down": w(h, inter),
+                   "norm1": torch.ones(h, device=device, dtype=dtype),
+                   "norm2": torch.ones(h, device=device, dtype=dtype)} for _ in range(layers)]
+        self.norm = torch.ones(h, device=device, dtype=dtype)
+        inv = 1.0 / (spec.get("rope_theta", 500000.0) ** (
+            torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
+        self.inv_freq = inv
+
+    def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of x (..., n, heads, d) at positions pos (..., n)."""
+        ang = pos.to(torch.float32)[..., None] * self.inv_freq
+        cos, sin = ang.cos()[..., None, :].to(x.dtype), ang.sin()[..., None, :].to(x.dtype)
+        x1, x2 = x[..., : self.d // 2], x[..., self.d // 2:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    def _qkv(self, lw: dict, x: torch.Tensor, pos: torch.Tensor):
+        qkv = F.linear(F.rms_norm(x, (self.h,), lw["norm1"]), lw["qkv"], lw["qkv_bias"])
+        q, k, v = qkv.split([self.heads * self.d, self.kv * self.d, self.kv * self.d], -1)
+        shape = x.shape[:-1]
+        q = self.rope(q.view(*shape, self.heads, self.d), pos)
+        k = self.rope(k.view(*shape, self.kv, self.d), pos)
+        return q, k, v.view(*shape, self.kv, self.d)
+
+    def _mlp(self, lw: dict, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(F.rms_norm(x, (self.h,), lw["norm2"]), lw["gate_up"]).chunk(2, -1)
+        return x + F.linear(F.silu(gate) * up, lw["down"])
+
+    def _sample(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.rms_norm(x, (self.h,), self.norm), self.lm_head).argmax(-1)
+
+    def prefill(self, ids: torch.Tensor, cache: list) -> torch.Tensor:
+        """ids (B, n) from an empty cache; K and V go into the first n slots of cache[layer] =
+        (k, v), each (B, kv, >= n, d); returns each prompt's first sampled token."""
+        b, n = ids.shape
+        pos = torch.arange(n, device=self.device).expand(b, n)
+        x = self.embed[ids]
+        group = self.heads // self.kv
+        for lw, (kc, vc) in zip(self.w, cache, strict=True):
+            q, k, v = self._qkv(lw, x, pos)
+            kc, vc = kc[:, :, :n], vc[:, :, :n]
+            kc.copy_(k.transpose(1, 2))
+            vc.copy_(v.transpose(1, 2))
+            # flash attention here wants equal head counts: the grouped K/V are copied out per
+            # query head (about 1% of a prefill step's time; engines' kernels read them in place)
+            kx = kc[:, :, None].expand(b, self.kv, group, n, self.d).reshape(b, self.heads, n,
+                                                                              self.d)
+            vx = vc[:, :, None].expand(b, self.kv, group, n, self.d).reshape(b, self.heads, n,
+                                                                              self.d)
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), kx, vx, is_causal=True)
+            x = x + F.linear(a.transpose(1, 2).reshape(b, n, -1), lw["o"])
+            x = self._mlp(lw, x)
+        return self._sample(x[:, -1])
+
+    def decode(self, ids: torch.Tensor, pos: torch.Tensor, cache: list) -> torch.Tensor:
+        """One token for each of B sequences: ids (B,), pos (B,) the new token's position, the
+        caches (B, kv, ctx + 1, d) hold ctx tokens and take the new one at pos."""
+        b = ids.shape[0]
+        x = self.embed[ids]
+        group = self.heads // self.kv
+        scale = 1.0 / math.sqrt(self.d)
+        slot = pos[:, None, None, None].expand(b, self.kv, 1, self.d)
+        for lw, (kc, vc) in zip(self.w, cache, strict=True):
+            q, k, v = self._qkv(lw, x[:, None], pos[:, None])
+            kc.scatter_(2, slot, k.transpose(1, 2))
+            vc.scatter_(2, slot, v.transpose(1, 2))
+            qg = q.view(b, self.kv, group, self.d)  # (B, kv, group, d)
+            s = torch.matmul(qg, kc.transpose(-1, -2)) * scale  # (B, kv, group, ctx + 1)
+            a = torch.matmul(torch.softmax(s.float(), -1).to(qg.dtype), vc)
+            x = x + F.linear(a.reshape(b, -1), lw["o"])
+            x = self._mlp(lw, x)
+        return self._sample(x)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The matmuls of every layer on x (tokens, hidden)."""
+        inter = self.spec["intermediate"]
+        for lw in self.w:
+            y = F.linear(x, lw["qkv"])
+            x = F.linear(y[:, : self.heads * self.d], lw["o"])
+            y = F.linear(x, lw["gate_up"])
+            x = F.linear(y[:, :inter], lw["down"])
+        return x
+
+
+def check() -> None:
+    """The decode step agrees with prefill: prefilling n tokens then decoding token n + 1 gives
+    the same next token and hidden state as prefilling all n + 1 (a small model, float32)."""
+    spec = {"hidden": 64, "head_dim": 16, "heads": 8, "kv_heads": 2, "intermediate": 96,
+            "vocab": 97, "qkv_bias": True}
+    torch.manual_seed(0)
+    m = Model(spec, 2, torch.float32, "cpu")
+    for w in m.w:  # larger weights, so that a wrong step changes the result
+        for key in ("qkv", "o", "gate_up", "down"):
+            w[key] *= 10
+    b, n = 3, 11
+    ids = torch.randint(0, 97, (b, n + 1))
+    full = [tuple(torch.zeros(b, 2, n + 1, 16) for _ in range(2)) for _ in range(2)]
+    step = [tuple(torch.zeros(b, 2, n + 1, 16) for _ in range(2)) for _ in range(2)]
+    hidden: list[torch.Tensor] = []
+    sample = m._sample
+    m._sample = lambda x: hidden.append(x) or sample(x)
+    want = m.prefill(ids, full)
+    m.prefill(ids[:, :n], step)
+    got = m.decode(ids[:, n], torch.full((b,), n), step)
+    m._sample = sample
+    assert torch.equal(got, want), (got, want)
+    assert torch.allclose(hidden[2], hidden[0], atol=1e-4), "decode's hidden state differs"
+    for (kf, vf), (ks, vs) in zip(full, step, strict=True):
+        assert torch.allclose(kf, ks, atol=1e-5) and torch.allclose(vf, vs, atol=1e-5)
+    print("check: decode after prefill matches one longer prefill (tokens, hidden, KV)")
+
+
+class Timer:
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def time(self, fn, repeats: int, warmup: int) -> list[float]:
+        """Seconds of each of `repeats` calls of fn, after `warmup` calls."""
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        out = []
+        for _ in range(repeats):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), \
+                    torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                out.append(start.elapsed_time(end) * 1e-3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+        return out
+
+
+def graphed(fn, device: str):
+    """fn as a CUDA-graph replay (on CUDA), captured after a warm-up on a side stream."""
+    if not device.startswith("cuda"):
+        return fn
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def software() -> str:
+    parts = [f"torch {torch.__version__}", f"python {platform.python_version()}"]
+    if torch.cuda.is_available():
+        parts.insert(1, f"cuda {torch.version.cuda}")
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
+                                     "--format=csv,noheader"], capture_output=True, text=True,
+                                    timeout=20).stdout.strip().splitlines()[0]
+            parts.insert(2, f"driver {driver}")
+        except (OSError, IndexError, subprocess.SubprocessError):
+            pass
+    return "; ".join(parts)
+
+
+def quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+def measure(name: str, args, writer, device_name: str, sw: str) -> int:
+    spec = arch(name)
+    dtype_name = args.dtype or spec.get("default_dtype", "bf16")
+    layers = args.layers or spec["layers"]
+    dry = layers != spec["layers"] or not args.device.startswith("cuda")
+    source = (f"dry run: {layers} of {spec['layers']} layers on {args.device}, not calibration "
+              "data" if dry else "benchmarks/gpu_steps.py: random weights; decode as CUDA "
+              "graphs; median of repeats")
+    torch.manual_seed(0)
+    model = Model(spec, layers, DTYPES[dtype_name], args.device)
+    timer = Timer(args.device)
+    prefill, decode, linear = QUICK if args.quick else (PREFILL, DECODE, LINEAR)
+    rows = 0
+
+    def row(phase: str, batch: int, tokens: int, times: list[float]) -> None:
+        nonlocal rows
+        med = statistics.median(times)
+        writer.writerow([f"{args.gpu}-{name}-{phase}-{batch}-{tokens}", args.gpu, name,
+                         dtype_name, 1, phase, batch, tokens, f"{med:.6g}",
+                         f"{quantile(times, 0.1):.6g}", f"{quantile(times, 0.9):.6g}",
+                         device_name, sw, source])
+        rows += 1
+        print(f"  {name} {phase:7s} batch {batch:4d} tokens {tokens:6d}: {med * 1e3:9.3f} ms",
+              flush=True)
+
+    kv = (model.kv, model.d)
+    for b, n in prefill:
+        ids = torch.randint(0, spec["vocab"], (b, n), device=args.device)
+        cache = [tuple(torch.empty(b, *kv[:1], n, kv[1], device=args.device,
+                                   dtype=model.dtype) for _ in range(2)) for _ in range(layers)]
+        with torch.inference_mode():
+            row("prefill", b, n, timer.time(partial(model.prefill, ids, cache), args.repeats,
+                                            args.warmup))
+        del cache
+    for b, c in decode:
+        if b * c > MAX_KV_TOKENS:
+            continue
+        ids = torch.randint(0, spec["vocab"], (b,), device=args.device)
+        pos = torch.full((b,), c, device=args.device)
+        cache = [tuple(torch.randn(b, kv[0], c + 1, kv[1], device=args.device,
+                                   dtype=model.dtype) * 0.1 for _ in range(2))
+                 for _ in range(layers)]
+        with torch.inference_mode():
+            step = graphed(partial(model.decode, ids, pos, cache), args.device)
+            row("decode", b, c, timer.time(step, args.repeats * 3, args.warmup))
+        del step, cache
+    for t in linear:
+        x = torch.randn(t, model.h, device=args.device, dtype=model.dtype)
+        with torch.inference_mode():
+            step = graphed(partial(model.linear, x), args.device)
+            row("linear", 1, t, timer.time(step, args.repeats * 3, args.warmup))
+        del step
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", required=True, help="the accelerator's name in hetserve's "
+                        "catalog (H100-SXM, H200, ...)")
+    parser.add_argument("--model", action="append", required=True, help="a model of "
+                        "hetserve's registry (repeatable)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the model's")
+    parser.add_argument("--out", type=Path, required=True, help="step-times CSV to write")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--layers", type=int, help="dry runs only: fewer layers")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a few small shapes (dry runs)")
+    parser.add_argument("--check", action="store_true", help="first check that decode "
+                        "agrees with prefill on a small model (CPU, float32)")
+    args = parser.parse_args()
+    if args.check:
+        check()
+    for name in args.model:
+        arch(name)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda: no GPU visible to PyTorch (use --device cpu for a dry run)")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        platform.processor() or platform.machine()
+    sw = software()
+    print(f"{device_name}; {sw}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
+    start = time.perf_counter()
+    rows = 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(FIELDS)
+        for name in args.model:
+            rows += measure(name, args, writer, device_name, sw)
+            f.flush()
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    print(f"{rows} step times in {time.perf_counter() - start:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
