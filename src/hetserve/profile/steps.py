@@ -174,7 +174,8 @@ def fit_steps(dep: Deployment, rows: Sequence[StepTime], hold_back: float = HOLD
     # from a point past the other side of the knees, keep the better
     starts = [x0, np.array([x0[0] / 2, x0[1] / 2, 0.2, 100.0])]
     found = min((least_squares(residuals, np.clip(z / scale, LOWER / scale, UPPER / scale
-                                                  )[:free], bounds=(lo, hi), x_scale="jac")
+                                                  )[:free], bounds=(lo, hi), x_scale="jac",
+                                 loss="soft_l1", f_scale=0.05)
                  for z in starts), key=lambda r: r.cost)
     fitted = _as_fit(dep, full(found.x))
     after = with_fit(dep, fitted)
