@@ -240,3 +240,31 @@ def test_time_limit_and_the_gap_warning():
                            budget=1000.0, time_limit=1e-6)
     with pytest.raises(HetserveError, match="--time-limit"):
         hetserve.make_plan("llama-3.1-8b", rate=20, catalog=SMALL, time_limit=0)
+
+
+def test_measure_all_splits_a_model_over_cores_with_the_same_configs(monkeypatch):
+    """With more cores than models, a model's deployments are measured in pieces in worker
+    processes: the same configs, capacities bit for bit, in the same order."""
+    from hetserve import pool
+    from hetserve.plan import configs, model_demands
+
+    demands = model_demands(["llama-3.1-8b", "qwen2.5-7b"], workload="azure-code", rate=4.0)
+    pieces = []
+    real = pool.run_all
+
+    def spy(fn, shared, items, workers=1, **kw):
+        pieces.append((len(items), workers))
+        return real(fn, shared, items, workers=workers, **kw)
+
+    monkeypatch.setattr(configs, "run_all", spy)
+    monkeypatch.setattr(configs, "cores", lambda: 3)
+    monkeypatch.setattr(configs, "PIECE_DEPLOYMENTS", 8)
+    got = configs.measure_all(demands, SMALL)
+    n = [len(configs.candidate_deployments(d, SMALL)) for d in demands]
+    assert pieces == [(2 * 3, 3)] and min(n) >= 3 * 8  # 3 pieces a model (2 x 3 cores / 2)
+    for d in demands:
+        alone = configs.measure_configs(d, SMALL)
+        mine = got[d.model.name]
+        assert [c.name for c in mine] == [c.name for c in alone] and len(alone) > 20
+        for a, b in zip(mine, alone, strict=True):
+            assert np.array_equal(a.cap, b.cap) and np.array_equal(a.tail, b.tail)

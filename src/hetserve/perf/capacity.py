@@ -24,10 +24,12 @@ more FLOPS, bandwidth and memory (tests/test_capacity_properties.py).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -46,6 +48,7 @@ DEPLOYMENT_BATCH = 4  # deployments per vectorised coarse pass (arrays that stay
 PAIR_BATCH = 2048  # (deployment, class) pairs bisected side by side
 POISSON_WIDTH = 32  # counts of prompt chunks per step evaluated
 POISSON_EXACT = 16.0  # means up to this use the exact Poisson pmf, larger ones a normal
+HEAP_PAD = 64 << 20  # bytes glibc's malloc grows and keeps the heap by (_pad_heap)
 KV_SERVERS = 64  # a KV cache holding at most this many requests is a queue of that many slots
 OVERFLOW = 1e-4  # ... and more requests than it holds at full length stay this rare
 
@@ -313,16 +316,22 @@ def _poisson(lam: np.ndarray, width: int = POISSON_WIDTH) -> tuple[np.ndarray, n
     POISSON_EXACT (4 sigma inside the window), a normal over +-4 sigma beyond."""
     lam = np.maximum(np.asarray(lam, dtype=np.float64), 0.0)
     big = (lam > POISSON_EXACT)[..., None]
-    small = np.arange(1.0, float(width))  # counts past zero
-    sigma = np.sqrt(lam)[..., None]
-    counts = np.where(big, np.maximum(lam[..., None] + sigma * np.linspace(-4.0, 4.0, width),
-                                      0.0), np.arange(float(width)))
-    # exact: each count is lam / count times as likely as the one before
-    ratio = np.minimum(lam[..., None], POISSON_EXACT) / small
-    exact = np.concatenate([np.ones(lam.shape + (1,)), np.cumprod(ratio, -1)], -1)
-    normal = np.exp(-((counts - lam[..., None]) ** 2) / (2.0 * np.maximum(lam[..., None],
-                                                                         1e-300)))
-    pmf = np.where(big, normal, exact)
+    any_big, all_big = bool(big.any()), bool(big.all())
+    counts = np.arange(float(width))  # broadcasts against [..., width] where all are exact
+    if any_big:
+        sigma = np.sqrt(lam)[..., None]
+        counts = np.where(big, np.maximum(lam[..., None] + sigma * np.linspace(-4.0, 4.0, width),
+                                          0.0), counts)
+    pmf = None
+    if not all_big:  # exact: each count is lam / count times as likely as the one before
+        ratio = np.minimum(lam[..., None], POISSON_EXACT) / np.arange(1.0, float(width))
+        pmf = np.empty(lam.shape + (width,))
+        pmf[..., 0] = 1.0
+        np.cumprod(ratio, -1, out=pmf[..., 1:])
+    if any_big:
+        normal = np.exp(-((counts - lam[..., None]) ** 2) / (2.0 * np.maximum(lam[..., None],
+                                                                             1e-300)))
+        pmf = normal if pmf is None else np.where(big, normal, pmf)
     return counts, pmf / pmf.sum(-1, keepdims=True)
 
 
@@ -352,8 +361,19 @@ def class_capacities(deps: Sequence[Deployment], mean_input, mean_output, slo: S
     return results  # type: ignore[return-value]
 
 
+@cache
+def _pad_heap() -> None:
+    """Have glibc's malloc grow the heap, and keep it, HEAP_PAD bytes at a time. The search
+    allocates and frees many arrays of 0.1-1 MB; by default the heap grows and shrinks by what
+    each needs and their pages fault in again every time, a quarter of a first search's time
+    (9.3 s against 6.7 s for one model's 1,116 configs). Nothing where malloc is another."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-2, HEAP_PAD)  # M_TOP_PAD
+
+
 def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: SLO
                 ) -> list[Capacity]:
+    _pad_heap()
     engines = Engines.of(deps)
     n = len(inp)
     limit = np.array([min(d.kv_capacity_tokens, d.model.max_context) for d in deps])[:, None]

@@ -3,6 +3,7 @@ memory-feasible, with per-class capacity under the model's SLO; dominated config
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from hetserve.pool import cores, run_all
 from hetserve.workload import Workload
 
 MAX_PP = 8
+PIECE_DEPLOYMENTS = 64  # deployments a worker measures at least (measure_all)
 # Engine knobs the planner chooses per config: (max_num_batched_tokens, max_num_seqs). Small
 # chunks bound how much one prompt's prefill stretches the steps of requests decoding beside
 # it (long prompts under a tight TPOT); large ones prefill with fewer weight reads.
@@ -86,11 +88,9 @@ def _dominated(cfgs: list[Config]) -> list[bool]:
     return out.tolist()
 
 
-def measure_configs(demand: ModelDemand, catalog: Catalog) -> list[Config]:
-    """Every memory-feasible config that serves at least one class of the model, with its
-    modelled capacities (dominated ones included). The costly step: compute once, select often."""
-    inp = np.array([c.mean_input for c in demand.workload.classes])
-    out = np.array([c.mean_output for c in demand.workload.classes])
+def candidate_deployments(demand: ModelDemand, catalog: Catalog) -> list[Deployment]:
+    """Every memory-feasible deployment of the model on the catalog, in a fixed order: by
+    accelerator, TP, PP and engine knobs, within the devices a replica may use."""
     deps = []
     for acc in catalog:
         available = catalog.availability(acc.name)
@@ -104,6 +104,14 @@ def measure_configs(demand: ModelDemand, catalog: Catalog) -> list[Config]:
                                      engine=demand.engine, chunk_tokens=chunk, max_seqs=seqs)
                     if dep.fits:
                         deps.append(dep)
+    return deps
+
+
+def measure_deployments(demand: ModelDemand, deps: Sequence[Deployment]) -> list[Config]:
+    """The configs of `deps` that serve at least one class of the model, with their modelled
+    capacities (each deployment's independent of the others')."""
+    inp = np.array([c.mean_input for c in demand.workload.classes])
+    out = np.array([c.mean_output for c in demand.workload.classes])
     cfgs = []
     tails = demand.tail_classes
     free = class_capacities(deps, inp[tails], out[tails], SLO()) if len(tails) else None
@@ -117,18 +125,39 @@ def measure_configs(demand: ModelDemand, catalog: Catalog) -> list[Config]:
     return cfgs
 
 
-def _measure(catalog: Catalog, demand: ModelDemand) -> list[Config]:
-    return measure_configs(demand, catalog)
+def measure_configs(demand: ModelDemand, catalog: Catalog) -> list[Config]:
+    """Every memory-feasible config that serves at least one class of the model, with its
+    modelled capacities (dominated ones included). The costly step: compute once, select often."""
+    return measure_deployments(demand, candidate_deployments(demand, catalog))
+
+
+def _measure(catalog: Catalog, piece: tuple[ModelDemand, int, int]) -> list[Config]:
+    demand, start, stop = piece
+    return measure_deployments(demand, candidate_deployments(demand, catalog)[start:stop])
 
 
 def measure_all(demands: Sequence[ModelDemand], catalog: Catalog,
                 measured: Mapping[str, list[Config]] | None = None) -> dict[str, list[Config]]:
-    """measure_configs of every model (by name) not in `measured`, the models side by side in
-    worker processes (one a core)."""
+    """measure_configs of every model (by name) not in `measured`, in worker processes (one a
+    core): the models side by side, and a model's deployments split into pieces of at least
+    PIECE_DEPLOYMENTS where there are more cores than models. The same configs as one process
+    computes (each deployment's capacities are its own)."""
     out = dict(measured or {})
-    missing = [d for d in demands if d.model.name not in out]
-    got = run_all(_measure, catalog, missing, workers=cores())
-    return out | {d.model.name: cfgs for d, cfgs in zip(missing, got, strict=True)}
+    missing = list({d.model.name: d for d in reversed(demands)
+                    if d.model.name not in out}.values())[::-1]  # the first of each name
+    workers = cores()
+    pieces = []
+    for d in missing:
+        n = len(candidate_deployments(d, catalog))
+        parts = max(1, min(n // PIECE_DEPLOYMENTS, math.ceil(2 * workers / len(missing))))
+        edges = np.linspace(0, n, parts + 1).round().astype(int)
+        pieces += [(d, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    got = run_all(_measure, catalog, pieces, workers=workers)
+    for (d, _, _), cfgs in zip(pieces, got, strict=True):
+        out.setdefault(d.model.name, []).extend(cfgs)
+    for d in missing:
+        out.setdefault(d.model.name, [])
+    return out
 
 
 def enumerate_configs(demand: ModelDemand, catalog: Catalog, keep_dominated: bool = False,

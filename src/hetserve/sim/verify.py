@@ -28,6 +28,7 @@ from hetserve.plan import Plan, solve_plan
 from hetserve.plan.configs import ModelDemand, measure_all
 from hetserve.plan.planfile import Verification, best_baseline
 from hetserve.plan.planner import TIME_LIMIT, with_baselines
+from hetserve.pool import cores, run_all
 from hetserve.sim.report import SimResult
 from hetserve.sim.simulate import simulate, simulation_limit
 
@@ -164,20 +165,29 @@ def best_round(history: Sequence[Round], target: float) -> Round:
     return max(history, key=lambda r: (r.attainment, -r.number))
 
 
+def _attained(how: tuple, plan: Plan) -> float | None:
+    """The plan's SLO attainment in simulation (None: too large to simulate)."""
+    traces, router, seed = how
+    if simulation_limit(plan):
+        return None
+    return simulate(plan, traces, router=router, seed=seed).attainment
+
+
 def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Plan:
     """The plan with its figures proven in simulation: its own SLO attainment on its workload
     (from `verification` when set), every homogeneous baseline's, and the saving quoted only
-    against the best baseline that reaches the attainment target, and only if the plan does."""
-    def attained(p: Plan) -> float | None:  # None: too large to simulate
-        if simulation_limit(p):
-            return None
-        return simulate(p, traces, router=router, seed=seed).attainment
-
+    against the best baseline that reaches the attainment target, and only if the plan does.
+    The plans simulate side by side in worker processes, each in one (as alone)."""
     target = min(m.attainment for m in plan.models)
-    own = plan.verification.slo_attainment if plan.verification else attained(plan)
-    baselines = [b.model_copy(update={"slo_attainment": attained(
-        plan.baseline_plans[b.accelerator])}) if b.accelerator in plan.baseline_plans else b
-        for b in plan.baselines]
+    tried = [b.accelerator for b in plan.baselines if b.accelerator in plan.baseline_plans]
+    plans = [plan.baseline_plans[name] for name in tried]
+    if not plan.verification:
+        plans.append(plan)
+    got = run_all(_attained, (traces, router, seed), plans, workers=cores())
+    own = plan.verification.slo_attainment if plan.verification else got[-1]
+    attainment = dict(zip(tried, got, strict=False))
+    baselines = [b.model_copy(update={"slo_attainment": attainment[b.accelerator]})
+                 if b.accelerator in attainment else b for b in plan.baselines]
     holding = [b for b in baselines if b.slo_attainment is not None
                and b.slo_attainment >= target]
     best, savings = best_baseline(plan.objective, plan.usd_per_hour, plan.scale, holding) \
