@@ -53,7 +53,7 @@ PREFILL = [(1, 128), (1, 512), (1, 2048), (1, 8192), (4, 128), (4, 512), (4, 204
            (16, 128), (16, 512), (16, 2048)]
 DECODE = [(b, c) for b in (1, 4, 16, 64, 128, 256) for c in (256, 2048, 8192)]
 LINEAR = [1, 8, 32, 128, 512, 2048, 8192]
-MAX_KV_TOKENS = 600_000  # decode shapes whose cache holds more are left out
+MAX_KV_BYTES = 64e9  # decode shapes whose KV cache is larger are left out
 QUICK = ([(1, 16), (2, 64), (4, 32)], [(1, 32), (4, 64), (8, 128), (16, 64)], [1, 16, 64, 256])
 
 
@@ -289,8 +289,14 @@ def measure(name: str, args, writer, device_name: str, sw: str) -> int:
             row("prefill", b, n, timer.time(partial(model.prefill, ids, cache), args.repeats,
                                             args.warmup))
         del cache
+    kv_bytes = 2 * layers * model.kv * model.d * model.embed.element_size()  # a token's K, V
+    room = MAX_KV_BYTES
+    if args.device.startswith("cuda"):  # what the weights leave, with room for activations
+        room = min(room, 0.7 * torch.cuda.mem_get_info()[0])
     for b, c in decode:
-        if b * c > MAX_KV_TOKENS:
+        if b * (c + 1) * kv_bytes > room:
+            print(f"  {name} decode  batch {b:4d} tokens {c:6d}: left out, its KV cache "
+                  f"({b * (c + 1) * kv_bytes / 1e9:.0f} GB) > {room / 1e9:.0f} GB", flush=True)
             continue
         ids = torch.randint(0, spec["vocab"], (b,), device=args.device)
         pos = torch.full((b,), c, device=args.device)

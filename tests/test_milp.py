@@ -138,3 +138,57 @@ def test_linked_blocks_reach_the_joint_optimum_within_their_gap():
         assert sol.objective == pytest.approx(exact.objective, rel=LINKED_GAP, abs=5e-4), seed
         proven += sol.status == "optimal"
     assert proven >= 6
+
+
+def test_undominated_drops_only_configs_a_plan_can_do_without():
+    """B costs more than A for less capacity: dominated, unless A's type is limited and B's
+    is not; C is the only one serving class 1 fast; D equals A and comes later; E serves
+    other classes (another part of the problem) and is compared with no one else."""
+    from hetserve.plan.milp import undominated
+
+    cap = np.array([[2.0, 2.0, 0.0], [1.0, 2.0, 0.0], [3.0, 1.0, 0.0], [2.0, 2.0, 0.0],
+                    [0.0, 0.0, 1.0]])
+    usage = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    p = Problem(list("ABCDE"), np.array([1.0, 2.0, 2.0, 1.0, 5.0]), cap, np.ones(3),
+                usage=usage, types=["t0", "t1"])
+    assert undominated(p).tolist() == [True, False, True, False, True]
+    limited = Problem(list("ABCDE"), p.price, cap, np.ones(3), usage=usage,
+                      types=["t0", "t1"], available=np.array([4.0, np.inf]))
+    assert undominated(limited).tolist() == [True, True, True, False, True]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pruning_dominated_configs_keeps_the_optimum(seed):
+    """Random problems of 24 configs on 4 types (a budget or an availability limit on some):
+    min_cost (and max_scale, under a budget) reach the same optimum with and without the
+    dominated configs, and the pruned plans are feasible in the full problem."""
+    from hetserve.plan.milp import undominated
+
+    rng = np.random.default_rng(200 + seed)
+    C, W, T = 24, 6, 4
+    kind = rng.integers(T, size=C)
+    devices = rng.choice([1, 2, 4], size=C)
+    usage = np.zeros((C, T))
+    usage[np.arange(C), kind] = devices
+    price = rng.uniform(0.5, 3.0, T)[kind] * devices
+    # a type's speed on each class (some it cannot serve), times devices^0.8
+    speed = rng.uniform(0.3, 3.0, (T, W)) * (rng.random((T, W)) > 0.2)
+    cap = speed[kind] * devices[:, None] ** 0.8 * rng.uniform(0.95, 1.05, (C, 1))
+    cap[0] = rng.uniform(0.5, 2.0, W)  # every class servable
+    p = Problem([f"c{i}" for i in range(C)], price, cap, rng.uniform(1, 6, W), usage=usage,
+                types=[f"t{t}" for t in range(T)])
+    if seed % 2:
+        p.available = np.where(np.arange(T) == seed % T, 6.0, np.inf)
+    if seed % 3 == 0:
+        p.budget = 1.5 * min_cost(p).cost
+    assert 0 < undominated(p).sum() < C
+    pruned, whole = min_cost(p), min_cost(p, prune=False)
+    assert pruned.status == whole.status
+    if whole.ok:
+        assert pruned.cost == pytest.approx(whole.cost, abs=1e-3)
+        check_feasible(p, pruned)
+        assert np.all(p.usage.T @ pruned.replicas <= p.available + 1e-9)
+    if p.budget is not None:  # (availability alone leaves the other types unbounded)
+        a, b = max_scale(p), max_scale(p, prune=False)
+        assert a.scale == pytest.approx(b.scale, rel=2e-4)
+        check_feasible(p, a, scale=a.scale)

@@ -270,8 +270,15 @@ def test_plan_router_spills_backed_up_prefill_to_an_eligible_group():
 
 
 def test_best_effort_keys_of_a_plan_are_marked_and_kept_where_planned():
-    plan = hetserve.make_plan("llama-3.1-70b", workload="azure-conv", rate=10, ttft=2,
-                              tpot=0.05, baselines=False)
+    """A verified plan (the closed form's own plan is 0.04 points short of the target, or
+    over it, by how the MILP splits one class among equally cheap shares)."""
+    from hetserve.catalog import load_catalog
+    from hetserve.plan import model_demands
+    from hetserve.sim.verify import verify
+
+    plan, _ = verify(model_demands("llama-3.1-70b", workload="azure-conv", rate=10, ttft=2,
+                                   tpot=0.05), load_catalog())
+    assert plan.verification.met
     entry = plan.models[0]
     assert entry.best_effort  # a few rare long-prompt classes, under 1% of requests
     res = simulate(plan, per_request=True)

@@ -136,6 +136,9 @@ def test_a_bad_step_times_file_names_the_line_and_field(run_cli, tmp_path):
     bad.write_text("\n".join([*lines[:2], lines[2].replace("H200", "H900")]) + "\n")
     assert_bad_input(run_cli("calibrate", "--fit", "--data", bad), needs=["H900"],
                      scrub=[tmp_path])
+    bad.write_text("\n".join([*lines[:3], lines[2]]) + "\n")
+    assert_bad_input(run_cli("calibrate", "--data", bad), needs=["bad.csv", "decode-1-2048",
+                                                                  "twice"], scrub=[tmp_path])
     bad.write_text(lines[0] + "\n")
     assert_bad_input(run_cli("calibrate", "--data", bad), needs=["bad.csv", "no rows"],
                      scrub=[tmp_path])

@@ -134,6 +134,49 @@ class Problem:
 
 
 MAX_REPLICAS = 100_000  # per config, and for a whole load: more is a typo, past HiGHS's range
+DOMINANCE_ROWS = 64  # configs compared with all the others of their component at once
+
+
+def undominated(p: Problem) -> np.ndarray:
+    """The configs (a mask) that no other config makes redundant. c' dominates c when it costs
+    no more, has at least c's capacity on every class (within the SLO and best effort) and
+    uses no more devices of any type with an availability limit, better in one of these (or
+    equal in all and listed earlier). A plan using c can use c' in its place, as many replicas
+    and the same shares, at no more cost, within the budget and every limit: the optimum of
+    either objective is among the undominated configs. Only configs that share a class can
+    dominate one another, so they are compared within the connected parts of the config-class
+    graph (one model's configs, in the planner's problems)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    C, W = p.cap.shape
+    serves = (p.cap > 0) | (p.tail > 0)
+    ci, wi = np.nonzero(serves)
+    graph = coo_matrix((np.ones(len(ci)), (ci, C + wi)), shape=(C + W, C + W))
+    _, part = connected_components(graph, directed=False)
+    limited = np.isfinite(p.available)
+    better = np.hstack([p.cap, p.tail, -p.price[:, None], -p.usage[:, limited]])  # larger: better
+    keep = np.ones(C, dtype=bool)
+    for comp in np.unique(part[:C]):
+        idx = np.nonzero(part[:C] == comp)[0]
+        f = better[idx]
+        for a in range(0, len(idx), DOMINANCE_ROWS):
+            rows = np.arange(a, min(a + DOMINANCE_ROWS, len(idx)))
+            covers = (f[None, :, :] >= f[rows, None, :]).all(-1)  # [row, j]: j >= row
+            strictly = (f[None, :, :] > f[rows, None, :]).any(-1)
+            earlier = np.arange(len(idx))[None, :] < rows[:, None]
+            keep[idx[rows]] = ~(covers & (strictly | earlier)).any(-1)
+    return keep
+
+
+def _expand(p: Problem, keep: np.ndarray, sol: Solution) -> Solution:
+    """A solution of p.restricted(keep) as one of p."""
+    if keep.all():
+        return sol
+    C, W = p.cap.shape
+    y, shares = np.zeros(C, int), np.zeros((C, W))
+    y[keep], shares[keep] = sol.replicas, sol.shares
+    return replace(sol, replicas=y, shares=shares)
 
 
 def replicas_floor(cap: np.ndarray, demand: np.ndarray) -> float:
@@ -351,9 +394,13 @@ def _unpack(p: Problem, status, values, bound, seconds, idx, step, scale_mode) -
 
 
 def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
-             abs_gap: float = COST_ABS_GAP, rel_gap: float = 0.0) -> Solution:
+             abs_gap: float = COST_ABS_GAP, rel_gap: float = 0.0, prune: bool = True
+             ) -> Solution:
     """Formulation A: the cheapest replicas and routing that serve every class's demand, proven
-    optimal to within `abs_gap` $/h (or `rel_gap` of the cost, where given)."""
+    optimal to within `abs_gap` $/h (or `rel_gap` of the cost, where given). Dominated configs
+    are left out of the MILP (`undominated`) unless prune is False."""
+    keep = undominated(p) if prune else np.ones(len(p.configs), dtype=bool)
+    full, p = p, p.restricted(keep) if not keep.all() else p
     n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, False, slices)
     cost = np.zeros(n)
     cost[: len(p.configs)] = p.price
@@ -363,7 +410,7 @@ def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
                                             row_hi, False, time_limit, rel_gap=rel_gap,
                                             abs_gap=abs_gap)
     step = 1.0 / slices if slices else 1.0
-    return _unpack(p, status, values, bound, seconds, idx, step, False)
+    return _expand(full, keep, _unpack(p, status, values, bound, seconds, idx, step, False))
 
 
 Blocks = list[tuple[np.ndarray, np.ndarray]]  # (config indices, class indices) per block
@@ -513,10 +560,7 @@ def min_cost_linked(p: Problem, blocks: Blocks, rel_gap: float = LINKED_GAP,
                 keep[ci[sol.replicas > 0]] = True
         sub = min_cost(p.restricted(keep), abs_gap=abs_gap, time_limit=left())
         if sub.ok and (best is None or sub.objective < best.objective):
-            y, shares = np.zeros(C, int), np.zeros((C, W))
-            y[keep], shares[keep] = sub.replicas, sub.shares
-            best = replace(sub, replicas=y, shares=shares)
-            upper = sub.objective
+            best, upper = _expand(p, keep, sub), sub.objective
     seconds = time.perf_counter() - t0
     if best is None:
         return _no_plan(p, "time_limit", lower, seconds)
@@ -564,13 +608,17 @@ def _master(p: Problem, columns: list[list[Solution]], use: list[np.ndarray],
     return chosen, float(objective[pick].sum())  # type: ignore[return-value]
 
 
-def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP) -> Solution:
-    """Formulation B: the largest uniform scale of the demand within budget and availability."""
+def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP, prune: bool = True
+              ) -> Solution:
+    """Formulation B: the largest uniform scale of the demand within budget and availability
+    (dominated configs left out unless prune is False, as in min_cost)."""
+    if p.budget is None and not np.isfinite(p.available).any():
+        raise ValueError("max_scale needs a budget or availability limits")
+    keep = undominated(p) if prune else np.ones(len(p.configs), dtype=bool)
+    full, p = p, p.restricted(keep) if not keep.all() else p
     n, idx, (rows, cols, vals), row_lo, row_hi, lo, hi, integer = _build(p, True, None)
     cost = np.zeros(n)
     cost[-1] = 1.0
-    if p.budget is None and not np.isfinite(p.available).any():
-        raise ValueError("max_scale needs a budget or availability limits")
     status, values, bound, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
                                             row_hi, True, time_limit, rel_gap=gap)
-    return _unpack(p, status, values, bound, seconds, idx, 1.0, True)
+    return _expand(full, keep, _unpack(p, status, values, bound, seconds, idx, 1.0, True))

@@ -145,7 +145,9 @@ def median_abs(errs: np.ndarray) -> float:
     return float(statistics.median(np.abs(errs))) if len(errs) else math.nan
 
 
-def _as_fit(dep: Deployment, x: np.ndarray, source: str = "") -> Fit:
+def as_fit(dep: Deployment, x: np.ndarray, source: str = "") -> Fit:
+    """The Fit of `dep`'s deployment with coefficients x = (eta_compute, eta_memory, step
+    overhead ms, host us per sequence, ...)."""
     return Fit(model=dep.model.name, tp=dep.tp, pp=dep.pp, engine=dep.engine,
                dtype=dep.weight_dtype, eta_compute=float(x[0]), eta_memory=float(x[1]),
                step_overhead_ms=float(x[2]), seq_host_us=float(x[3]), source=source)
@@ -180,7 +182,7 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
 
     def cost(z: np.ndarray) -> float:
         x = full(z)
-        d = with_fit(dep, _as_fit(dep, x))
+        d = with_fit(dep, as_fit(dep, x))
         cache: dict = {}
         prefill_capacities(d, train, cache)
         predicted = np.array([o.predict(d, cache, x[4] * 1e-3) for o in train])
@@ -211,7 +213,7 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
     found = min((search((np.clip(x0, LOWER, UPPER) / SCALE)[:dims]) for x0 in starts),
                 key=lambda r: r.fun)
     best_x = full(found.x)
-    fitted = _as_fit(dep, best_x)
+    fitted = as_fit(dep, best_x)
     after = with_fit(dep, fitted)
     latency = float(best_x[4]) * 1e-3
     report = FitReport(before=median_abs(errors(dep, train)),

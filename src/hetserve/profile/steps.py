@@ -37,7 +37,14 @@ from hetserve.models import Dtype, get_model
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.profile.file import FitReport
-from hetserve.profile.fit import HOLD_BACK, DeploymentFit, current_fit, median_abs, with_fit
+from hetserve.profile.fit import (
+    HOLD_BACK,
+    DeploymentFit,
+    as_fit,
+    current_fit,
+    median_abs,
+    with_fit,
+)
 from hetserve.sim.calibrate import Point
 
 STEP_FIELDS = ("id", "gpu", "model", "dtype", "tp", "phase", "batch", "tokens", "seconds")
@@ -80,7 +87,14 @@ def is_step_file(path: Path | str) -> bool:
 
 
 def read_step_times(path: Path | str) -> list[StepTime]:
-    return read_csv_records(path, StepTime, STEP_FIELDS, lower=("dtype", "phase"))
+    rows = read_csv_records(path, StepTime, STEP_FIELDS, lower=("dtype", "phase"))
+    seen: set[str] = set()
+    for r in rows:
+        if r.id in seen:
+            raise HetserveError(f"{path}: id '{r.id}' appears twice (ids name the rows held "
+                                "back and compared)")
+        seen.add(r.id)
+    return rows
 
 
 def step_deployment(row: StepTime, catalog: Catalog) -> Deployment:
@@ -123,12 +137,6 @@ def step_errors(dep: Deployment, rows: Sequence[StepTime]) -> np.ndarray:
     return predict_steps(dep, rows) / measured - 1.0
 
 
-def _as_fit(dep: Deployment, x: np.ndarray, source: str = "") -> Fit:
-    return Fit(model=dep.model.name, tp=dep.tp, pp=dep.pp, engine=dep.engine,
-               dtype=dep.weight_dtype, eta_compute=float(x[0]), eta_memory=float(x[1]),
-               step_overhead_ms=float(x[2]), seq_host_us=float(x[3]), source=source)
-
-
 def held_back_rows(rows: Sequence[StepTime], hold_back: float) -> set[str]:
     """Ids of every k-th row (k = 1 / hold_back) in order of phase and shape: held back from
     the fit to show it generalises."""
@@ -166,7 +174,7 @@ def fit_steps(dep: Deployment, rows: Sequence[StepTime], hold_back: float = HOLD
         return np.clip(x, LOWER, UPPER)
 
     def residuals(z: np.ndarray) -> np.ndarray:
-        d = with_fit(dep, _as_fit(dep, full(z)))
+        d = with_fit(dep, as_fit(dep, full(z)))
         return np.log(predict_steps(d, train)) - log_measured
 
     lo, hi = (LOWER / scale)[:free], (UPPER / scale)[:free]
@@ -177,7 +185,7 @@ def fit_steps(dep: Deployment, rows: Sequence[StepTime], hold_back: float = HOLD
                                                   )[:free], bounds=(lo, hi), x_scale="jac",
                                  loss="soft_l1", f_scale=0.05)
                  for z in starts), key=lambda r: r.cost)
-    fitted = _as_fit(dep, full(found.x))
+    fitted = as_fit(dep, full(found.x))
     after = with_fit(dep, fitted)
     report = FitReport(
         before=median_abs(step_errors(dep, train)), after=median_abs(step_errors(after, train)),
