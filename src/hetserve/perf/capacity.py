@@ -315,23 +315,22 @@ def _poisson(lam: np.ndarray, width: int = POISSON_WIDTH) -> tuple[np.ndarray, n
     """Counts and probabilities of a Poisson(lam): exact from 0 to width - 1 for a mean up to
     POISSON_EXACT (4 sigma inside the window), a normal over +-4 sigma beyond."""
     lam = np.maximum(np.asarray(lam, dtype=np.float64), 0.0)
-    big = (lam > POISSON_EXACT)[..., None]
-    any_big, all_big = bool(big.any()), bool(big.all())
+    big = lam > POISSON_EXACT
+
+    def exact(mean: np.ndarray) -> np.ndarray:  # each count lam / count times the one before
+        out = np.empty(mean.shape + (width,))
+        out[..., 0] = 1.0
+        np.cumprod(np.minimum(mean[..., None], POISSON_EXACT) / np.arange(1.0, float(width)),
+                   -1, out=out[..., 1:])
+        return out
+
     counts = np.arange(float(width))  # broadcasts against [..., width] where all are exact
-    if any_big:
-        sigma = np.sqrt(lam)[..., None]
-        counts = np.where(big, np.maximum(lam[..., None] + sigma * np.linspace(-4.0, 4.0, width),
-                                          0.0), counts)
-    pmf = None
-    if not all_big:  # exact: each count is lam / count times as likely as the one before
-        ratio = np.minimum(lam[..., None], POISSON_EXACT) / np.arange(1.0, float(width))
-        pmf = np.empty(lam.shape + (width,))
-        pmf[..., 0] = 1.0
-        np.cumprod(ratio, -1, out=pmf[..., 1:])
-    if any_big:
-        normal = np.exp(-((counts - lam[..., None]) ** 2) / (2.0 * np.maximum(lam[..., None],
-                                                                             1e-300)))
-        pmf = normal if pmf is None else np.where(big, normal, pmf)
+    pmf = exact(lam)
+    if big.any():  # the few rows past POISSON_EXACT: a normal, computed for them alone
+        counts = np.broadcast_to(counts, lam.shape + (width,)).copy()
+        mean = lam[big][:, None]
+        counts[big] = np.maximum(mean + np.sqrt(mean) * np.linspace(-4.0, 4.0, width), 0.0)
+        pmf[big] = np.exp(-((counts[big] - mean) ** 2) / (2.0 * np.maximum(mean, 1e-300)))
     return counts, pmf / pmf.sum(-1, keepdims=True)
 
 
