@@ -10,7 +10,8 @@ Needs only PyTorch and PyYAML (it runs on a GPU machine without hetserve's depen
 
 What a step runs, per model (weights random, N(0, 0.02): random weights time the same as
 trained ones):
-- prefill: `batch` prompts of `prompt` tokens from an empty cache: embedding, every layer
+- prefill: `batch` prompts of `prompt` tokens from an empty cache (as a CUDA graph, as vLLM
+  captures its steps: eager launches would stall small prefills): embedding, every layer
   (RMSNorm, fused QKV, RoPE, causal flash attention via scaled_dot_product_attention, the KV
   written to a cache, output projection, fused gate/up SwiGLU MLP, down projection), the final
   norm, and the LM head and a greedy sample for each prompt's last token only;
@@ -21,8 +22,9 @@ trained ones):
   operator profiles measure them.
 
 Each shape is timed with CUDA events over `--repeats` runs after warm-ups; the CSV holds the
-median. `--device cpu --layers 2 --quick` checks the script on a machine without a GPU (its rows
-then say so in `source` and are not calibration data).
+median. Shapes past the model's context length, and decode caches past the memory the weights
+leave, are left out. `--device cpu --layers 2 --quick` checks the script on a machine without a
+GPU (its rows then say so in `source` and are not calibration data).
 """
 
 from __future__ import annotations
@@ -281,19 +283,24 @@ def measure(name: str, args, writer, device_name: str, sw: str) -> int:
               flush=True)
 
     kv = (model.kv, model.d)
+    longest = spec["max_context"]
     for b, n in prefill:
+        if n > longest:
+            continue
         ids = torch.randint(0, spec["vocab"], (b, n), device=args.device)
         cache = [tuple(torch.empty(b, *kv[:1], n, kv[1], device=args.device,
                                    dtype=model.dtype) for _ in range(2)) for _ in range(layers)]
-        with torch.inference_mode():
-            row("prefill", b, n, timer.time(partial(model.prefill, ids, cache), args.repeats,
-                                            args.warmup))
-        del cache
+        with torch.inference_mode():  # as a CUDA graph too: vLLM graphs its steps, and eager
+            step = graphed(partial(model.prefill, ids, cache), args.device)  # launches stall
+            row("prefill", b, n, timer.time(step, args.repeats, args.warmup))
+        del step, cache
     kv_bytes = 2 * layers * model.kv * model.d * model.embed.element_size()  # a token's K, V
     room = MAX_KV_BYTES
     if args.device.startswith("cuda"):  # what the weights leave, with room for activations
         room = min(room, 0.7 * torch.cuda.mem_get_info()[0])
     for b, c in decode:
+        if c + 1 > longest:
+            continue
         if b * (c + 1) * kv_bytes > room:
             print(f"  {name} decode  batch {b:4d} tokens {c:6d}: left out, its KV cache "
                   f"({b * (c + 1) * kv_bytes / 1e9:.0f} GB) > {room / 1e9:.0f} GB", flush=True)

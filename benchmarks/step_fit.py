@@ -74,14 +74,18 @@ def fit_table(title: str, rows: list[StepTime], catalog) -> list[dict]:
             print(f"{gpu + ' TP' + str(tp) + ' ' + model:38s} {len(group):5d}  skipped: {why}")
             continue
         (g,) = fit_step_times(group, catalog)
+        if g.fit is None:
+            print(f"{g.label:38s} {g.rows:5d}  too few rows to fit")
+            continue
         eta_c, eta_m, h0, _ = dep.efficiency
         f, rep = g.fit, g.report
+        held = (f"{rep.held_back_before:7.1%} -> {rep.held_back_after:5.1%}"
+                if rep.held_back_after is not None else "-")
         overhead = "(not in linear)" if all(r.phase == "linear" for r in group) else \
             f"{h0 * 1e3:5.2f} -> {f.step_overhead_ms:4.2f}"
         print(f"{g.label:38s} {g.rows:5d} {eta_c:6.3f} -> {f.eta_compute:5.3f} "
               f"{eta_m:6.3f} -> {f.eta_memory:5.3f} {overhead:>15s} "
-              f"{rep.before:7.1%} -> {rep.after:5.1%} "
-              f"{rep.held_back_before:7.1%} -> {rep.held_back_after:5.1%}")
+              f"{rep.before:7.1%} -> {rep.after:5.1%} {held:>16s}")
         out.append({"deployment": g.label, "rows": g.rows,
                     "before": {"eta_compute": eta_c, "eta_memory": eta_m,
                                "step_overhead_ms": h0 * 1e3},

@@ -192,3 +192,18 @@ def test_pruning_dominated_configs_keeps_the_optimum(seed):
         a, b = max_scale(p), max_scale(p, prune=False)
         assert a.scale == pytest.approx(b.scale, rel=2e-4)
         check_feasible(p, a, scale=a.scale)
+
+
+def test_pruning_gives_way_where_a_config_would_pass_max_replicas():
+    """A and B are alike, so B is dominated; but 120,000 replicas of one config pass
+    MAX_REPLICAS: the plan keeps both (not 100,000 of A and the dear C for the rest)."""
+    from hetserve.plan.milp import MAX_REPLICAS, undominated
+
+    p = Problem(["A", "B", "C"], np.array([1.0, 1.0, 100.0]),
+                np.array([[1.0], [1.0], [10.0]]), np.array([120_000.0]))
+    assert undominated(p).tolist() == [True, False, True]
+    sol = min_cost(p)
+    assert sol.cost == pytest.approx(120_000.0) and sol.replicas.max() <= MAX_REPLICAS
+    two = Problem(["A", "B"], np.array([1.0, 1.0]), np.array([[1.0], [1.0]]),
+                  np.array([1.0]), budget=150_000.0)
+    assert max_scale(two).scale == pytest.approx(150_000.0)

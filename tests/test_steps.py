@@ -157,3 +157,14 @@ def test_a_fitted_step_profile_changes_the_deployment_everywhere():
         float(with_fit(dep, TRUTH).decode_step_time(8, 2048)), rel=1e-3)
     assert fitted.step_seconds(8, 8, 8 * 2048) != pytest.approx(dep.step_seconds(8, 8, 8 * 2048),
                                                                rel=0.05)
+
+
+def test_a_spreadsheet_export_reads_alike(tmp_path):
+    """A byte-order mark and spaces after the header's commas (as spreadsheets write them)."""
+    _, steps = rows(phases=("decode",))
+    text = write(tmp_path / "steps.csv", steps).read_text()
+    header, rest = text.split("\n", 1)
+    odd = tmp_path / "odd.csv"
+    odd.write_text("\ufeff" + header.replace(",", ", ") + "\n" + rest, encoding="utf-8")
+    assert is_step_file(odd)
+    assert read_step_times(odd) == read_step_times(tmp_path / "steps.csv")

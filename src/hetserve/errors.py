@@ -123,10 +123,12 @@ def read_csv_records(path: Path | str, model: type[Record], required: Iterable[s
     without a row, or without a `required` column, is an error too."""
     import csv
 
-    lines = read_text(path).splitlines()
+    lines = read_text(path).removeprefix("\ufeff").splitlines()  # a byte-order mark: no text
     out = []
     reader = csv.DictReader(lines)
     try:
+        if reader.fieldnames:
+            reader.fieldnames = [f.strip() for f in reader.fieldnames]
         missing = [f for f in required if f not in (reader.fieldnames or [])]
         if missing:
             raise HetserveError(f"{path}: line 1: missing column '{missing[0]}'")
@@ -153,7 +155,7 @@ def csv_columns(path: Path | str) -> list[str]:
     """The header of a CSV file (its first line's fields)."""
     import csv
 
-    first = read_text(path).partition("\n")[0]
+    first = read_text(path).removeprefix("\ufeff").partition("\n")[0]
     try:
         return [c.strip() for c in next(csv.reader([first]), [])]
     except csv.Error:

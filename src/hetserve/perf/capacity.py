@@ -366,8 +366,13 @@ def _pad_heap() -> None:
     allocates and frees many arrays of 0.1-1 MB; by default the heap grows and shrinks by what
     each needs and their pages fault in again every time, a quarter of a first search's time
     (9.3 s against 6.7 s for one model's 1,116 configs). Nothing where malloc is another."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(-2, HEAP_PAD)  # M_TOP_PAD
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(None)
+        # setting the pad also fixes glibc's mmap threshold where it stands (128 KB unless
+        # freed large blocks raised it), and 0.1-1 MB arrays would then be mapped afresh each
+        # time: set it too, to its largest
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-2, HEAP_PAD)  # M_TOP_PAD
 
 
 def _capacities(deps: list[Deployment], inp: np.ndarray, out: np.ndarray, slo: SLO

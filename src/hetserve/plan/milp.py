@@ -142,8 +142,9 @@ def undominated(p: Problem) -> np.ndarray:
     no more, has at least c's capacity on every class (within the SLO and best effort) and
     uses no more devices of any type with an availability limit, better in one of these (or
     equal in all and listed earlier). A plan using c can use c' in its place, as many replicas
-    and the same shares, at no more cost, within the budget and every limit: the optimum of
-    either objective is among the undominated configs. Only configs that share a class can
+    and the same shares, at no more cost, within the budget and every limit (but MAX_REPLICAS
+    per config: see _capped): the optimum of either objective is among the undominated
+    configs. Only configs that share a class can
     dominate one another, so they are compared within the connected parts of the config-class
     graph (one model's configs, in the planner's problems)."""
     from scipy.sparse import coo_matrix
@@ -167,6 +168,14 @@ def undominated(p: Problem) -> np.ndarray:
             earlier = np.arange(len(idx))[None, :] < rows[:, None]
             keep[idx[rows]] = ~(covers & (strictly | earlier)).any(-1)
     return keep
+
+
+def _capped(keep: np.ndarray, sol: Solution) -> bool:
+    """Whether a plan solved without the dominated configs may have lost by it: the swap
+    `undominated` relies on holds within every limit but MAX_REPLICAS per config, so a plan
+    with a config at that cap (or none found) is solved again with them all."""
+    return not keep.all() and (sol.status == "infeasible" or (
+        sol.ok and int(sol.replicas.max(initial=0)) >= MAX_REPLICAS))
 
 
 def _expand(p: Problem, keep: np.ndarray, sol: Solution) -> Solution:
@@ -410,7 +419,10 @@ def min_cost(p: Problem, slices: int | None = None, time_limit: float = 60.0,
                                             row_hi, False, time_limit, rel_gap=rel_gap,
                                             abs_gap=abs_gap)
     step = 1.0 / slices if slices else 1.0
-    return _expand(full, keep, _unpack(p, status, values, bound, seconds, idx, step, False))
+    sol = _expand(full, keep, _unpack(p, status, values, bound, seconds, idx, step, False))
+    if _capped(keep, sol):
+        return min_cost(full, slices, time_limit, abs_gap, rel_gap, prune=False)
+    return sol
 
 
 Blocks = list[tuple[np.ndarray, np.ndarray]]  # (config indices, class indices) per block
@@ -621,4 +633,7 @@ def max_scale(p: Problem, time_limit: float = 60.0, gap: float = MIP_GAP, prune:
     cost[-1] = 1.0
     status, values, bound, seconds = _solve(cost, lo, hi, integer, rows, cols, vals, row_lo,
                                             row_hi, True, time_limit, rel_gap=gap)
-    return _expand(full, keep, _unpack(p, status, values, bound, seconds, idx, 1.0, True))
+    sol = _expand(full, keep, _unpack(p, status, values, bound, seconds, idx, 1.0, True))
+    if _capped(keep, sol):
+        return max_scale(full, time_limit, gap, prune=False)
+    return sol

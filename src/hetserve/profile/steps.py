@@ -46,12 +46,14 @@ from hetserve.profile.fit import (
     with_fit,
 )
 from hetserve.sim.calibrate import Point
+from hetserve.workload.trace import MAX_TOKENS
 
 STEP_FIELDS = ("id", "gpu", "model", "dtype", "tp", "phase", "batch", "tokens", "seconds")
 # bounds of (eta_compute, eta_memory, overhead ms, us per sequence)
 LOWER = np.array([1e-3, 1e-3, 0.0, 0.0])
 UPPER = np.array([1.0, 1.0, 1000.0, 20_000.0])
 MIN_STEP_ROWS = 4
+MAX_BATCH = 65_536  # sequences in one step
 
 
 class StepTime(Record):
@@ -66,10 +68,11 @@ class StepTime(Record):
     tp: int = Field(ge=1)
     engine: str = "vllm"
     phase: Literal["prefill", "decode", "linear"]
-    batch: int = Field(ge=1, description="sequences in the step (linear: 1)")
-    tokens: int = Field(ge=1, description="prefill: prompt tokens per sequence; decode: "
-                        "context tokens per sequence; linear: tokens in the step")
-    seconds: float = Field(gt=0, description="the step's time, median over repeats")
+    batch: int = Field(ge=1, le=MAX_BATCH, description="sequences in the step (linear: 1)")
+    tokens: int = Field(ge=1, le=MAX_TOKENS, description="prefill: prompt tokens per sequence; "
+                        "decode: context tokens per sequence; linear: tokens in the step")
+    seconds: float = Field(ge=1e-7, le=3600.0, description="the step's time, median over "
+                           "repeats (0.1 us to an hour)")
     device: str = Field(default="", description="what measured it: the GPU's own name")
     software: str = Field(default="", description="driver, CUDA, framework versions")
     source: str = ""
