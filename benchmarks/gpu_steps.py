@@ -24,7 +24,7 @@ trained ones):
 Each shape is timed with CUDA events over `--repeats` runs after warm-ups; the CSV holds the
 median. Shapes past the model's context length, and decode caches past the memory the weights
 leave, are left out. `--device cpu --layers 2 --quick` checks the script on a machine without a
-GPU (its rows then say so in `source` and are not calibration data).
+GPU (its rows then say so in `source`, and `hetserve calibrate` refuses them).
 """
 
 from __future__ import annotations

@@ -139,6 +139,10 @@ def test_a_bad_step_times_file_names_the_line_and_field(run_cli, tmp_path):
     bad.write_text("\n".join([*lines[:3], lines[2]]) + "\n")
     assert_bad_input(run_cli("calibrate", "--data", bad), needs=["bad.csv", "decode-1-2048",
                                                                   "twice"], scrub=[tmp_path])
+    bad.write_text("\n".join([lines[0] + ",source", lines[1] + ",",
+                              lines[2] + ",dry run: 2 of 32 layers on cpu"]) + "\n")
+    assert_bad_input(run_cli("calibrate", "--data", bad), needs=["bad.csv", "dry run"],
+                     scrub=[tmp_path])
     bad.write_text(lines[0] + "\n")
     assert_bad_input(run_cli("calibrate", "--data", bad), needs=["bad.csv", "no rows"],
                      scrub=[tmp_path])

@@ -93,6 +93,9 @@ def read_step_times(path: Path | str) -> list[StepTime]:
     rows = read_csv_records(path, StepTime, STEP_FIELDS, lower=("dtype", "phase"))
     seen: set[str] = set()
     for r in rows:
+        if r.source.startswith("dry run"):
+            raise HetserveError(f"{path}: row {r.id} is from a dry run ({r.source}); measure "
+                                "on the GPU itself")
         if r.id in seen:
             raise HetserveError(f"{path}: id '{r.id}' appears twice (ids name the rows held "
                                 "back and compared)")
