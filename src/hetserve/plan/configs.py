@@ -143,8 +143,7 @@ def measure_all(demands: Sequence[ModelDemand], catalog: Catalog,
     PIECE_DEPLOYMENTS where there are more cores than models. The same configs as one process
     computes (each deployment's capacities are its own)."""
     out = dict(measured or {})
-    missing = list({d.model.name: d for d in reversed(demands)
-                    if d.model.name not in out}.values())[::-1]  # the first of each name
+    missing = list({d.model.name: d for d in demands if d.model.name not in out}.values())
     workers = cores()
     pieces = []
     for d in missing:
@@ -153,10 +152,8 @@ def measure_all(demands: Sequence[ModelDemand], catalog: Catalog,
         edges = np.linspace(0, n, parts + 1).round().astype(int)
         pieces += [(d, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
     got = run_all(_measure, catalog, pieces, workers=workers)
-    for (d, _, _), cfgs in zip(pieces, got, strict=True):
+    for (d, _, _), cfgs in zip(pieces, got, strict=True):  # every model has a piece at least
         out.setdefault(d.model.name, []).extend(cfgs)
-    for d in missing:
-        out.setdefault(d.model.name, [])
     return out
 
 

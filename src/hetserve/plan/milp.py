@@ -144,9 +144,9 @@ def undominated(p: Problem) -> np.ndarray:
     equal in all and listed earlier). A plan using c can use c' in its place, as many replicas
     and the same shares, at no more cost, within the budget and every limit (but MAX_REPLICAS
     per config: see _capped): the optimum of either objective is among the undominated
-    configs. Only configs that share a class can
-    dominate one another, so they are compared within the connected parts of the config-class
-    graph (one model's configs, in the planner's problems)."""
+    configs. Only configs that share a class can dominate one another, so they are compared
+    within the connected parts of the config-class graph (one model's configs, in the
+    planner's problems)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

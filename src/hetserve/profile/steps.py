@@ -35,7 +35,6 @@ from hetserve.catalog import Catalog, Fit
 from hetserve.errors import HetserveError, Record, csv_columns, read_csv_records
 from hetserve.models import Dtype, get_model
 from hetserve.perf import Deployment
-from hetserve.perf.model import check_engine
 from hetserve.profile.file import FitReport
 from hetserve.profile.fit import (
     HOLD_BACK,
@@ -45,7 +44,7 @@ from hetserve.profile.fit import (
     median_abs,
     with_fit,
 )
-from hetserve.sim.calibrate import Point
+from hetserve.sim.calibrate import Point, engine_profile
 from hetserve.workload.trace import MAX_TOKENS
 
 STEP_FIELDS = ("id", "gpu", "model", "dtype", "tp", "phase", "batch", "tokens", "seconds")
@@ -66,7 +65,7 @@ class StepTime(Record):
     model: str = Field(min_length=1)
     dtype: Dtype
     tp: int = Field(ge=1)
-    engine: str = "vllm"
+    engine: str = "vllm"  # as measurements name it ("vLLM 0.8", "sglang"): engine_profile
     phase: Literal["prefill", "decode", "linear"]
     batch: int = Field(ge=1, le=MAX_BATCH, description="sequences in the step (linear: 1)")
     tokens: int = Field(ge=1, le=MAX_TOKENS, description="prefill: prompt tokens per sequence; "
@@ -108,7 +107,7 @@ def step_deployment(row: StepTime, catalog: Catalog) -> Deployment:
     try:
         dep = Deployment(get_model(row.model), catalog.get(row.gpu), tp=row.tp, dtype=row.dtype,
                          kv_dtype="fp8" if row.dtype == "fp8" else "bf16",
-                         engine=check_engine(row.engine, "engine"))
+                         engine=engine_profile(row.engine))
     except HetserveError as exc:
         raise HetserveError(f"step time {row.id}: {exc}") from None
     if not dep.fits:

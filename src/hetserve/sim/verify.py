@@ -185,7 +185,7 @@ def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Pl
         plans.append(plan)
     got = run_all(_attained, (traces, router, seed), plans, workers=cores())
     own = plan.verification.slo_attainment if plan.verification else got[-1]
-    attainment = dict(zip(tried, got, strict=False))
+    attainment = dict(zip(tried, got[:len(tried)], strict=True))
     baselines = [b.model_copy(update={"slo_attainment": attainment[b.accelerator]})
                  if b.accelerator in attainment else b for b in plan.baselines]
     holding = [b for b in baselines if b.slo_attainment is not None
