@@ -95,3 +95,16 @@ def test_plan_verify_prints_rounds_and_records_them(tmp_path):
     assert v["slo_attainment"] >= 0.999  # reached within the rounds on this workload
     assert "(misses 99.9%)" in lines[0] and "(meets 99.9%)" in lines[-1]
     assert all(0 < f <= 1 for f in v["derate"].values())  # never past the closed form
+
+
+def test_plain_plan_that_misses_its_target_says_to_verify():
+    # the same load planned for 99.9% without --verify: simulation finds 99.29% (the closed
+    # form's capacities, not derated), so the plan says what to do about it
+    rc, out, err = cli("plan", "-m", "llama-3.1-8b", "-w", "azure-code", "--rate", "40",
+                       "--only", "RTX4090,A40,RTXA6000,L40,A100-80GB,H100-SXM",
+                       "--attainment", "0.999", "--json")
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert plan["slo_attainment"] < 0.999
+    assert (f"the plan holds {plan['slo_attainment']:.2%} of requests within the SLO in "
+            "simulation, below its target: add --verify") in err

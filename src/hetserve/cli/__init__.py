@@ -519,6 +519,12 @@ def plan_cmd(
         if simulation_limit(result):
             _console(stderr=True).print(f"[yellow]not proven, so no saving quoted:[/] "
                                         f"{simulation_limit(result)}")
+        elif not verify and result.slo_attainment is not None \
+                and result.slo_attainment < min(m.attainment for m in result.models):
+            _console(stderr=True).print(
+                f"[yellow]warning:[/] the plan holds {result.slo_attainment:.2%} of requests "
+                "within the SLO in simulation, below its target: add --verify to re-plan with "
+                "the capacities simulation finds")
     if out_file:
         result.save(out_file)
     if plot:
