@@ -106,5 +106,6 @@ def test_plain_plan_that_misses_its_target_says_to_verify():
     assert rc == 0, err
     plan = json.loads(out)
     assert plan["slo_attainment"] < 0.999
-    assert (f"the plan holds {plan['slo_attainment']:.2%} of requests within the SLO in "
-            "simulation, below its target: add --verify") in err
+    assert plan["model_attainment"] == {"llama-3.1-8b": plan["slo_attainment"]}
+    assert ("the plan falls short of its attainment target (llama-3.1-8b "
+            f"{plan['slo_attainment']:.2%} of requests within the SLO): add --verify") in err

@@ -194,13 +194,20 @@ def test_verify_keeps_the_cheapest_round_that_met_the_target():
 
     from hetserve.sim.verify import best_round
 
-    def rnd(n, cost, att, scale=1.0, objective="cost"):
-        return SimpleNamespace(number=n, attainment=att, plan=SimpleNamespace(
-            usd_per_hour=cost, scale=scale, objective=objective))
+    def rnd(n, cost, att, scale=1.0, objective="cost", worst=None):
+        worst = att if worst is None else worst  # the model furthest from the target
+        return SimpleNamespace(number=n, attainment=att, worst=worst,
+                               met=lambda target: worst >= target, plan=SimpleNamespace(
+                                   usd_per_hour=cost, scale=scale, objective=objective))
 
     rounds = [rnd(1, 3.0, 0.6), rnd(2, 6.0, 0.995), rnd(3, 5.0, 0.992), rnd(4, 5.5, 0.97)]
     assert best_round(rounds, 0.99).number == 3
     assert best_round(rounds[:1] + rounds[3:], 0.99).number == 4  # none met: the closest
+    # every model must meet the target: a round whose overall share does while one model
+    # does not is not met, and among rounds that miss, the worst model decides
+    rounds = [rnd(1, 3.0, 0.995, worst=0.985), rnd(2, 4.0, 0.991), rnd(3, 3.5, 0.99, worst=0.98)]
+    assert best_round(rounds, 0.99).number == 2
+    assert best_round([rounds[0], rounds[2]], 0.99).number == 1
     tput = [rnd(1, 10.0, 0.995, 4.0, "throughput"), rnd(2, 10.0, 0.991, 5.0, "throughput"),
             rnd(3, 10.0, 0.98, 6.0, "throughput")]
     assert best_round(tput, 0.99).number == 2  # the most scale that met the target

@@ -23,7 +23,7 @@ from hetserve.catalog import (
     parse_assignments,
     parse_names,
 )
-from hetserve.cli.tables import target_pct
+from hetserve.cli.tables import by_model, target_pct
 from hetserve.errors import HetserveError, check_output, write_text
 from hetserve.models import bundled_models
 from hetserve.workload import classify, grid_from_options, load_trace
@@ -519,11 +519,11 @@ def plan_cmd(
         if simulation_limit(result):
             _console(stderr=True).print(f"[yellow]not proven, so no saving quoted:[/] "
                                         f"{simulation_limit(result)}")
-        elif not verify and result.slo_attainment is not None \
-                and result.slo_attainment < min(m.attainment for m in result.models):
+        elif not verify and result.misses:
+            short = by_model(result.misses)
             _console(stderr=True).print(
-                f"[yellow]warning:[/] the plan holds {result.slo_attainment:.2%} of requests "
-                "within the SLO in simulation, below its target: add --verify to re-plan with "
+                f"[yellow]warning:[/] in simulation the plan falls short of its attainment "
+                f"target ({short} of requests within the SLO): add --verify to re-plan with "
                 "the capacities simulation finds")
     if out_file:
         result.save(out_file)
@@ -563,9 +563,11 @@ def _round_line(r, target: float) -> str:
     groups = ", ".join(f"{g['replicas']} x {g['config']} "
                        + (f"{g['slo_attainment']:.1%}" if g["requests"] else "no requests")
                        for g in r.result.group_rows())
-    mark = "[green]meets[/]" if r.attainment >= target else "[red]misses[/]"
+    mark = "[green]meets[/]" if r.met(target) else "[red]misses[/]"
+    per_model = r.result.model_attainment()
+    each = f" ({by_model(per_model)})" if len(per_model) > 1 else ""
     line = (f"verify round {r.number}: ${r.plan.usd_per_hour:.2f}/h, SLO attainment "
-            f"{r.attainment:.2%} ({mark} {target_pct(target)}); groups: {groups}")
+            f"{r.attainment:.2%}{each} ({mark} {target_pct(target)}); groups: {groups}")
     if r.lowered:
         line += "; lowering " + ", ".join(f"{n} x{f:.2f}" for n, f in r.lowered.items())
     if r.lowered_classes:

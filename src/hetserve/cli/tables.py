@@ -110,17 +110,22 @@ def plan_tables(plan) -> list[Table]:
     if plan.objective == "throughput":
         summary += f", {plan.scale:.3g}x the given rate"
     target = min(m.attainment for m in plan.models)
+    misses = plan.misses
     if plan.slo_attainment is not None:
-        mark = "meets" if plan.slo_attainment >= target else "[red]misses[/]"
+        several = len(plan.models) > 1 and plan.model_attainment
+        each = f" ({by_model(plan.model_attainment)})" if several else ""
+        mark = "meets" if not misses else "[red]misses[/]"
+        whose = f" for {', '.join(misses)}" if misses and several else ""
         summary += (f"; simulated on its trace: {plan.slo_attainment:.2%} of requests within "
-                    f"the SLO ({mark} the {target_pct(target)} target)")
+                    f"the SLO{each} ({mark} the {target_pct(target)} target{whose})")
     if plan.savings is not None:
         word = "cheaper than" if plan.objective == "cost" else "more throughput than"
         proven = ", both proven in simulation" if plan.slo_attainment is not None else ""
         summary += (f"; {plan.savings:.1%} {word} the best homogeneous plan "
                     f"({plan.best_homogeneous}{proven})")
     elif plan.slo_attainment is not None and plan.baselines:
-        summary += "; no saving quoted: that needs this plan and a baseline to meet the target"
+        summary += ("; no saving quoted: that needs this plan and a baseline to meet the target"
+                    + (" for every model" if len(plan.models) > 1 else ""))
     for m in plan.models:
         if m.best_effort:
             held = sum(c.rate for c in m.classes if c.name in m.best_effort) / sum(
@@ -144,7 +149,8 @@ def plan_tables(plan) -> list[Table]:
     note = "" if v is None else ", capacities lowered as --verify found"
     base = Table(title=f"Homogeneous baselines (same solver, one accelerator type{note})",
                  title_justify="left")
-    for col in ("accelerator", "$/h", "devices", "scale", "in SLO", "vs plan"):
+    gain = "the plan saves" if plan.objective == "cost" else "the plan gains"
+    for col in ("accelerator", "$/h", "devices", "scale", "in SLO", gain):
         base.add_column(col, justify="left" if col == "accelerator" else "right")
     rows = sorted(plan.baselines, key=lambda b: (b.usd_per_hour is None, b.usd_per_hour or 0))
     for b in rows:
@@ -152,10 +158,16 @@ def plan_tables(plan) -> list[Table]:
             base.add_row(b.accelerator, "-", "-", "-", "-", b.reason)
             continue
         held = "-" if b.slo_attainment is None else f"{b.slo_attainment:.1%}"
+        short = plan.short_of_target(b.slo_attainment, b.model_attainment)
+        if short:
+            several = len(plan.models) > 1 and b.model_attainment
+            held = f"[red]{held}" + (f" ({by_model(short, 1)})" if several else "") + "[/]"
+        # as the summary quotes the saving: cost 1 - plan / baseline, throughput plan /
+        # baseline - 1 (negative: the baseline is cheaper, or serves more)
         if plan.objective == "cost":
-            vs = f"{b.usd_per_hour / plan.usd_per_hour - 1:+.1%} cost"
+            vs = f"{1 - plan.usd_per_hour / b.usd_per_hour:.1%}"
         else:
-            vs = f"{plan.scale / b.scale - 1:+.1%} throughput"
+            vs = f"{plan.scale / b.scale - 1:.1%}"
         base.add_row(b.accelerator, f"{b.usd_per_hour:.2f}", str(b.devices), f"{b.scale:.3g}",
                      held, vs)
     return [groups, base]
@@ -169,6 +181,11 @@ def _s(x: float) -> str:
     if x != x:
         return "-"
     return f"{x:.2f}" if x < 10 else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
+
+
+def by_model(shares: dict[str, float], digits: int = 2) -> str:
+    """Per-model attainment as 'llama-3.1-8b 98.50%, llama-3.1-70b 99.97%'."""
+    return ", ".join(f"{name} {share:.{digits}%}" for name, share in shares.items())
 
 
 def target_pct(x: float) -> str:

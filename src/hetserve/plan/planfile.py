@@ -107,10 +107,16 @@ class ReplicaGroup(Record):
                                       "context length (hetserve.plan.serving)")
 
 
+Attained = dict[str, Annotated[float, Field(ge=0, le=1)]]
+ATTAINED = ("per model: the simulated share of its requests within its SLO (each model must "
+            "reach its own attainment target)")
+
+
 class Baseline(Record):
     accelerator: str
     slo_attainment: float | None = Field(default=None, ge=0, le=1, description="simulated "
                                          "share of requests within the SLO (when proven)")
+    model_attainment: Attained = Field(default={}, description=ATTAINED)
     usd_per_hour: float | None = Field(default=None, gt=0)
     scale: float | None = Field(default=None, ge=0)
     devices: int = Field(default=0, ge=0)
@@ -134,7 +140,8 @@ class Verification(Record):
     slo_attainment: float = Field(ge=0, le=1, description="share of requests within both SLO "
                                   "limits")
     target: float = Field(gt=0, le=1)
-    met: bool = Field(description="slo_attainment reached the target")
+    met: bool = Field(description="every model's attainment reached the target")
+    model_attainment: Attained = Field(default={}, description=ATTAINED)
     rounds: PositiveInt
     chosen: PositiveInt = Field(description="the round whose plan this is")
     router: str
@@ -168,6 +175,7 @@ class Plan(Record):
     )
     slo_attainment: float | None = Field(default=None, ge=0, le=1, description="simulated "
                                          "share of requests within the SLO (when proven)")
+    model_attainment: Attained = Field(default={}, description=ATTAINED)
     _baseline_plans: dict = PrivateAttr(default_factory=dict)
 
     @property
@@ -225,6 +233,12 @@ class Plan(Record):
             if m.quantization != QUANTIZATION[m.dtype] and m.max_model_len is not None:
                 raise ValueError(f"model {m.name}: quantization {m.quantization!r} is not the "
                                  f"{QUANTIZATION[m.dtype]!r} of its dtype {m.dtype}")
+        for where, attained in [("model_attainment", self.model_attainment)] + [
+                (f"baseline {b.accelerator}: model_attainment", b.model_attainment)
+                for b in self.baselines]:
+            unknown = sorted(set(attained) - set(models))
+            if unknown:
+                raise ValueError(f"{where}: unknown model {unknown[0]!r}")
         total = sum(g.usd_per_hour for g in self.groups)
         if not math.isclose(self.usd_per_hour, total, rel_tol=PRICE_TOLERANCE):
             raise ValueError(f"usd_per_hour {self.usd_per_hour:g} is not the sum of the groups' "
@@ -250,6 +264,25 @@ class Plan(Record):
                 if getattr(g, field) is None:
                     gaps.append(f"groups[{i}].{field}")
         return gaps
+
+    def short_of_target(self, overall: float | None, per_model: dict[str, float]
+                        ) -> dict[str, float] | None:
+        """Simulated attainment (overall, and per model where known) against the models'
+        targets: per model that misses its target, its attainment ({}: all met; None: not
+        simulated). Without per-model figures, the overall share against the strictest
+        target."""
+        if overall is None:
+            return None
+        if per_model:  # nan (no requests of a model in the run) misses nothing
+            return {m.name: per_model[m.name] for m in self.models
+                    if per_model.get(m.name, 1.0) < m.attainment}
+        target = min(m.attainment for m in self.models)
+        return {"all models": overall} if overall < target else {}
+
+    @property
+    def misses(self) -> dict[str, float] | None:
+        """This plan's models short of their attainment target in simulation (short_of_target)."""
+        return self.short_of_target(self.slo_attainment, self.model_attainment)
 
     def model_entry(self, name: str) -> ModelEntry:
         return next(m for m in self.models if m.name == name)

@@ -11,6 +11,7 @@ request in flight); kv_usage the mean share of its KV cache held (vllm:kv_cache_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,6 +103,12 @@ class SimResult:
     def attainment(self) -> float:
         """The share of all requests that met their SLO (nan: none)."""
         return self.tally.stats()["slo_attainment"]
+
+    def model_attainment(self) -> dict[str, float]:
+        """Per model with requests in the run: the share of them that met its SLO."""
+        out = {name: self.tally.stats(lambda key, m=m: key[0] == m)["slo_attainment"]
+               for m, name in enumerate(self.models)}
+        return {name: share for name, share in out.items() if not math.isnan(share)}
 
     @property
     def window(self) -> float:

@@ -51,6 +51,14 @@ class Round:
     def attainment(self) -> float:
         return self.result.attainment
 
+    @property
+    def worst(self) -> float:
+        """The attainment of the model furthest from the target (every model must reach it)."""
+        return min(self.result.model_attainment().values(), default=self.attainment)
+
+    def met(self, target: float) -> bool:
+        return self.worst >= target
+
 
 def check_verify_options(target: float, rounds: int) -> None:
     if not (isinstance(target, int | float) and 0 < target <= 1):
@@ -89,7 +97,7 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
         for name in names:
             derate.setdefault(name, derate.get("*", 1.0))  # simulated: keeps its own factor
         if number < rounds:
-            if this.attainment >= target:
+            if this.met(target):
                 _raise(this, rows, names, derate, settled)
             else:
                 _lower(this, rows, names, derate, target)
@@ -105,8 +113,9 @@ def verify(demands: Sequence[ModelDemand], catalog: Catalog, objective: str = "c
     # the baselines, with the capacities the chosen round was planned with
     full = with_baselines(final.plan, demands, catalog, final.derate, measured)
     plan = full.model_copy(update={"verification": Verification(
-        slo_attainment=final.attainment, target=target, met=final.attainment >= target,
-        rounds=len(history), chosen=final.number, router=router, derate=final.derate)})
+        slo_attainment=final.attainment, target=target, met=final.met(target),
+        rounds=len(history), chosen=final.number, router=router, derate=final.derate,
+        model_attainment=final.result.model_attainment())})
     plan.baseline_plans.update(full.baseline_plans)
     return plan, history
 
@@ -157,20 +166,22 @@ def _raise(this: Round, rows: list[dict], names: list[str], derate: dict[str, fl
 def best_round(history: Sequence[Round], target: float) -> Round:
     """The round that met the target at the least cost (throughput plans: the most scale); if
     none did, the one closest to it."""
-    met = [r for r in history if r.attainment >= target]
+    met = [r for r in history if r.met(target)]
     if met:
         if met[0].plan.objective == "throughput":
             return min(met, key=lambda r: (-r.plan.scale, r.plan.usd_per_hour, r.number))
         return min(met, key=lambda r: (r.plan.usd_per_hour, -r.plan.scale, r.number))
-    return max(history, key=lambda r: (r.attainment, -r.number))
+    return max(history, key=lambda r: (r.worst, r.attainment, -r.number))
 
 
-def _attained(how: tuple, plan: Plan) -> float | None:
-    """The plan's SLO attainment in simulation (None: too large to simulate)."""
+def _attained(how: tuple, plan: Plan) -> tuple[float | None, dict[str, float]]:
+    """The plan's SLO attainment in simulation, and per model (None, {}: too large to
+    simulate)."""
     traces, router, seed = how
     if simulation_limit(plan):
-        return None
-    return simulate(plan, traces, router=router, seed=seed).attainment
+        return None, {}
+    result = simulate(plan, traces, router=router, seed=seed)
+    return result.attainment, result.model_attainment()
 
 
 def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Plan:
@@ -178,21 +189,23 @@ def prove(plan: Plan, traces=None, *, router: str = "plan", seed: int = 0) -> Pl
     (from `verification` when set), every homogeneous baseline's, and the saving quoted only
     against the best baseline that reaches the attainment target, and only if the plan does.
     The plans simulate side by side in worker processes, each in one (as alone)."""
-    target = min(m.attainment for m in plan.models)
     tried = [b.accelerator for b in plan.baselines if b.accelerator in plan.baseline_plans]
     plans = [plan.baseline_plans[name] for name in tried]
-    if not plan.verification:
+    v = plan.verification
+    if not v:
         plans.append(plan)
     got = run_all(_attained, (traces, router, seed), plans, workers=cores())
-    own = plan.verification.slo_attainment if plan.verification else got[-1]
+    own, own_models = (v.slo_attainment, v.model_attainment) if v else got[-1]
     attainment = dict(zip(tried, got[:len(tried)], strict=True))
-    baselines = [b.model_copy(update={"slo_attainment": attainment[b.accelerator]})
+    baselines = [b.model_copy(update={"slo_attainment": attainment[b.accelerator][0],
+                                      "model_attainment": attainment[b.accelerator][1]})
                  if b.accelerator in attainment else b for b in plan.baselines]
-    holding = [b for b in baselines if b.slo_attainment is not None
-               and b.slo_attainment >= target]
+    holding = [b for b in baselines
+               if plan.short_of_target(b.slo_attainment, b.model_attainment) == {}]
     best, savings = best_baseline(plan.objective, plan.usd_per_hour, plan.scale, holding) \
-        if own is not None and own >= target else (None, None)
-    proven = plan.model_copy(update={"slo_attainment": own, "baselines": baselines,
-                                     "savings": savings, "best_homogeneous": best})
+        if plan.short_of_target(own, own_models) == {} else (None, None)
+    proven = plan.model_copy(update={"slo_attainment": own, "model_attainment": own_models,
+                                     "baselines": baselines, "savings": savings,
+                                     "best_homogeneous": best})
     proven.baseline_plans.update(plan.baseline_plans)
     return proven
