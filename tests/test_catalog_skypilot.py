@@ -110,9 +110,11 @@ def test_written_yaml_loads_as_catalog_override(vms, tmp_path):
     assert text.startswith("# Imported by hetserve catalog --import-skypilot on 2025-07-01\n")
     assert f"# from {vms} (cloud aws, region us-east-1)." in text
     assert "Inferentia (2 rows)" in text
-    rows = yaml.safe_load(text)["accelerators"]
+    data = yaml.safe_load(text)
+    rows = data["accelerators"]
     assert {k for r in rows for k in r} == {"name", "usd_per_hour", "spot_usd_per_hour",
                                             "offers"}
+    assert data["only"] is True  # a cloud's catalog: plans use what it offers, nothing else
     path = tmp_path / "catalog.yaml"
     path.write_text(text)
     bundled, cat = load_catalog(), load_catalog(extra=path)
@@ -122,7 +124,22 @@ def test_written_yaml_loads_as_catalog_override(vms, tmp_path):
     assert l4.memory_gb == bundled.get("L4").memory_gb  # other fields kept
     assert cat.get("H100-SXM").usd_per_hour == pytest.approx(12.29)
     assert cat.get("A10G").offers[1].spot_usd_per_hour is None
-    assert cat.get("T4").usd_per_hour == bundled.get("T4").usd_per_hour  # not in the file
+    assert sorted(a.name for a in cat) == sorted(r["name"] for r in rows)
+    with pytest.raises(HetserveError, match="unknown accelerator 'T4'"):
+        cat.get("T4")  # not offered in the file: not plannable
+    path.write_text(text.replace("only: true", "only: false"))
+    both = load_catalog(extra=path)  # the bundled types too, at their reference prices
+    assert both.get("T4").usd_per_hour == bundled.get("T4").usd_per_hour
+    assert both.get("L4").usd_per_hour == pytest.approx(0.8048)
+    assert len(both) == len(bundled)
+    path.write_text("only: yes please\naccelerators: []\n")
+    with pytest.raises(HetserveError, match="only: expected true or false"):
+        load_catalog(extra=path)
+    path.write_text("only: true\naccelerators: []\n")
+    with pytest.raises(HetserveError, match="only: true, but the file lists no accelerators"):
+        load_catalog(extra=path)
+    path.write_text(text)
+    cat = load_catalog(extra=path)
     assert l4.offer_for(1).instance_type == "g6.xlarge"
     assert l4.offer_for(2).instance_type == "g6.12xlarge"  # smallest that holds 2
     assert l4.offer_for(4).instance_type == "g6.12xlarge"

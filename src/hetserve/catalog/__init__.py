@@ -216,6 +216,16 @@ class Catalog:
         )
 
 
+def _only_listed(path: Path) -> bool:
+    """Whether a catalog file limits planning to the accelerators it lists (top-level
+    `only: true`, as an imported cloud catalog does: the types that cloud offers)."""
+    data = load_yaml(path)
+    only = data.get("only", False) if isinstance(data, dict) else False
+    if not isinstance(only, bool):
+        raise HetserveError(f"{path}: only: expected true or false, got {only!r}")
+    return only
+
+
 def _rows_from_file(path: Path) -> list[dict]:
     data = load_yaml(path)
     rows = data.get("accelerators") if isinstance(data, dict) else data
@@ -251,9 +261,11 @@ def load_catalog(
     prices: Mapping[str, float] | None = None,
     available: Mapping[str, int] | None = None,
 ) -> Catalog:
-    """The bundled catalog, extended/overridden by `extra`, then prices and availability applied."""
+    """The bundled catalog, extended/overridden by `extra` (only the accelerators it lists where
+    it says `only: true`), then prices and availability applied."""
     rows = {r["name"]: dict(r) for r in bundled_rows()}
     lower = {name.lower(): name for name in rows}
+    listed = []
     if extra is not None:
         for row in _rows_from_file(Path(extra)):
             known = lower.get(str(row["name"]).lower())
@@ -262,7 +274,12 @@ def load_catalog(
             else:  # a new accelerator: every field is required
                 rows[row["name"]] = row
                 lower[str(row["name"]).lower()] = row["name"]
+            listed.append(lower[str(row["name"]).lower()])
     cat = Catalog(_build(list(rows.values()), str(extra) if extra else "bundled catalog"))
+    if extra is not None and _only_listed(Path(extra)):
+        if not listed:
+            raise HetserveError(f"{extra}: only: true, but the file lists no accelerators")
+        cat = cat.only(listed)
     if prices:
         cat = cat.with_prices(prices)
     if available:

@@ -253,7 +253,8 @@ def read_vms_csv(path: Path | str, cloud: str | None, region: str | None = None,
 
 
 def to_catalog_yaml(result: ImportResult, today: date | None = None) -> str:
-    """A catalog override file (`--catalog`): for each imported accelerator only `name`,
+    """A catalog file (`--catalog`) with `only: true` (plans use these accelerators alone):
+    for each imported accelerator only `name`,
     `usd_per_hour`, `spot_usd_per_hour` (null where the file had none) and `offers`, under a
     comment saying where the prices came from."""
     rows = []
@@ -275,5 +276,8 @@ def to_catalog_yaml(result: ImportResult, today: date | None = None) -> str:
     ]
     if result.unmapped:
         header.append("# Not in the catalog: " + name_counts(result.unmapped))
-    body = yaml.safe_dump({"accelerators": rows}, sort_keys=False, default_flow_style=False)
+    header += ["# only: true plans from these accelerators alone, the ones this cloud offers",
+               "# (false: the bundled catalog's other types too, at their reference prices)."]
+    body = yaml.safe_dump({"only": True, "accelerators": rows}, sort_keys=False,
+                          default_flow_style=False)
     return "\n".join(header) + "\n" + body
