@@ -102,6 +102,34 @@ def test_profiling_an_emulator_recovers_its_coefficients(measured):
     assert 0 < report.client_latency_ms < 20  # HTTP on loopback, not the engine
 
 
+def test_a_fit_that_reproduces_the_points_worse_than_the_model_is_not_used():
+    from hetserve.profile.file import FitReport
+    from hetserve.profile.fit import better_or_model, current_fit
+
+    dep = Deployment(get_model(MODEL), load_catalog().get(ACC))
+    worse = truth_fit()  # any coefficients other than the model's
+    model = current_fit(dep)
+    assert worse.eta_compute != model.eta_compute
+
+    def judged(before, after, held_before=None, held_after=None):
+        return better_or_model(dep, worse, FitReport(
+            before=before, after=after, held_back_before=held_before,
+            held_back_after=held_after, held_back=["a"] if held_after else [],
+            client_latency_ms=3.0))
+
+    got, report = judged(0.20, 0.02, 0.25, 0.03)  # better on both parts: the fit
+    assert got == worse and report.kept_model == "" and report.client_latency_ms == 3.0
+    got, report = judged(0.013, 0.022, 0.007, 0.005)  # worse on the points it was fitted to
+    assert got == model and report.client_latency_ms == 0.0
+    assert report.kept_model == "fitted, the median |error| rises from 1.3% to 2.2%"
+    got, report = judged(0.653, 0.10, 0.653, 0.803)  # better fitted, worse held back
+    assert got == model and report.kept_model == (
+        "on the held-back points the median |error| rises from 65.3% to 80.3%: the fit does "
+        "not generalise")
+    got, report = judged(0.20, 0.05)  # nothing held back: judged on the fitted points
+    assert got == worse and not report.kept_model
+
+
 def test_a_plan_from_the_profile_equals_the_plan_from_the_truth(measured, tmp_path):
     cat = load_catalog()
     dep = Deployment(get_model(MODEL), cat.get(ACC))

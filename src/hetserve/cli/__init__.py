@@ -395,6 +395,8 @@ def _calibrate_fit(cat: Catalog, data: Path | None, engine: str | None, hold_bac
     if out_file is not None:
         by_acc: dict[str, list] = {}
         for g in fitted:
+            if g.report.kept_model:  # the catalog's own coefficients: nothing to write
+                continue
             by_acc.setdefault(g.accelerator, []).append(
                 g.fit.model_dump(exclude={"source"}) | {"source": str(data or "published")})
         write_text(out_file, yaml.safe_dump({"accelerators": [
@@ -421,9 +423,15 @@ def _calibrate_fit(cat: Catalog, data: Path | None, engine: str | None, hold_bac
         r = g.report
         held = (f"{r.held_back_before:.1%} -> {r.held_back_after:.1%}"
                 if r.held_back_after is not None else "-")
-        table.add_row(g.label, str(g.rows), f"{g.fit.eta_compute:.3f}",
+        mark = " (model kept)" if r.kept_model else ""
+        table.add_row(g.label + mark, str(g.rows), f"{g.fit.eta_compute:.3f}",
                       f"{g.fit.eta_memory:.3f}", f"{g.fit.step_overhead_ms:.2f}",
                       f"{g.fit.seq_host_us:.0f}", f"{r.before:.1%} -> {r.after:.1%}", held)
+    kept = [g for g in fitted if g.report.kept_model]
+    if kept:
+        table.caption += ("; (model kept): the fit found reproduces the rows worse, fitted "
+                          "or held back, so the catalog's coefficients stay (and --out leaves "
+                          "the deployment out)")
     out.print(table)
     if out_file is not None:
         out.print(f"wrote {out_file}")

@@ -260,6 +260,10 @@ def _fit_caption(prof) -> str:
     if r.held_back_after is not None:
         caption += (f"; on {len(r.held_back)} held-back shapes {r.held_back_before:.1%} -> "
                     f"{r.held_back_after:.1%} (* held back from the fit)")
+    if r.kept_model:
+        caption = (caption.replace("fit: ", "the model's coefficients kept: ", 1)
+                   .replace(" fitted", " with the fit found", 1)
+                   + f". [yellow]The fit found was not used: {r.kept_model}[/]")
     return caption
 
 

@@ -110,6 +110,21 @@ class FitReport(Record):
     held_back: list[str] = Field(default_factory=list, description="labels of held-back points")
     client_latency_ms: float = Field(default=0.0, ge=0, description="what the client adds to "
                                      "TTFT beyond the engine (fitted; not part of the model)")
+    kept_model: str = Field(default="", description="why the model's own coefficients were "
+                            "kept instead of the fit ('': the fit is used)")
+
+    def shortfall(self) -> str:
+        """'' when the fit reproduces the points better than the model's coefficients, on
+        those fitted and on those held back; else how it falls short."""
+        if self.after > self.before:
+            return (f"fitted, the median |error| rises from {self.before:.1%} to "
+                    f"{self.after:.1%}")
+        if self.held_back_after is not None and self.held_back_before is not None \
+                and self.held_back_after > self.held_back_before:
+            return (f"on the held-back points the median |error| rises from "
+                    f"{self.held_back_before:.1%} to {self.held_back_after:.1%}: the fit does "
+                    "not generalise")
+        return ""
 
 
 class Profile(Record):

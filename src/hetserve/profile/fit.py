@@ -221,7 +221,18 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
                        held_back_before=median_abs(errors(dep, test)) if test else None,
                        held_back_after=median_abs(errors(after, test, latency)) if test else None,
                        held_back=sorted(held), client_latency_ms=latency * 1e3)
-    return fitted, report
+    return better_or_model(dep, fitted, report)
+
+
+def better_or_model(dep: Deployment, fitted: Fit, report: FitReport) -> tuple[Fit, FitReport]:
+    """The fit where it beats the model's own coefficients (FitReport.shortfall), else those
+    coefficients, with the report saying why: a plan must not trade the model for a fit that
+    reproduces the measurements worse."""
+    why = report.shortfall()
+    if not why:
+        return fitted, report
+    return current_fit(dep), report.model_copy(update={"kept_model": why,
+                                                       "client_latency_ms": 0.0})
 
 
 MIN_ROWS = 6  # measurements of one deployment needed to fit its five numbers

@@ -40,6 +40,7 @@ from hetserve.profile.fit import (
     HOLD_BACK,
     DeploymentFit,
     as_fit,
+    better_or_model,
     current_fit,
     median_abs,
     with_fit,
@@ -197,7 +198,7 @@ def fit_steps(dep: Deployment, rows: Sequence[StepTime], hold_back: float = HOLD
         held_back_before=median_abs(step_errors(dep, test)) if test else None,
         held_back_after=median_abs(step_errors(after, test)) if test else None,
         held_back=sorted(r.shape for r in test))
-    return fitted, report
+    return better_or_model(dep, fitted, report)
 
 
 def _groups(rows: Sequence[StepTime], catalog: Catalog) -> dict[Deployment, list[StepTime]]:
