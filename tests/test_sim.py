@@ -373,12 +373,16 @@ def test_simulated_plan_counts_and_money_add_up():
     assert s["requests"] == 1500 == s["completed"] + s["rejected"]
     assert sum(g["requests"] for g in res.group_rows()) + s["rejected"] == 1500
     assert sum(c["requests"] for c in res.class_rows()) == 1500
-    assert s["cost_usd"] == pytest.approx(plan.usd_per_hour * s["simulated_seconds"] / 3600)
+    # billed: the arrivals' span plus one mean gap, the drain after the last one not charged
+    span = res.arrival.max() - res.arrival.min()
+    assert s["billed_seconds"] == pytest.approx(span * 1500 / 1499)
+    assert s["billed_seconds"] < s["simulated_seconds"]
+    assert s["cost_usd"] == pytest.approx(plan.usd_per_hour * s["billed_seconds"] / 3600)
     tokens = (res.input_tokens + res.output_tokens)[res.completed].sum()
     assert s["tokens_per_dollar"] == pytest.approx(tokens / s["cost_usd"])
     assert 0 < s["utilisation"] <= 1 and 0 < s["kv_usage"] < 1
     assert s["slo_attainment"] == pytest.approx(res.met.mean())
-    assert s["goodput"] == pytest.approx(res.met.sum() / s["simulated_seconds"])
+    assert s["goodput"] == pytest.approx(res.met.sum() / s["billed_seconds"])
     # the plan router keys by prompt range: a request lands in a group with a share for its
     # range, or (spilled) one whose config serves every class of that range
     entry = plan.models[0]

@@ -200,7 +200,9 @@ def _pct(x: float) -> str:
 def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
     """One summary row per run (router), then per group and per class of the first run."""
     arrivals = ", ".join(dict.fromkeys(r.arrivals for r in results))
-    head = Table(title=f"Simulation ({slo}; arrivals: {arrivals})", title_justify="left")
+    first = results[0].summary()
+    head = Table(title=f"Simulation ({slo}; arrivals: {arrivals}, {first['offered_rate']:.3g} "
+                 f"req/s over {first['billed_seconds']:.0f} s)", title_justify="left")
     for col in ("router", "req", "rej", "in SLO", "TTFT s p50/90/99", "TPOT ms p50/90/99",
                 "queue p90 s", "preempt", "util", "KV", "cost $", "Mtok/$", "sim s", "wall s"):
         head.add_column(col, justify="left" if col == "router" else "right", no_wrap=True)

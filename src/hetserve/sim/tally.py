@@ -179,6 +179,16 @@ class Tally:
         end = self.last_finish if self.last_finish > -math.inf else self.last_arrival
         return float(max(end - self.first_arrival, 1e-9))
 
+    @property
+    def span(self) -> float:
+        """Seconds of steady traffic the requests stand for: first to last arrival, plus one
+        mean gap between arrivals (n arrivals mark n gaps), without the drain after the last
+        arrival; the whole window where fewer than two arrived at distinct times."""
+        if self.requests < 2 or not self.last_arrival > self.first_arrival:
+            return self.window
+        gaps = self.last_arrival - self.first_arrival
+        return float(gaps * self.requests / (self.requests - 1))
+
     def total(self, keep: Callable[[tuple[int, int, int]], bool] = lambda key: True) -> Cell:
         """The cells whose key passes `keep`, merged (into a new cell)."""
         out = Cell()
@@ -197,7 +207,7 @@ class Tally:
             for q in PERCENTILES:
                 out[f"{m}_p{q}"] = cell.latency[m].percentile(q)
         out["preemptions"] = cell.preemptions
-        out["goodput"] = cell.met / self.window if self.window else 0.0
+        out["goodput"] = cell.met / self.span if self.span else 0.0
         return out
 
     def keys(self) -> Iterable[tuple[int, int, int]]:
