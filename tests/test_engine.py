@@ -56,10 +56,16 @@ def test_preemption_when_kv_runs_out_and_nothing_is_lost(catalog):
     assert engine.free_blocks == engine.total_blocks
 
 
-def test_request_larger_than_cache_is_refused(catalog):
+def test_request_larger_than_cache_or_context_is_refused(catalog):
     engine = Engine(Deployment(M8, catalog.get("A10G")))
-    with pytest.raises(ValueError, match="exceed the KV cache"):
+    assert engine.longest == engine.kv_limit == 31_904
+    with pytest.raises(ValueError, match=r"exceed the longest request A10G TP1 accepts "
+                       r"\(31904 tokens\)"):
         engine.add(Request(0, 0.0, 10**6, 10))
+    engine = Engine(Deployment(M8, catalog.get("A10G")), max_model_len=8192)
+    assert engine.longest == 8192 and engine.kv_limit == 31_904  # vLLM's --max-model-len
+    assert engine.holds(Request(0, 0.0, 8092, 100))
+    assert not engine.holds(Request(1, 0.0, 8093, 100))
 
 
 # ---- the fast engine's bulk decode bookkeeping against stepping sequence by sequence -------

@@ -444,3 +444,17 @@ def test_prove_quotes_savings_only_between_plans_that_hold():
     cheapest = min(holding, key=lambda b: b.usd_per_hour)
     assert loose.best_homogeneous == cheapest.accelerator
     assert loose.savings == pytest.approx(1 - loose.usd_per_hour / cheapest.usd_per_hour)
+
+
+def test_requests_past_the_plans_context_limit_are_rejected_as_the_engines_would():
+    from hetserve.workload.trace import Trace
+
+    plan = hetserve.make_plan("llama-3.1-8b", rate=2, baselines=False)
+    limit = plan.models[0].max_model_len  # vLLM's --max-model-len in the plan's commands
+    assert limit < M8.max_context  # the trace's longest class, not the model's 131,072
+    # three requests: within the limit, exactly at it, one token past it
+    trace = Trace("t", np.array([0.0, 1.0, 2.0]), np.array([1000, limit - 100, limit - 99]),
+                  np.array([100, 100, 100]))
+    s = simulate(plan, trace).summary()
+    assert s["requests"] == 3 and s["rejected"] == 1 and s["completed"] == 2
+    assert s["slo_attainment"] <= 2 / 3  # a rejected request is a miss

@@ -86,7 +86,8 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
             have = spare.get(replica_kind(g), [])
             take, spare[replica_kind(g)] = have[:g.replicas], have[g.replicas:]
             for _ in range(g.replicas - len(take)):
-                pool.append(Engine(plan.deployment(g), kv_tokens=g.kv_tokens or None))
+                pool.append(Engine(plan.deployment(g), kv_tokens=g.kv_tokens or None,
+                                   max_model_len=plan.model_entry(g.model).max_model_len))
                 created.append(now)
                 retired.append(math.inf)
                 price.append(g.usd_per_hour / g.replicas)

@@ -97,13 +97,17 @@ def _blocks(tokens: int) -> int:
 class Engine:
     """One replica. `add` requests, then `advance(until)` (virtual time) or `step(now)`."""
 
-    __slots__ = ("dep", "fast", "total_blocks", "free_blocks", "kv_limit", "waiting", "running",
+    __slots__ = ("dep", "fast", "total_blocks", "free_blocks", "kv_limit", "longest", "waiting",
+                 "running",
                  "clock", "steps", "busy_time", "kv_block_seconds", "preemptions",
                  "last_finished", "_run", "_quiet", "_span", "_tick", "_nd", "_due",
                  "_ctx", "_ends", "_serial", "_mixed", "_chunk", "_max_seqs", "_queued",
                  "_min_step")
 
-    def __init__(self, dep: Deployment, kv_tokens: int | None = None, fast: bool = True) -> None:
+    def __init__(self, dep: Deployment, kv_tokens: int | None = None, fast: bool = True,
+                 max_model_len: int | None = None) -> None:
+        """max_model_len: the longest request (prompt + output tokens) the engine accepts, as
+        vLLM's --max-model-len (None: whatever fits the KV cache)."""
         if not dep.fits:
             raise ValueError(f"{dep.label}: {dep.why_not()}")
         self.dep = dep
@@ -111,6 +115,7 @@ class Engine:
         self.total_blocks = (kv_tokens or dep.kv_capacity_tokens) // BLOCK_TOKENS
         self.free_blocks = self.total_blocks
         self.kv_limit = self.total_blocks * BLOCK_TOKENS  # a whole number of blocks
+        self.longest = min(self.kv_limit, max_model_len or self.kv_limit)
         self.waiting: deque[Request] = deque()
         self._queued = 0  # prompt tokens of the waiting requests (pending_prefill in O(1))
         self.running: list[Request] = []
@@ -152,14 +157,15 @@ class Engine:
         return ahead + sum(r.input_tokens for r in prefilling if r.generated == 0)
 
     def holds(self, req: Request) -> bool:
-        """Whether the request's prompt and output fit in this replica's KV cache at all."""
-        return req.input_tokens + req.output_tokens <= self.kv_limit
+        """Whether the engine accepts the request: its prompt and output within the context
+        limit and the KV cache."""
+        return req.input_tokens + req.output_tokens <= self.longest
 
     def add(self, req: Request) -> None:
-        if req.input_tokens + req.output_tokens > self.kv_limit:
+        if req.input_tokens + req.output_tokens > self.longest:
             raise ValueError(
                 f"request {req.id}: {req.input_tokens + req.output_tokens} tokens exceed the "
-                f"KV cache of {self.dep.label} ({self.kv_limit} tokens)"
+                f"longest request {self.dep.label} accepts ({self.longest} tokens)"
             )
         if not (self.waiting or self.running) and req.arrival > self.clock:
             self.clock = req.arrival

@@ -67,10 +67,10 @@ class SimFleet:
                 self._due[i] = -math.inf
                 self._dues[self.index.group_of[i]].append((-math.inf, i))
         # the longest request (prompt + output tokens) some replica of each (fixed) group holds
-        self._group_limit = [max((self.engines[i].kv_limit for i in g), default=-1)
+        self._group_limit = [max((self.engines[i].longest for i in g), default=-1)
                              for g in self.groups]
         # a group's replicas hold the same requests: group_holds says for each of them
-        self.uniform = all(len({self.engines[i].kv_limit for i in g}) <= 1 for g in self.groups)
+        self.uniform = all(len({self.engines[i].longest for i in g}) <= 1 for g in self.groups)
 
     def __len__(self) -> int:
         return len(self.engines)
@@ -291,8 +291,8 @@ def replay_piece(job: Replay, piece: Piece) -> Part:
     for g in plan_groups:
         dep = _deployment(plan, g, job.catalog, job.engine)
         members.append(list(range(len(engines), len(engines) + g.replicas)))
-        engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=job.fast)
-                    for _ in range(g.replicas)]
+        engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=job.fast,
+                           max_model_len=entry.max_model_len) for _ in range(g.replicas)]
     fleet = SimFleet(engines, members)
     deps = [engines[idx[0]].dep for idx in members]
     policy = make_router(job.router, fleet, RoutingTable.from_plan(
