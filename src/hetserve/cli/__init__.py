@@ -265,8 +265,11 @@ def workload_cmd(workload: Annotated[str, typer.Argument(help="azure-conv, azure
         _emit_json({"workload": wl.name, "requests": len(wl.trace), "rate": wl.rate,
                     "classes": rows})
         return
-    table = Table(title=f"{wl.name}: {len(wl.trace)} requests over {wl.trace.duration:.0f}s, "
-                  f"{wl.rate:.2f} req/s, {len(wl.classes)} classes", title_justify="left")
+    own = len(wl.trace) / wl.trace.duration if wl.trace.duration > 0 else 0.0
+    scaled = (f"{own:.2f} req/s, its timing scaled to {wl.rate:.2f} req/s"
+              if rate is not None else f"{wl.rate:.2f} req/s")
+    table = Table(title=f"{wl.name}: {len(wl.trace)} requests over {wl.trace.duration:.0f}s at "
+                  f"{scaled}, {len(wl.classes)} classes", title_justify="left")
     for col in ("class", "requests", "req/s", "mean prompt", "mean output"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for r in rows:
