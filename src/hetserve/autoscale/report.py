@@ -36,12 +36,14 @@ def plot_day(results: list[DayResult], path: Path | str, window: float,
     axes[0].legend(loc="upper left", fontsize=8, ncol=3)
     axes[1].step(*ext(hours, [w.rate for w in first.windows]), where="post", color="black")
     axes[1].set_ylabel("req/s arriving")
-    for r in results:
+    styles = ["-", "--", ":", "-."]  # policies that match for hours stay visible
+    for k, r in enumerate(results):
         h = np.array([w.start for w in r.windows]) / 3600.0
         att = [w.met / w.requests if w.requests else np.nan for w in r.windows]
-        axes[2].step(*ext(h, np.array(att) * 100), where="post", label=r.policy)
+        look = {"ls": styles[k % len(styles)], "lw": 1.8 - 0.3 * (k % len(styles))}
+        axes[2].step(*ext(h, np.array(att) * 100), where="post", label=r.policy, **look)
         axes[3].step(*ext(h, [w.cost_usd * 3600.0 / window for w in r.windows]),
-                     where="post", label=f"{r.policy}: ${r.cost_usd:,.0f}")
+                     where="post", label=f"{r.policy}: ${r.cost_usd:,.2f} in all", **look)
     axes[2].axhline(99, color="grey", lw=0.8, ls="--")
     axes[2].set_ylabel("% within SLO")
     axes[2].set_ylim(max(0, min(np.nanmin([w.met / w.requests for r in results

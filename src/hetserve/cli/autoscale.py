@@ -143,10 +143,12 @@ def autoscale_cmd(
              "changes": r.changes, "replay_seconds": r.wall_seconds,
              "windows": [w.__dict__ for w in r.windows]} for r in results]}, indent=2))
     else:
+        from hetserve.cli import _console
         from hetserve.cli.tables import autoscale_table
 
-        Console().print(autoscale_table(results, hours, demand))
-        print(f"{len(day):,} requests over {hours:.3g} h ({results[0].requests:,} scored); "
+        _console().print(autoscale_table(results, hours, demand, shape_day))
+        print(f"{len(day):,} requests over {hours:.3g} h ({results[0].requests:,} scored: the "
+              f"first window's {len(day) - results[0].requests:,} warm the policies up); "
               f"replayed in {wall:.1f} s")
     if plot:
         from hetserve.autoscale.report import plot_day

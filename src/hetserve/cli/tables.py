@@ -330,12 +330,13 @@ def _points_table(prof, dep) -> Table:
     return table
 
 
-def autoscale_table(results, hours: float, demand) -> Table:
+def autoscale_table(results, hours: float, demand, shaped: bool = True) -> Table:
     """One row per policy: the day's cost, SLO attainment and plan changes."""
     base = results[0]
-    table = Table(title=f"A day of {demand.workload.name} ({hours:.3g} h) for {demand.model.name}"
-                        f", TTFT {demand.slo.ttft:g} s, TPOT {demand.slo.tpot * 1e3:g} ms",
-                  title_justify="left")
+    how = "shaped into a diurnal day" if shaped else "as recorded"
+    table = Table(title=f"{hours:.3g} h of {demand.workload.name} {how}, for "
+                        f"{demand.model.name}, TTFT {demand.slo.ttft:g} s, TPOT "
+                        f"{demand.slo.tpot * 1e3:g} ms", title_justify="left")
     for col in ("policy", "cost $", "vs adaptive", "in SLO", "worst window", "changes",
                 "replay s"):
         table.add_column(col, justify="left" if col == "policy" else "right",
