@@ -23,7 +23,7 @@ from hetserve.models import Dtype, ModelSpec
 from hetserve.perf import Deployment
 from hetserve.perf.model import EngineName
 from hetserve.plan.milp import MAX_REPLICAS
-from hetserve.plan.serving import ENGINES, QUANTIZATION, flag
+from hetserve.plan.serving import ENGINES, QUANTIZATION, flag, served_names
 
 PLAN_VERSION = 3
 READS = (2, 3)  # version 2 files load (to simulate and serve); deploy needs version 3's fields
@@ -77,6 +77,18 @@ class ModelEntry(Record):
                                               "(prompt + output tokens) the engines accept")
     quantization: str | None = Field(default=None, description="the engines' --quantization "
                                      "for the weight dtype (none for bf16/fp16)")
+
+    @property
+    def context_limit(self) -> int:
+        """The longest request (prompt + output tokens) its engines accept: max_model_len, else
+        the model's context."""
+        return self.max_model_len or self.spec.max_context
+
+    @property
+    def served_names(self) -> list[str]:
+        """The names its engines serve (`--served-model-name`): the plan's name, then the Hugging
+        Face id."""
+        return served_names(self.name, self.spec.hf_id)
 
 
 class ReplicaGroup(Record):

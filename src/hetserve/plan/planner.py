@@ -367,12 +367,11 @@ def serving(entry: ModelEntry, dep: Deployment) -> dict:
     return {"engine_version": version, "image": engine_image(dep.engine, version, rocm),
             "command": engine_command(
                 dep.engine, hf_id=spec.hf_id or spec.name,
-                names=list(dict.fromkeys((entry.name, *([spec.hf_id] if spec.hf_id else [])))),
+                names=entry.served_names,
                 tp=dep.tp, pp=dep.pp, max_num_seqs=dep.max_seqs,
                 max_num_batched_tokens=dep.chunk_tokens,
                 gpu_memory_utilization=dep.memory_utilisation,
-                max_model_len=min(entry.max_model_len or spec.max_context,
-                                  dep.kv_capacity_tokens),
+                max_model_len=min(entry.context_limit, dep.kv_capacity_tokens),
                 dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype)}
 
 

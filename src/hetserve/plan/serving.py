@@ -50,6 +50,12 @@ def context_length(classes, max_context: int) -> int:
     return min(longest, max_context)
 
 
+def served_names(name: str, hf_id: str = "") -> list[str]:
+    """The names a model's engines serve: the plan's name first, then its Hugging Face id (when
+    it has one and it differs)."""
+    return list(dict.fromkeys((name, *([hf_id] if hf_id else []))))
+
+
 def engine_command(engine: str, *, hf_id: str, names: list[str], tp: int, pp: int,
                    max_num_seqs: int, max_num_batched_tokens: int,
                    gpu_memory_utilization: float, max_model_len: int, dtype: str,
