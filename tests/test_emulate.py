@@ -27,9 +27,9 @@ MODEL = "llama-3.1-8b"
 
 
 @contextmanager
-def emulator(accelerator="L4", replicas=1, **knobs):
+def emulator(accelerator="L4", replicas=1, max_model_len=None, aliases=(), **knobs):
     dep = Deployment(get_model(MODEL), load_catalog().get(accelerator), **knobs)
-    emu = Emulator(dep, MODEL, replicas)
+    emu = Emulator(dep, MODEL, replicas, max_model_len=max_model_len, aliases=aliases)
     loop = asyncio.new_event_loop()
     urls = loop.run_until_complete(emu.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -113,13 +113,38 @@ def test_bad_requests_get_vllms_400():
         assert 2048 < limit <= 131_072
         with pytest.raises(openai.BadRequestError, match=f"maximum context length is {limit}"):
             c.completions.create(model=MODEL, prompt=[1] * (limit - 10), max_tokens=100)
-        with pytest.raises(openai.BadRequestError, match="serves 'llama-3.1-8b'"):
+        with pytest.raises(openai.NotFoundError, match="The model `gpt-9` does not exist"):
             c.completions.create(model="gpt-9", prompt="hi")
         with pytest.raises(openai.BadRequestError, match="stream_options: expected an object"):
             c.completions.create(model=MODEL, prompt="hi", extra_body={"stream_options": "yes"})
         with pytest.raises(openai.BadRequestError, match="min_tokens"):
             c.completions.create(model=MODEL, prompt="hi", max_tokens=2,
                                  extra_body={"min_tokens": 5})
+
+
+def test_the_plans_max_model_len_and_served_names_hold_as_in_vllm():
+    """`vllm serve HF_ID --served-model-name NAME HF_ID --max-model-len 1000`: both names are
+    answered (and echoed), both listed; a prompt or prompt + max_tokens over 1000 is vLLM's
+    400; a chat without max_tokens gets what the context leaves."""
+    hf_id = "meta-llama/Llama-3.1-8B-Instruct"
+    with emulator(max_model_len=1000, aliases=[hf_id]) as (_, (url,)):
+        c = client(url)
+        assert [(m.id, m.root, m.model_extra["max_model_len"]) for m in c.models.list().data] \
+            == [(MODEL, hf_id, 1000), (hf_id, hf_id, 1000)]
+        r = c.completions.create(model=hf_id, prompt=[1] * 990, max_tokens=10)
+        assert r.model == hf_id and r.usage.total_tokens == 1000
+        with pytest.raises(openai.BadRequestError) as over:
+            c.completions.create(model=MODEL, prompt=[1] * 990, max_tokens=11)
+        assert over.value.body["message"] == (
+            "This model's maximum context length is 1000 tokens. However, you requested 1001 "
+            "tokens (990 in the messages, 11 in the completion). Please reduce the length of "
+            "the messages or completion.")
+        with pytest.raises(openai.BadRequestError, match="your request has 1000 input tokens"):
+            c.completions.create(model=MODEL, prompt=[1] * 1000)
+        chat = c.chat.completions.create(model=MODEL, messages=[
+            {"role": "user", "content": "w " * 900}], extra_body={"ignore_eos": True})
+        assert chat.usage.completion_tokens == 1000 - 904  # the context left, under 256
+        assert chat.usage.prompt_tokens == 904
 
 
 def test_a_saturated_replica_queues_and_every_request_completes():

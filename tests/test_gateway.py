@@ -20,7 +20,7 @@ import pytest
 
 import hetserve
 from hetserve.catalog import load_catalog
-from hetserve.emulate import Emulator
+from hetserve.emulate import Emulator, group_emulator
 from hetserve.errors import HetserveError
 from hetserve.gateway import Gateway, GatewayServer, parse_backends
 from hetserve.route import RoutingTable
@@ -48,8 +48,8 @@ def running(plan, dead: dict[str, int] | None = None, extra: dict[str, list[str]
     `options`: Gateway's (api_keys, admin_token, max_body, counters: the emulators' too)."""
     loop = asyncio.new_event_loop()
     counters = options.get("counters") or {}
-    emulators = [Emulator(plan.deployment(g), g.model, g.replicas,
-                          counter=counters.get(g.model, WORDS)) for g in plan.groups]
+    emulators = [group_emulator(plan, g, counter=counters.get(g.model, WORDS))
+                 for g in plan.groups]
     urls = {g.id: loop.run_until_complete(e.start())
             for g, e in zip(plan.groups, emulators, strict=True)}
     for gid, n in (dead or {}).items():
@@ -109,7 +109,7 @@ def test_requests_are_routed_by_the_plan_and_streamed_through(plan):
             stream=True, stream_options={"include_usage": True}))
         assert chunks[-1].usage.completion_tokens == 4
         got = counts(url)
-        assert [m.id for m in c.models.list().data] == [MODEL]
+        assert [m.id for m in c.models.list().data] == [MODEL, "meta-llama/Llama-3.1-8B-Instruct"]
     served = {}
     for k in lengths:
         served[ids[only[k]]] = served.get(ids[only[k]], 0) + 1
@@ -492,3 +492,78 @@ def test_health_checks_eject_a_replica_and_bring_it_back(plan):
     for change in ("ejected", "back"):
         assert re.search(rf'^hetserve:health_changes_total\{{change="{change}",[^}}]*\}} 1\.0$',
                          text, re.M)
+
+
+def access_lines(caplog) -> list[dict]:
+    return [json.loads(r.getMessage()) for r in caplog.records
+            if r.name == "hetserve.gateway.access"]
+
+
+def test_the_context_limit_is_refused_before_routing_as_a_client_error(plan, caplog):
+    """A prompt, or prompt + max_tokens, over the plan's max_model_len: the gateway answers
+    vLLM's 400 without a backend, counts it as refused (never against a group) and logs it as
+    "refused"; the emulated engines refuse the same (their max_model_len is the plan's)."""
+    import logging
+
+    limit = plan.models[0].context_limit
+    assert limit == plan.models[0].max_model_len and 2048 < limit < 131_072
+    with caplog.at_level(logging.INFO, logger="hetserve.gateway.access"), \
+            running(plan) as (url, gateway):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError) as long_prompt:
+            c.completions.create(model=MODEL, prompt="word " * (limit + 10), max_tokens=5)
+        assert long_prompt.value.status_code == 400
+        assert long_prompt.value.body["message"] == (
+            f"This model's maximum context length is {limit} tokens. However, your request "
+            f"has {limit + 10} input tokens. Please reduce the length of the input messages.")
+        with pytest.raises(openai.BadRequestError) as too_much:
+            c.chat.completions.create(model=MODEL, max_tokens=40_000, messages=[
+                {"role": "user", "content": "a b c"}])
+        assert too_much.value.body["message"] == (
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{7 + 40_000} tokens (7 in the messages, 40000 in the completion). Please reduce "
+            "the length of the messages or completion.")
+        assert too_much.value.body["param"] == "max_tokens"
+        # exactly at the limit is served
+        assert c.completions.create(model=MODEL, prompt=[1] * (limit - 2),
+                                    max_tokens=2).usage.completion_tokens == 2
+        got = counts(url)
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        # the engines behind refuse the same on their own
+        backend = gateway.fleets[MODEL].replicas[0].url
+        direct = openai.OpenAI(base_url=backend + "/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match=f"maximum context length is {limit} "
+                           f"tokens. However, you requested {limit + 1} tokens"):
+            direct.completions.create(model=MODEL, prompt=[1] * (limit - 2), max_tokens=3)
+    assert 'hetserve:refused_total{status="400"} 2.0' in text
+    assert list(got.values()) == [1.0] and all(o == "ok" for _, o in got)  # none at a backend
+    lines = access_lines(caplog)
+    assert [(line["outcome"], line.get("status"), line["backend"]) for line in lines[:2]] == [
+        ("refused", 400, None), ("refused", 400, None)]
+    assert lines[2]["outcome"] == "ok"
+
+
+def test_every_name_the_engines_serve_reaches_the_model(plan):
+    """The plan's engines serve the model's name and its Hugging Face id
+    (--served-model-name): the gateway takes both, lists both as vLLM does, and the answer
+    names the one asked for; a name no engine serves is vLLM's 404."""
+    hf_id = plan.models[0].spec.hf_id
+    assert plan.models[0].served_names == [MODEL, hf_id] == ["llama-3.1-8b",
+                                                            "meta-llama/Llama-3.1-8B-Instruct"]
+    assert "--served-model-name" in plan.groups[0].command
+    with running(plan) as (url, _):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        r = c.completions.create(model=hf_id, prompt="a b c", max_tokens=2)
+        assert r.model == hf_id and r.usage.prompt_tokens == 3
+        chunks = list(c.chat.completions.create(
+            model=hf_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+            stream=True))
+        assert {ch.model for ch in chunks} == {hf_id}
+        listed = c.models.list().data
+        assert [(m.id, m.root, m.model_extra["max_model_len"]) for m in listed] == [
+            (MODEL, hf_id, plan.models[0].context_limit),
+            (hf_id, hf_id, plan.models[0].context_limit)]
+        with pytest.raises(openai.NotFoundError, match="`Llama-3.1-8B` does not exist"):
+            c.completions.create(model="Llama-3.1-8B", prompt="hi", max_tokens=2)
+        got = counts(url)
+    assert sum(v for (_, o), v in got.items() if o == "ok") == 2

@@ -187,13 +187,13 @@ class Emulators:
         self.running: dict[tuple, list] = {}  # config -> [(Emulator, url)]
 
     async def up(self, plan: Plan) -> dict[str, list[str]]:
-        from hetserve.emulate.server import Emulator
+        from hetserve.emulate.server import group_emulator
 
         backends = {}
         for g in plan.groups:
             have = self.running.setdefault(replica_kind(g), [])
             while len(have) < g.replicas:
-                emu = Emulator(plan.deployment(g), g.model, kv_tokens=g.kv_tokens)
+                emu = group_emulator(plan, g, replicas=1)
                 (url,) = await emu.start()
                 have.append((emu, url))
             backends[g.id] = [url for _, url in have[:g.replicas]]

@@ -157,16 +157,14 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
     """Start emulators (when `urls` is None; they count prompts by `counters`, model ->
     PromptCounter, as the gateway does) and the gateway; then run `then(url, gateway)`
     (default: wait until interrupted) and stop everything."""
-    from hetserve.emulate import Emulator
+    from hetserve.emulate import group_emulator
 
     emulators = []
     try:
         if urls is None:
             urls = {}
             for g in plan.groups:
-                emu = Emulator(plan.deployment(g), g.model, g.replicas, host,
-                               kv_tokens=g.kv_tokens,
-                               counter=(counters or {}).get(g.model, WORDS))
+                emu = group_emulator(plan, g, host, (counters or {}).get(g.model, WORDS))
                 emulators.append(emu)
                 try:
                     urls[g.id] = await emu.start()

@@ -2,6 +2,6 @@
 that a gateway, a profiler or an autoscaler runs and is tested on a laptop without a GPU."""
 
 from hetserve.emulate.engine import EmulatedEngine
-from hetserve.emulate.server import Emulator, ReplicaServer
+from hetserve.emulate.server import Emulator, ReplicaServer, group_emulator
 
-__all__ = ["EmulatedEngine", "Emulator", "ReplicaServer"]
+__all__ = ["EmulatedEngine", "Emulator", "ReplicaServer", "group_emulator"]

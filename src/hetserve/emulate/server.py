@@ -3,7 +3,11 @@
 Serves `POST /v1/completions` and `POST /v1/chat/completions` (with `stream: true`, server-sent
 events as vLLM sends them, `usage` in a last chunk when `stream_options.include_usage` asks),
 `GET /v1/models`, `GET /health` and `GET /metrics` (vLLM's metric names). Bad requests get
-vLLM's 400 body: `{"error": {"message", "type": "BadRequestError", "param", "code": 400}}`.
+vLLM's 400 body: `{"error": {"message", "type": "BadRequestError", "param", "code": 400}}`; a
+request whose prompt, or prompt + max_tokens, exceeds `max_model_len` is one (vLLM's words,
+hetserve.route.request.check_context). A replica answers to each of its served names (as
+`vllm serve --served-model-name NAME...`: the plan's name and the Hugging Face id), lists each
+in /v1/models, and names the one asked for in its responses; any other model is vLLM's 404.
 
 Token counts: see hetserve.route.request (the gateway counts the same way). Without `max_tokens`
 (or `max_completion_tokens`), completions generate 16 tokens (the OpenAI default vLLM keeps)
@@ -32,6 +36,7 @@ from hetserve.route.request import (
     WORDS,
     BadRequest,
     PromptCounter,
+    check_context,
     error_body,
     openai_routes,
     positive_int,
@@ -51,15 +56,25 @@ class Ask:
     stopped: bool  # ended before max_tokens (finish_reason "stop", not "length")
     stream: bool
     include_usage: bool
+    model: str  # the served name the request asked for (vLLM answers with it)
+
+
+class UnknownModel(Exception):
+    """A request for a model this replica does not serve (vLLM's 404)."""
 
 
 class ReplicaServer:
-    """One replica's HTTP endpoints over its EmulatedEngine."""
+    """One replica's HTTP endpoints over its EmulatedEngine: `model` and `aliases` are the
+    names it serves (`--served-model-name`), `root` what /v1/models gives as their root (the
+    model's Hugging Face id, as vLLM gives the model it loaded)."""
 
     def __init__(self, engine: EmulatedEngine, model: str, max_model_len: int,
-                 counter: PromptCounter = WORDS) -> None:
+                 counter: PromptCounter = WORDS, aliases: Sequence[str] = (),
+                 root: str | None = None) -> None:
         self.engine = engine
         self.model = model
+        self.names = tuple(dict.fromkeys((model, *aliases)))
+        self.root = root or model
         self.max_model_len = max_model_len
         self.counter = counter
         self.app = web.Application(client_max_size=MAX_BODY)
@@ -73,23 +88,15 @@ class ReplicaServer:
             raise BadRequest("body: expected a JSON object") from None
         if not isinstance(body, dict):
             raise BadRequest("body: expected a JSON object")
-        if body.get("model") not in (None, self.model):
-            raise BadRequest(f"model: this server serves {self.model!r}, got "
-                             f"{body.get('model')!r}", "model")
+        if body.get("model") is not None and body.get("model") not in self.names:
+            raise UnknownModel(f"The model `{body.get('model')}` does not exist.")
         return body
 
     def _ask(self, body: dict, prompt: int, default: int) -> Ask:
         asked = positive_int(body, "max_completion_tokens") or positive_int(body, "max_tokens")
         least = positive_int(body, "min_tokens")
-        room = self.max_model_len - prompt
-        if room < 1:
-            raise BadRequest(f"This model's maximum context length is {self.max_model_len} "
-                             f"tokens. However, your prompt has {prompt} tokens.", "prompt")
-        out = asked if asked is not None else min(default, room)
-        if prompt + out > self.max_model_len:
-            raise BadRequest(f"This model's maximum context length is {self.max_model_len} "
-                             f"tokens. However, you requested {prompt + out} tokens ({prompt} "
-                             f"in the messages, {out} in the completion).", "max_tokens")
+        check_context(prompt, asked, self.max_model_len)
+        out = asked if asked is not None else min(default, self.max_model_len - prompt)
         if least is not None and least > out:
             raise BadRequest(f"min_tokens ({least}) must be <= max_tokens ({out})", "min_tokens")
         if prompt + out > self.engine.engine.kv_limit:
@@ -99,7 +106,7 @@ class ReplicaServer:
         options = stream_options(body)
         gets = out if least is None or body.get("ignore_eos") else least
         return Ask(prompt, gets, gets < out, bool(body.get("stream")),
-                   bool(options.get("include_usage")))
+                   bool(options.get("include_usage")), body.get("model") or self.model)
 
     # ---- endpoints ------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -119,12 +126,16 @@ class ReplicaServer:
                                 DEFAULT_COMPLETION_TOKENS)
         except BadRequest as exc:
             return _error(exc)
+        except UnknownModel as exc:
+            return web.json_response(error_body(404, str(exc), "model", "NotFoundError"),
+                                     status=404)
         return await self._serve(request, ask, chat)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{
-            "id": self.model, "object": "model", "created": int(time.time()),
-            "owned_by": "hetserve", "root": self.model, "max_model_len": self.max_model_len}]})
+            "id": name, "object": "model", "created": int(time.time()),
+            "owned_by": "hetserve", "root": self.root, "max_model_len": self.max_model_len}
+            for name in self.names]})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -142,7 +153,7 @@ class ReplicaServer:
                  "total_tokens": ask.prompt_tokens + ask.output_tokens}
         finish = "stop" if ask.stopped else "length"
         head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": created, "model": self.model}
+                "created": created, "model": ask.model}
         try:
             if not ask.stream:
                 text = "".join([filler(k) async for k in _tokens(job)])
@@ -215,22 +226,29 @@ def _error(exc: BadRequest) -> web.Response:
 
 
 class Emulator:
-    """Replicas of one deployment, each on its own port of 127.0.0.1 (or `host`)."""
+    """Replicas of one deployment, each on its own port of 127.0.0.1 (or `host`), serving
+    `model` (and `aliases`) with a context of `max_model_len` (default: the model's) within
+    what the KV cache holds."""
 
     def __init__(self, dep, model: str, replicas: int = 1, host: str = "127.0.0.1",
                  ports: Sequence[int] = (0,), kv_tokens: int | None = None,
-                 counter: PromptCounter = WORDS) -> None:
+                 counter: PromptCounter = WORDS, max_model_len: int | None = None,
+                 aliases: Sequence[str] = ()) -> None:
         self.dep, self.model, self.host, self.counter = dep, model, host, counter
+        self.max_model_len, self.aliases = max_model_len, tuple(aliases)
         self.engines = [EmulatedEngine(dep, model, kv_tokens) for _ in range(replicas)]
         self.ports = list(ports) + [0] * (replicas - len(ports))
         self._runners: list[web.AppRunner] = []
         self.urls: list[str] = []
 
     async def start(self) -> list[str]:
-        max_len = min(self.dep.model.max_context, self.engines[0].engine.kv_limit)
+        max_len = min(self.max_model_len or self.dep.model.max_context,
+                      self.engines[0].engine.kv_limit)
+        root = self.dep.model.hf_id or self.model
         for engine, port in zip(self.engines, self.ports, strict=True):
             engine.start()
-            runner = web.AppRunner(ReplicaServer(engine, self.model, max_len, self.counter).app,
+            server = ReplicaServer(engine, self.model, max_len, self.counter, self.aliases, root)
+            runner = web.AppRunner(server.app,
                                    access_log=None, handle_signals=False,
                                    handler_cancellation=True,  # a client gone frees its slot
                                    shutdown_timeout=2.0)
@@ -247,3 +265,14 @@ class Emulator:
             await runner.cleanup()
         for engine in self.engines:
             await engine.stop()
+
+
+def group_emulator(plan, group, host: str = "127.0.0.1", counter: PromptCounter = WORDS,
+                   replicas: int | None = None) -> Emulator:
+    """The emulated replicas of one replica group of a plan (`replicas` of them; default the
+    group's), as its engines would run: the group's KV cache, the model's max_model_len and
+    every name the plan's engines serve."""
+    entry = plan.model_entry(group.model)
+    return Emulator(plan.deployment(group), group.model, replicas or group.replicas, host,
+                    kv_tokens=group.kv_tokens, counter=counter,
+                    max_model_len=entry.context_limit, aliases=entry.served_names[1:])

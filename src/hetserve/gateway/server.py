@@ -7,6 +7,12 @@ returned whole (their first token counts at the end, which overstates the replic
 prefill a little). The router sees, per replica, the requests in flight and the prompt tokens
 still waiting for a first token.
 
+Before routing, a request the engines would refuse is refused here (400, vLLM's body): one whose
+model is none of the names the plan's engines serve (404), and one whose prompt, or prompt +
+max_tokens, exceeds the model's max_model_len (route.request.check_context). Such refusals are
+the client's errors: counted in hetserve:refused by status and logged with outcome "refused",
+never against a backend.
+
 Failures: while nothing has reached the client, a backend that fails (refused connection,
 dropped connection, a 5xx) is left for the router's next pick, up to every replica; one that
 failed at the connection is set aside for DOWN_SECONDS, and every HEALTH_INTERVAL each
@@ -57,6 +63,7 @@ from hetserve.route.request import (
     BadRequest,
     PromptCounter,
     RouteRequest,
+    check_context,
     error_body,
     openai_routes,
     route_request,
@@ -218,6 +225,7 @@ class Gateway:
         """Routing state for `plan` over `backends`, in one assignment."""
         fleets, routers = self._build(plan, backends, self.queue_factor)
         self.plan, self.fleets, self.routers = plan, fleets, routers
+        self.names = served_models(plan)
         self.backends = backends
         self.planned.clear()
         self.cost.clear()
@@ -258,8 +266,16 @@ class Gateway:
         return await handler(request)
 
     def _refuse(self, status: int, message: str, kind: str = "BadRequestError",
-                param: str | None = None) -> web.Response:
+                param: str | None = None, model: str | None = None,
+                body: dict | None = None) -> web.Response:
+        """An answer without a backend (a client error when 4xx): counted by status, and with
+        the request's `model` one access-log line, outcome "refused"."""
         self.refused.labels(str(status)).inc()
+        if model is not None and ACCESS_LOG.isEnabledFor(logging.INFO):
+            ACCESS_LOG.info(json.dumps({
+                "ts": round(time.time(), 3), "model": model, "group": None, "backend": None,
+                "stream": bool((body or {}).get("stream")), "outcome": "refused",
+                "status": status, "param": param}))
         return _error(status, message, param, kind)
 
     async def admin_plan(self, request: web.Request) -> web.Response:
@@ -322,9 +338,10 @@ class Gateway:
             await asyncio.sleep(self.health_interval)
 
     def model_of(self, name) -> str:
-        for entry in self.plan.models:
-            if name == entry.name or (isinstance(name, str) and entry.spec.matches(name)):
-                return entry.name
+        """The plan's model served under `name`: its name or its Hugging Face id, the names its
+        engines serve (`--served-model-name`), exactly as they compare them."""
+        if isinstance(name, str) and name in self.names:
+            return self.names[name]
         raise LookupError(name)
 
     # ---- endpoints ------------------------------------------------------------------------
@@ -335,9 +352,11 @@ class Gateway:
         return await self._route(request, "/v1/chat/completions", chat=True)
 
     async def models(self, request: web.Request) -> web.Response:
+        now = int(time.time())
         return web.json_response({"object": "list", "data": [
-            {"id": e.name, "object": "model", "created": int(time.time()),
-             "owned_by": "hetserve"} for e in self.plan.models]})
+            {"id": name, "object": "model", "created": now, "owned_by": "hetserve",
+             "root": e.spec.hf_id or e.name, "max_model_len": e.context_limit}
+            for e in self.plan.models for name in e.served_names]})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
@@ -362,13 +381,15 @@ class Gateway:
             return self._refuse(404, f"The model `{body.get('model')}` does not exist.",
                                 "NotFoundError", "model")
         counter = self.counters.get(model, WORDS)
+        entry = self.plan.model_entry(model)
         try:
             if counter is not WORDS and (request.content_length or 0) > TOKENIZE_INLINE:
                 view = await asyncio.to_thread(route_request, body, chat, counter)
             else:
                 view = route_request(body, chat, counter)
+            check_context(view.input_tokens, view.max_tokens, entry.context_limit)
         except BadRequest as exc:
-            return self._refuse(400, str(exc), param=exc.param)
+            return self._refuse(400, str(exc), param=exc.param, model=model, body=body)
         fleet, router = self.fleets[model], self.routers[model]
         key = router.table.label(router.key_of(view))
         self.arrivals.labels(model, key).inc()
@@ -401,7 +422,8 @@ class Gateway:
             return response
         if not last:
             return self._refuse(400, f"{view.input_tokens + (view.max_tokens or 0)} tokens fit "
-                                f"no replica of {model}", param="max_tokens")
+                                f"no replica of {model}", param="max_tokens", model=model,
+                                body=body)
         return self._refuse(502, f"no backend of {model} served the request ({last})",
                             "BadGatewayError")
 
@@ -501,6 +523,16 @@ class Gateway:
         total = sum(served.values())
         for g, n in served.items():
             self.share.labels(model, g).set(n / total)
+
+
+def served_models(plan: Plan) -> dict[str, str]:
+    """Every name the plan's engines serve -> its model: each model's own name, and its Hugging
+    Face id (the first model's, when two share one; never over a model's own name)."""
+    names: dict[str, str] = {}
+    for entry in plan.models:
+        for name in entry.served_names[1:]:
+            names.setdefault(name, entry.name)
+    return names | {entry.name: entry.name for entry in plan.models}
 
 
 class _Retry(Exception):

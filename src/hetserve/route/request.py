@@ -135,6 +135,20 @@ def route_request(body: dict, chat: bool, counter: PromptCounter = WORDS) -> Rou
     return RouteRequest(tokens, asked)
 
 
+def check_context(prompt: int, max_tokens: int | None, max_model_len: int) -> None:
+    """Refuse (BadRequest) a request vLLM would refuse for its `--max-model-len`: a prompt that
+    leaves no room for an output token, or prompt + max_tokens over the limit. vLLM's words."""
+    if prompt >= max_model_len:
+        raise BadRequest(f"This model's maximum context length is {max_model_len} tokens. "
+                         f"However, your request has {prompt} input tokens. Please reduce the "
+                         "length of the input messages.", "prompt")
+    if max_tokens is not None and prompt + max_tokens > max_model_len:
+        raise BadRequest(f"This model's maximum context length is {max_model_len} tokens. "
+                         f"However, you requested {prompt + max_tokens} tokens ({prompt} in the "
+                         f"messages, {max_tokens} in the completion). Please reduce the length "
+                         "of the messages or completion.", "max_tokens")
+
+
 def openai_routes(server) -> list:
     """The OpenAI API surface (aiohttp routes) of a server with these five handlers; the
     emulator and the gateway serve the same one."""
