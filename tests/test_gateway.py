@@ -567,3 +567,86 @@ def test_every_name_the_engines_serve_reaches_the_model(plan):
             c.completions.create(model="Llama-3.1-8B", prompt="hi", max_tokens=2)
         got = counts(url)
     assert sum(v for (_, o), v in got.items() if o == "ok") == 2
+
+
+@contextmanager
+def hanging_backend(stream: bool):
+    """An OpenAI endpoint that takes a request and then sends nothing (after one chunk of a
+    stream, when `stream`) for 30 s."""
+    from aiohttp import web
+
+    async def hang(request):
+        if not stream:
+            await asyncio.sleep(30)
+            return web.json_response({})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n')
+        await asyncio.sleep(30)
+        return resp
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", hang)])
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def test_a_backend_that_sends_nothing_times_out_as_a_timeout(plan, caplog):
+    """A backend that took the request and sends nothing for the read timeout (0.5 s here) is a
+    timeout, not unreachable: a 504 to the client (an error event mid-stream), and the request
+    is not sent again."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="hetserve.gateway.access"), \
+            hanging_backend(stream=False) as silent, hanging_backend(stream=True) as stalled:
+        for backend, streamed in ((silent, False), (stalled, True)):
+            gw = Gateway(plan, {g.id: [backend] for g in plan.groups}, health_interval=0,
+                         read_timeout=0.5)
+            with serving(gw) as url:
+                body = json.dumps({"model": MODEL, "prompt": "a b", "max_tokens": 4,
+                                   "stream": streamed}).encode()
+                start = time.monotonic()
+                if streamed:
+                    with urllib.request.urlopen(urllib.request.Request(
+                            url + "/v1/completions", data=body,
+                            headers={"Content-Type": "application/json"}), timeout=30) as resp:
+                        events = resp.read().decode().split("\n\n")
+                    assert resp.status == 200
+                    error = json.loads(events[1].removeprefix("data: "))["error"]
+                    assert error["code"] == 504 and "sent nothing for 0.5 s" in error["message"]
+                else:
+                    status, got = post(url + "/v1/completions", body)
+                    assert status == 504 and got["error"]["type"] == "GatewayTimeoutError"
+                    assert "sent nothing for 0.5 s: timed out" in got["error"]["message"]
+                assert time.monotonic() - start < 5
+                outcomes = {o: v for (_, o), v in counts(url).items()}
+                assert outcomes == {"timeout": 1.0}  # one attempt, not retried
+                assert all(r.down_until <= time.monotonic()  # not set aside as unreachable
+                           for f in gw.fleets.values() for r in f.replicas)
+    assert [line["outcome"] for line in access_lines(caplog)] == ["timeout", "timeout"]
+
+
+@contextmanager
+def serving(gateway: Gateway):
+    """`gateway` on an ephemeral port of 127.0.0.1, on its own loop in a thread."""
+    loop = asyncio.new_event_loop()
+    server = GatewayServer(gateway)
+    url = loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield url
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)

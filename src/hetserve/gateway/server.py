@@ -19,6 +19,9 @@ failed at the connection is set aside for DOWN_SECONDS, and every HEALTH_INTERVA
 replica's /health is checked: one that fails is ejected until it answers again. A stream that
 breaks after its first bytes ends with an error event (`data: {"error": ...}`, as vLLM sends
 one). When no replica serves the request the client gets a 502 naming the last failure. A
+backend that sends nothing for READ_TIMEOUT seconds has timed out (outcome "timeout", not
+"unreachable": it answered the connection): the client gets a 504 and the request is not sent
+again (it may still be running there, and the health checks tell a hung engine). A
 replica holding QUEUE_FACTOR x max_num_seqs requests takes no more; when the plan's groups for
 a request are that full the router spills it to another group, and when every replica is, the
 client gets a 503 with Retry-After. Nothing is dropped silently:
@@ -159,8 +162,10 @@ class Gateway:
                  api_keys: Sequence[str] = (), admin_token: str | None = None,
                  max_body: int = MAX_BODY, queue_factor: float = QUEUE_FACTOR,
                  health_interval: float = HEALTH_INTERVAL,
-                 counters: dict[str, PromptCounter] | None = None) -> None:
+                 counters: dict[str, PromptCounter] | None = None,
+                 read_timeout: float = READ_TIMEOUT) -> None:
         self.api_keys = frozenset(api_keys)
+        self.read_timeout = read_timeout
         self.counters = dict(counters or {})
         self.health_interval = health_interval
         self._health_task: asyncio.Task | None = None
@@ -305,7 +310,8 @@ class Gateway:
         gc.freeze()  # the plan, tables and modules loaded so far: out of every later collection
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),  # the replicas' caps bound concurrency
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=READ_TIMEOUT))
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
+                                          sock_read=self.read_timeout))
         if self.health_interval > 0:
             self._health_task = asyncio.get_running_loop().create_task(self._check_health())
 
@@ -411,6 +417,10 @@ class Gateway:
             except _Unreachable as exc:  # failed before the client got a byte
                 fleet.replicas[k].down_until = time.monotonic() + DOWN_SECONDS
                 last = f"{fleet.replicas[k].url}: {exc}"
+            except _TimedOut:  # the backend is there but sent nothing: not sent again
+                return self._refuse(504, f"{fleet.replicas[k].url} sent nothing for "
+                                    f"{self.read_timeout:g} s: timed out (the request may "
+                                    "still run there)", "GatewayTimeoutError")
         if not last and any(r.fits(view) for r in fleet.replicas):
             busy = sum(r.in_flight for r in fleet.replicas)
             aside = sum(r.down_until > time.monotonic() for r in fleet.replicas)
@@ -447,8 +457,8 @@ class Gateway:
                                                    data=await request.read(),
                                                    headers=JSON_HEADERS)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                outcome = "unreachable"
-                raise _Unreachable(str(exc) or type(exc).__name__) from None
+                outcome = _failure(exc)
+                raise _failed(exc) from None
             async with upstream:
                 if upstream.status >= 500:
                     outcome = f"http_{upstream.status}"
@@ -459,8 +469,8 @@ class Gateway:
                     try:
                         data = await upstream.read()
                     except (aiohttp.ClientError, TimeoutError) as exc:
-                        outcome = "unreachable"  # nothing reached the client: retried
-                        raise _Unreachable(str(exc) or type(exc).__name__) from None
+                        outcome = _failure(exc)  # nothing reached the client
+                        raise _failed(exc) from None
                     outcome = "ok" if upstream.status == 200 else f"http_{upstream.status}"
                     return web.Response(status=upstream.status, body=data, headers=headers)
                 resp = web.StreamResponse(status=200, headers=headers)
@@ -481,10 +491,15 @@ class Gateway:
                             outcome = "cancelled"  # the client went away
                             return resp
                 except (aiohttp.ClientError, TimeoutError) as exc:  # the backend, mid-stream
-                    outcome = "broken"
+                    if _failure(exc) == "timeout":
+                        outcome, status, kind = "timeout", 504, "GatewayTimeoutError"
+                        why = f"sent nothing for {self.read_timeout:g} s mid-stream"
+                    else:
+                        outcome, status, kind = "broken", 502, "BadGatewayError"
+                        why = f"failed mid-stream: {str(exc) or type(exc).__name__}"
                     await _client_write(resp, b"data: " + json.dumps(error_body(
-                        502, f"{replica.url} failed mid-stream: {str(exc) or type(exc).__name__}",
-                        None, "BadGatewayError")).encode() + b"\n\n", eof=True)
+                        status, f"{replica.url} {why}", None, kind)).encode() + b"\n\n",
+                        eof=True)
                     return resp
                 tpot = (time.monotonic() - first) / (events - 1) if events > 2 else 0.0
                 if events > 2:  # the usage chunk, if any, counts as one: a close estimate
@@ -540,7 +555,25 @@ class _Retry(Exception):
 
 
 class _Unreachable(Exception):
-    """The backend failed (connection, timeout) before anything reached the client."""
+    """The backend failed (connection refused, dropped, or not made in time) before anything
+    reached the client."""
+
+
+class _TimedOut(Exception):
+    """The backend took the request and then sent nothing for the read timeout."""
+
+
+def _failure(exc: BaseException) -> str:
+    """A backend failure's outcome: "timeout" when a connected backend sent nothing for the
+    read timeout, "unreachable" for a connection that failed (refused, dropped, timed out)."""
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "timeout"
+    return "unreachable"
+
+
+def _failed(exc: BaseException) -> Exception:
+    reason = str(exc) or type(exc).__name__
+    return _TimedOut(reason) if _failure(exc) == "timeout" else _Unreachable(reason)
 
 
 async def _client_write(resp: web.StreamResponse, data: bytes = b"", eof: bool = False,
