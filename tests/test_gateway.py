@@ -650,3 +650,35 @@ def serving(gateway: Gateway):
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
+
+
+def test_a_burst_is_split_over_the_models_by_their_planned_rates():
+    from hetserve.cli.run import split_burst
+
+    assert split_burst(12, [2.0, 3.0]) == [5, 7]
+    assert split_burst(150, [5.0, 2.0, 3.0]) == [75, 30, 45]
+    assert split_burst(10, [100.0, 0.1]) == [9, 1]  # every model is exercised
+    assert split_burst(1, [1.0, 3.0]) == [0, 1]
+    assert sum(split_burst(7, [1.0, 1.0, 1.0])) == 7
+
+
+def test_up_bursts_every_models_own_requests(run_cli, tmp_path):
+    """A two-model plan: `up --burst` sends each model its share of the burst, from its own
+    workload, and every model's group serves."""
+    from hetserve.plan import ModelRequest
+
+    path = tmp_path / "two.json"
+    hetserve.make_plan([ModelRequest(MODEL, "azure-code", 2.0),
+                        ModelRequest("mistral-7b", "azure-code", 3.0)], baselines=False,
+                       catalog=load_catalog().only(["A10G", "H100-SXM"])).save(path)
+    res = run_cli("up", path, "--emulate", "--port", "0", "--burst", "10")
+    assert res.code == 0, res.summary()
+    assert "sending 4 requests of llama-3.1-8b (azure-code)" in res.out
+    assert "sending 6 requests of mistral-7b (azure-code)" in res.out
+    rows = re.findall(r"│ (\S+) +│ +(\d+)/(\d+) │", res.out)
+    assert rows == [(MODEL, "4", "4"), ("mistral-7b", "6", "6")]
+    served_rows = re.findall(r"│ (\S+) +│ (g\d+) +│ +\d+ │ +\d+ │ +\d+ │ +(\d+) │", res.out)
+    by_model: dict[str, int] = {}
+    for model, _, n in served_rows:
+        by_model[model] = by_model.get(model, 0) + int(n)
+    assert by_model == {MODEL: 4, "mistral-7b": 6}

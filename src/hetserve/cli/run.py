@@ -215,8 +215,9 @@ def up_cmd(
     api_key: Annotated[str | None, typer.Option(
         "--api-key", help="a key clients must send as 'Authorization: Bearer KEY'")] = None,
     burst: Annotated[int | None, typer.Option(
-        "--burst", help="send this many requests of the plan's workload at the plan's rate "
-        "through the gateway, print what they got, and stop")] = None,
+        "--burst", help="send this many requests of the plan's workloads through the gateway, "
+        "split over its models by their planned rates, each model's at its own rate; print "
+        "what they got, and stop")] = None,
     tokenizer: Annotated[list[str] | None, typer.Option(
         "--tokenizer", help=TOKENIZER_HELP)] = None,
 ) -> None:
@@ -284,7 +285,25 @@ def _status(gateway, when: str = "Ctrl-C stops"):
     return table
 
 
+def split_burst(n: int, rates: list[float]) -> list[int]:
+    """`n` requests split over models in proportion to their planned `rates` (largest
+    remainders; every model gets one while n allows, so each is exercised)."""
+    total = sum(rates)
+    exact = [n * r / total for r in rates]
+    counts = [int(x) for x in exact]
+    for k in sorted(range(len(rates)), key=lambda k: counts[k] - exact[k])[:n - sum(counts)]:
+        counts[k] += 1
+    for k in range(len(rates)):  # a model too slow for a share of its own borrows one
+        if counts[k] == 0 and n >= len(rates):
+            counts[k] = 1
+            counts[max(range(len(rates)), key=lambda j: counts[j])] -= 1
+    return counts
+
+
 async def _burst(plan, url: str, n: int, api_key: str | None) -> None:
+    """`n` requests of the plan's workload through the gateway at the plan's rates: split over
+    the models by their planned rates (split_burst), each model's from its own workload's trace
+    at its own rate, all at once; one row per model."""
     import numpy as np
     from rich.console import Console
     from rich.table import Table
@@ -292,28 +311,38 @@ async def _burst(plan, url: str, n: int, api_key: str | None) -> None:
     from hetserve.gateway.load import replay
     from hetserve.workload import load_trace
 
-    entry = plan.models[0]
-    trace = load_trace(entry.workload).for_model(entry.name, entry.spec.matches)
-    trace = trace.scaled_to_rate(entry.rate * plan.scale)
-    n = min(n, len(trace))
-    arrivals = (trace.arrivals[:n] - trace.arrivals[0]).tolist()
-    print(f"sending {n} requests of {entry.workload} at {entry.rate * plan.scale:.3g} req/s "
-          f"({arrivals[-1]:.0f} s)...", flush=True)
-    got = await replay(url.rsplit("/v1", 1)[0], entry.name, arrivals,
-                       trace.input_tokens[:n].tolist(), trace.output_tokens[:n].tolist(),
-                       api_key)
-    ok = np.array([r.ok for r in got])
-    ttft = np.array([r.ttft for r in got])
-    tpot = np.array([r.tpot for r in got])
-    met = ok & (ttft <= entry.slo.ttft) & (tpot <= entry.slo.tpot)
-    table = Table(title=f"{n} requests through the gateway", title_justify="left",
-                  caption=f"{entry.name}: in SLO = TTFT <= {entry.slo.ttft:g}s and TPOT <= "
-                          f"{entry.slo.tpot * 1e3:g}ms", caption_justify="left")
-    for col in ("completed", "in SLO", "TTFT s p50/90/99", "TPOT ms p50/90/99"):
-        table.add_column(col, justify="right")
+    entries = plan.models
+    counts = split_burst(n, [e.rate for e in entries])
+    sends = []
+    for entry, k in zip(entries, counts, strict=True):
+        trace = load_trace(entry.workload).for_model(entry.name, entry.spec.matches)
+        trace = trace.scaled_to_rate(entry.rate * plan.scale)
+        k = min(k, len(trace))
+        arrivals = (trace.arrivals[:k] - trace.arrivals[0]).tolist() if k else []
+        print(f"sending {k} requests of {entry.name} ({entry.workload}) at "
+              f"{entry.rate * plan.scale:.3g} req/s ({arrivals[-1] if k else 0:.0f} s)...",
+              flush=True)
+        sends.append(replay(url.rsplit("/v1", 1)[0], entry.name, arrivals,
+                            trace.input_tokens[:k].tolist(), trace.output_tokens[:k].tolist(),
+                            api_key, max_model_len=entry.context_limit))
+    results = await asyncio.gather(*sends)
+    sent = sum(len(got) for got in results)
+    table = Table(title=f"{sent} requests through the gateway", title_justify="left",
+                  caption="in SLO = " + "; ".join(
+                      f"{e.name}: TTFT <= {e.slo.ttft:g}s and TPOT <= {e.slo.tpot * 1e3:g}ms"
+                      for e in entries), caption_justify="left")
+    for col in ("model", "completed", "in SLO", "TTFT s p50/90/99", "TPOT ms p50/90/99"):
+        table.add_column(col, justify="left" if col == "model" else "right")
     q = (50, 90, 99)
-    table.add_row(f"{int(ok.sum())}/{n}", f"{met.mean():.1%}",
-                  "/".join(f"{np.percentile(ttft[ok], p):.2f}" for p in q) if ok.any() else "-",
-                  "/".join(f"{np.percentile(tpot[ok], p) * 1e3:.0f}" for p in q)
-                  if ok.any() else "-")
+    for entry, got in zip(entries, results, strict=True):
+        ok = np.array([r.ok for r in got], dtype=bool)
+        ttft = np.array([r.ttft for r in got])
+        tpot = np.array([r.tpot for r in got])
+        met = ok & (ttft <= entry.slo.ttft) & (tpot <= entry.slo.tpot)
+        table.add_row(entry.name, f"{int(ok.sum())}/{len(got)}",
+                      f"{met.mean():.1%}" if len(got) else "-",
+                      "/".join(f"{np.percentile(ttft[ok], p):.2f}" for p in q)
+                      if ok.any() else "-",
+                      "/".join(f"{np.percentile(tpot[ok], p) * 1e3:.0f}" for p in q)
+                      if ok.any() else "-")
     Console(width=160).print(table)

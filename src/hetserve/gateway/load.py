@@ -3,7 +3,8 @@ and time each one at the client: what `hetserve up --burst` and the gateway benc
 
 Each request asks for its trace output length as `min_tokens` (the emulator stops there) under
 a `max_tokens` cap of at least CAP_TOKENS: the loose cap a real client sends, so that a gateway
-routes without knowing the output, as the simulator does."""
+routes without knowing the output, as the simulator does; within the model's context
+(`max_model_len`, when given), which the gateway and the engines enforce."""
 
 from __future__ import annotations
 
@@ -74,12 +75,20 @@ async def _one(session, url: str, model: str, at: float, inp: int, out: int,
     return Sent(sent, first, last, 200 if done and tokens == out else 599, tokens)
 
 
+def request_cap(inp: int, cap: int | None, max_model_len: int | None) -> int | None:
+    """The `max_tokens` cap of a request with `inp` prompt tokens: `cap`, within what the
+    context leaves (never below one token: a prompt too long is the server's to refuse)."""
+    if cap is None or max_model_len is None:
+        return cap
+    return max(1, min(cap, max_model_len - inp))
+
+
 async def replay(base_url: str, model: str, arrivals: Sequence[float], inputs: Sequence[int],
                  outputs: Sequence[int], api_key: str | None = None,
-                 cap: int | None = CAP_TOKENS) -> list[Sent]:
+                 cap: int | None = CAP_TOKENS, max_model_len: int | None = None) -> list[Sent]:
     """Each request at `arrivals[k]` seconds from now: `inputs[k]` prompt tokens (token ids),
-    `outputs[k]` tokens out (`min_tokens`, under a `max_tokens` of at least `cap`; cap None:
-    `max_tokens` is the output), to `base_url`/v1/completions."""
+    `outputs[k]` tokens out (`min_tokens`, under a `max_tokens` of at least `cap`, within
+    `max_model_len`; cap None: `max_tokens` is the output), to `base_url`/v1/completions."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector,
@@ -87,4 +96,5 @@ async def replay(base_url: str, model: str, arrivals: Sequence[float], inputs: S
         start = time.perf_counter() + 0.2
         return await asyncio.gather(*(
             _one(session, base_url + "/v1/completions", model, start + a, int(i), int(o),
-                 cap, headers) for a, i, o in zip(arrivals, inputs, outputs, strict=True)))
+                 request_cap(int(i), cap, max_model_len), headers)
+            for a, i, o in zip(arrivals, inputs, outputs, strict=True)))
