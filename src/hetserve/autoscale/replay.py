@@ -87,7 +87,7 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
             take, spare[replica_kind(g)] = have[:g.replicas], have[g.replicas:]
             for _ in range(g.replicas - len(take)):
                 pool.append(Engine(plan.deployment(g), kv_tokens=g.kv_tokens or None,
-                                   max_model_len=plan.model_entry(g.model).max_model_len))
+                                   max_model_len=plan.model_entry(g.model).context_limit))
                 created.append(now)
                 retired.append(math.inf)
                 price.append(g.usd_per_hour / g.replicas)

@@ -292,7 +292,7 @@ def replay_piece(job: Replay, piece: Piece) -> Part:
         dep = _deployment(plan, g, job.catalog, job.engine)
         members.append(list(range(len(engines), len(engines) + g.replicas)))
         engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=job.fast,
-                           max_model_len=entry.max_model_len) for _ in range(g.replicas)]
+                           max_model_len=entry.context_limit) for _ in range(g.replicas)]
     fleet = SimFleet(engines, members)
     deps = [engines[idx[0]].dep for idx in members]
     policy = make_router(job.router, fleet, RoutingTable.from_plan(
