@@ -12,7 +12,6 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from hetserve.plan.planfile import Plan  # noqa: E402
 
-
 SCALE_LIMIT = 4.0  # the axis ends at this multiple of the plan's (or best baseline's) cost
 
 
