@@ -209,6 +209,7 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
 
 def _import(path, gpu, model, accelerator, tp, pp, dtype, engine, max_seqs, chunk,
             input_edges, output_edges, ttft, tpot, quantile, hold_back, cat, out) -> None:
+    from rich.console import Console
     from rich.progress import Progress
 
     from hetserve.cli import out as console
@@ -228,7 +229,7 @@ def _import(path, gpu, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
             parse_duration(ttft, "--ttft") if ttft else None,
             parse_duration(tpot, "--tpot") if tpot else None, quantile)
     melange_points(path, gpu, *args[3:])  # bad input is refused before any work
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=Console(stderr=True), transient=True) as bar:
         bar.add_task(f"fitting {dep.label} to {path}", total=None)
         prof = import_melange(*args, hold_back)
     prof.save(out)

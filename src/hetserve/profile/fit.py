@@ -169,13 +169,15 @@ def fit(dep: Deployment, obs: Sequence[Observation], hold_back: float = HOLD_BAC
         held = {s for k, s in enumerate(shapes) if k % step == step - 1}
     train = [o for o in obs if o.label not in held]
     test = [o for o in obs if o.label in held]
-    if len(train) < len(LOWER):
-        raise HetserveError(f"{len(train)} measurements to fit {len(LOWER)} coefficients: "
-                            "measure more points (sizes, concurrencies or rates)")
-    measured = np.array([o.value for o in train])
-
     # the client latency is searched only where a measured latency could show it
     dims = 5 if any(o.metric in ("ttft", "e2e_latency") for o in train) else 4
+    if len(train) < dims:
+        more = ("import a throughput matrix with at least 5 buckets (one in four is held back "
+                "to check the fit)" if all(o.mode == "capacity" for o in obs)
+                else "measure more points (sizes, concurrencies or rates)")
+        raise HetserveError(f"{len(train)} measurements to fit {dims} coefficients"
+                            f"{f' ({len(test)} more held back)' if test else ''}: {more}")
+    measured = np.array([o.value for o in train])
 
     def full(z: np.ndarray) -> np.ndarray:
         return np.clip(np.append(z, [0.0] * (5 - dims)) * SCALE, LOWER, UPPER)
