@@ -339,7 +339,7 @@ def calibrate_cmd(
     """Compare the performance model with published serving measurements, or with measured
     step times (a CSV with phase and seconds columns, docs/design.md 5.8)."""
     from hetserve.profile.steps import compare_steps, is_step_file, read_step_times
-    from hetserve.sim.calibrate import calibrate, median_abs_error, of_engine
+    from hetserve.sim.calibrate import METRICS, calibrate, median_abs_error, of_engine
 
     steps = data is not None and is_step_file(data)
     if fit:
@@ -369,12 +369,19 @@ def calibrate_cmd(
         table.add_column(col, justify="left" if col in ("id", "metric") else "right")
     for p in points:
         style = "red" if abs(p.error) > 0.5 else ("yellow" if abs(p.error) > 0.25 else "")
-        table.add_row(p.id, p.metric, f"{p.predicted:.1f}", f"{p.measured:.1f}",
+        unit = METRICS.get(p.metric, "ms")
+        table.add_row(p.id, f"{p.metric} ({unit})", f"{p.predicted:.1f}", f"{p.measured:.1f}",
                       f"[{style}]{p.error:+.1%}[/]" if style else f"{p.error:+.1%}")
     out.print(table)
     worst = max(points, key=lambda p: max(p.predicted / p.measured, p.measured / p.predicted))
     out.print(f"median absolute error: {median:.1%} over {len(points)} points; worst: {worst.id} "
               f"({worst.error:+.0%})")
+    # optimistic: the model predicts more throughput or less latency than was measured
+    rosy = [p for p in points
+            if (p.error if METRICS.get(p.metric) == "tok/s" else -p.error) > 0.25]
+    if rosy:
+        out.print(f"[yellow]optimistic by more than 25%[/] (the model faster than measured) "
+                  f"at {len(rosy)} points: " + ", ".join(f"{p.id} ({p.error:+.0%})" for p in rosy))
 
 
 def _calibrate_fit(cat: Catalog, data: Path | None, engine: str | None, hold_back: float,
