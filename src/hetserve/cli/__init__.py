@@ -662,6 +662,13 @@ def simulate_cmd(
                         per_request=bool(plot or per_request), workers=workers, ray=ray)
                for p in policies]
     first = results[0]
+    unplanned = first.summary()["unplanned"]
+    other = sorted({m.workload for m in plan.models} - {traces.name} if traces else ())
+    if unplanned:
+        made = f" (the plan was made for {', '.join(other)})" if other else ""
+        _console(stderr=True).print(
+            f"[yellow]warning:[/] {unplanned:,} of {len(first):,} requests fall in no class the "
+            f"plan routes{made}: they go to the least loaded replica that holds them")
     if plot:
         from hetserve.sim.plot import plot_latency_cdf
 
