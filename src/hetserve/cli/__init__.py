@@ -37,14 +37,9 @@ app = typer.Typer(
 
 
 def _console(stderr: bool = False) -> Console:
-    """Rich console; piped or captured, it does not squeeze tables into 80 columns, but keeps
-    to $COLUMNS where that is set."""
+    """Rich console; piped or captured, it does not squeeze tables into 80 columns."""
     console = Console(stderr=stderr)
-    if console.is_terminal:
-        return console
-    columns = os.environ.get("COLUMNS", "")
-    return Console(stderr=stderr, width=int(columns) if columns.isdigit() and int(columns) >= 40
-                   else 160)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
 out = _console()
