@@ -740,6 +740,15 @@ CASES = [
     Case("out/simulate-plot-is-folder", lambda c: [
         "simulate", c.valid_plan(), "--plot", c.folder("png")],
         (("--plot", FILE),), guard=SIM_WORK, max_seconds=2.0),
+    Case("out/plan-plot-txt", lambda c: [*SLOW_PLAN, "--plot", c.missing("txt")],
+         (FILE, "--plot", ".png, .pdf or .svg"), guard=PLAN_WORK, max_seconds=2.0),
+    Case("out/estimate-plot-txt", lambda c: [*E, "--plot", c.missing("txt")],
+         (FILE, "--plot", ".png, .pdf or .svg"), guard=EST_WORK, max_seconds=2.0),
+    Case("out/simulate-plot-no-suffix", lambda c: [
+        "simulate", c.valid_plan(), "--plot", c.missing("")[:-1]],
+        (FILE, "--plot", ".png, .pdf or .svg"), guard=SIM_WORK, max_seconds=2.0),
+    Case("out/autoscale-plot-txt", lambda c: ["autoscale", "--plot", c.missing("txt")],
+         (FILE, "--plot", ".png, .pdf or .svg"), max_seconds=2.0),
 ]
 
 assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"

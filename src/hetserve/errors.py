@@ -109,6 +109,19 @@ def check_output(path: Path | str | None, option: str) -> None:
         raise HetserveError(f"{option} {path}: cannot write in folder '{folder}'")
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_plot(path: Path | str | None, option: str = "--plot") -> None:
+    """Refuse a plot file name that cannot be written, or whose suffix names a format that
+    cannot be drawn (.png, .pdf or .svg), before any work is done."""
+    if path is None:
+        return
+    check_output(path, option)
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise HetserveError(f"{option} {path}: expected a .png, .pdf or .svg file name")
+
+
 def write_text(path: Path | str, text: str) -> None:
     try:
         Path(path).write_text(text, encoding="utf-8")

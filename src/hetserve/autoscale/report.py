@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from hetserve.autoscale.replay import DayResult
-from hetserve.errors import HetserveError
+from hetserve.errors import HetserveError, check_plot
 
 
 def plot_day(results: list[DayResult], path: Path | str, window: float,
              outages=()) -> None:
     """`outages` (autoscale.day.Outage) are shaded grey on every panel."""
+    check_plot(path, "plot")
     import matplotlib
 
     matplotlib.use("Agg")

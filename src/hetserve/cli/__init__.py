@@ -24,7 +24,7 @@ from hetserve.catalog import (
     parse_names,
 )
 from hetserve.cli.tables import by_model, target_pct
-from hetserve.errors import HetserveError, check_output, write_text
+from hetserve.errors import HetserveError, check_output, check_plot, write_text
 from hetserve.models import bundled_models
 from hetserve.workload import classify, grid_from_options, load_trace
 
@@ -297,7 +297,7 @@ def estimate_cmd(
     """Per accelerator x TP: sustainable rate and tokens per dollar of every request class."""
     import hetserve
 
-    check_output(plot, "--plot")
+    check_plot(plot)
     est = hetserve.estimate(model, workload=workload, rate=rate,
                             ttft=parse_duration(ttft, "--ttft"),
                             tpot=parse_duration(tpot, "--tpot"),
@@ -497,7 +497,7 @@ def plan_cmd(
     from hetserve.plan import model_demands, parse_model_request, solve_plan
 
     check_output(out_file, "--out")
-    check_output(plot, "--plot")
+    check_plot(plot)
     requests = [parse_model_request(m, parse_duration) for m in model]
     demands = model_demands(requests, workload=workload, rate=rate,
                             ttft=parse_duration(ttft, "--ttft"),
@@ -642,7 +642,7 @@ def simulate_cmd(
     from hetserve.sim.router import POLICIES
     from hetserve.sim.simulate import simulate
 
-    check_output(plot, "--plot")
+    check_plot(plot)
     check_output(per_request, "--per-request")
     plan = load_plan(plan_file)
     cat = build_catalog(catalog, None, None) if catalog else None

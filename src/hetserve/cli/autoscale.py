@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from hetserve.errors import HetserveError, check_output, positive
+from hetserve.errors import HetserveError, check_plot, positive
 
 MAX_REQUESTS = 20_000_000  # a day's replay keeps every request: ~1 KB each
 
@@ -85,7 +85,7 @@ def autoscale_cmd(
                 parse_duration(window, "--window"), parse_duration(interval, "--interval"),
                 parse_duration(startup, "--startup"))
         return
-    check_output(plot, "--plot")
+    check_plot(plot)
     positive(workers, "--workers", integer=True)
     if isinstance(seed, bool) or seed < 0:
         raise HetserveError(f"--seed: expected an integer >= 0, got {seed}")

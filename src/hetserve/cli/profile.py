@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hetserve.cli.run import deployment_from_options
-from hetserve.errors import HetserveError, check_output, positive
+from hetserve.errors import HetserveError, check_output, check_plot, positive
 
 DEFAULT_SIZES = "256:96,2048:96,8192:32"  # a short and two long prompts: see profile/fit.py
 DEFAULT_CONCURRENCY = "1,4,16,64"
@@ -116,7 +116,7 @@ def profile_cmd(
     applies in estimate, plan, simulate and calibrate."""
     from hetserve.catalog import load_catalog
 
-    check_output(plot, "--plot")
+    check_plot(plot)
     cat = load_catalog(catalog)
     if report is not None or refit is not None:
         if endpoint is not None:

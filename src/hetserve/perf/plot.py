@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from hetserve.errors import check_plot  # noqa: E402
 from hetserve.perf.estimate import Estimate  # noqa: E402
 
 
@@ -20,6 +21,7 @@ def _edge_label(v: int) -> str:
 
 
 def plot_best_map(est: Estimate, path: Path | str) -> None:
+    check_plot(path, "plot")
     grid = est.workload.grid
     ni, no = grid.shape
     winners = sorted({est.configs[b].label for b in est.best if b >= 0})

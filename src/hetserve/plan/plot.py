@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from hetserve.errors import check_plot  # noqa: E402
 from hetserve.plan.planfile import Plan  # noqa: E402
 
 SCALE_LIMIT = 4.0  # the axis ends at this multiple of the plan's (or best baseline's) cost
@@ -28,6 +29,7 @@ def plot_plan_costs(plan: Plan, path: Path | str) -> None:
     first, with their simulated attainment where proven (a baseline that misses its target is
     hatched). Bars past SCALE_LIMIT times the cheaper of the plan and the best baseline are cut
     at the axis's end, their cost written beside them."""
+    check_plot(path, "plot")
     bars = [("hetserve plan", {g.accelerator: 0.0 for g in plan.groups},
              _held(plan, plan.slo_attainment, plan.model_attainment))]
     for g in plan.groups:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hetserve.catalog import Catalog
-from hetserve.errors import HetserveError
+from hetserve.errors import HetserveError, check_plot
 from hetserve.models import get_model
 from hetserve.perf import Deployment
 from hetserve.profile.file import CapacityPoint, Profile, ProfilePoint
@@ -59,6 +59,7 @@ def rows(prof: Profile, dep: Deployment) -> list[Row]:
 def plot_profile(prof: Profile, dep: Deployment, path: Path | str) -> None:
     """TTFT, ITL and throughput against concurrency (closed-loop points), one line per size:
     measured (dots), the fit (solid), the model's defaults (dashed)."""
+    check_plot(path, "plot")
     import matplotlib
 
     matplotlib.use("Agg")

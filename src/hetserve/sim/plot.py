@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hetserve.errors import check_plot
 from hetserve.sim.report import SimResult
 
 
 def plot_latency_cdf(result: SimResult, path: Path | str) -> None:
+    check_plot(path, "plot")
     import matplotlib
 
     matplotlib.use("Agg")
