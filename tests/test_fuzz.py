@@ -70,6 +70,13 @@ HF_CONFIG = {
 }
 MELANGE = json.loads((EXAMPLES / "melange_example.json").read_text())
 ABSTRACT = json.loads((EXAMPLES / "icml25_example.json").read_text())
+POINT = {"mode": "closed", "concurrency": 4, "input_tokens": 256, "output_tokens": 64,
+         "seconds": 10, "sent": 20, "completed": 18, "ttft": 0.1, "ttft_p90": 0.2, "itl": 0.03,
+         "e2e_latency": 2.0, "output_throughput": 100}
+CAPACITY = {"input_tokens": 128, "output_tokens": 16, "rate": 8.0, "tpot": 0.1}
+PROFILE = {"version": 1, "model": "llama-3.1-8b", "accelerator": "A10G", "dtype": "bf16",
+           "max_num_seqs": 256, "max_num_batched_tokens": 8192, "points": [POINT],
+           "capacities": [CAPACITY]}
 
 
 def jsonl(*rows) -> str:
@@ -366,6 +373,11 @@ def cal_row(**changes):
     return lambda c: c.file("csv", header + "\n" + ",".join(cells.values()) + "\n")
 
 
+def prof(make):
+    """`hetserve profile --report FILE`."""
+    return lambda c: ["profile", "--report", make(c)]
+
+
 def opts(*args):
     return lambda c: list(args)
 
@@ -660,6 +672,14 @@ CASES = [
          timeout=30),
     Case("calib-csv/folder", cal(lambda c: c.folder("csv"))),
     Case("calib-csv/missing", cal(lambda c: c.missing("csv"))),
+    # ---- profile files (profile --report FILE, --profile FILE) --------------------------------
+    Case("profile/concurrency-huge", prof(lambda c: c.json(with_(PROFILE, points=[
+        with_(POINT, concurrency=10**9)]))), (FILE, "points.0.concurrency", "4096"), timeout=30),
+    Case("profile/input-tokens-huge", prof(lambda c: c.json(with_(PROFILE, points=[
+        with_(POINT, input_tokens=10**12)]))), (FILE, "points.0.input_tokens"), timeout=30),
+    Case("profile/capacity-tokens-huge", prof(lambda c: c.json(with_(PROFILE, capacities=[
+        with_(CAPACITY, input_tokens=10**12)]))), (FILE, "capacities.0.input_tokens"),
+         timeout=30),
     # ---- option values --------------------------------------------------------------------------
     Case("opt/workload-rate-abc", opts("workload", "azure-code", "--rate", "abc"), ("--rate",)),
     Case("opt/estimate-rate-negative", opts(*E, "--rate", "-1"), ("--rate",)),
@@ -869,6 +889,7 @@ CONTROLS = [
     Control("melange", mel(lambda c: c.json(MELANGE))),
     Control("solve", solve(lambda c: c.json(ABSTRACT))),
     Control("calib-csv", cal(cal_row())),
+    Control("profile", prof(lambda c: c.json(PROFILE))),
     Control("catalog-only", opts("catalog", "--only", "A10G,L4", "--json"),
             lambda out: sorted(r["name"] for r in json.loads(out)) == ["A10G", "L4"]),
     Control("estimate-only", opts(*E, "--only", "L4", "--json"),

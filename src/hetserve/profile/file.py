@@ -20,8 +20,10 @@ from pydantic import Field, model_validator
 from hetserve.catalog import Catalog, Fit
 from hetserve.errors import HetserveError, Record, load_record, write_text
 from hetserve.models import ModelSpec
+from hetserve.workload.trace import MAX_TOKENS
 
 PROFILE_VERSION = 1
+MAX_CONCURRENCY = 4096  # clients one closed-loop point keeps busy (as calibrate simulates)
 
 
 class EngineMetrics(Record):
@@ -38,10 +40,10 @@ class ProfilePoint(Record):
     loop (Poisson) at a rate."""
 
     mode: Literal["closed", "open"]
-    concurrency: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
     rate: float | None = Field(default=None, gt=0, description="req/s, open loop")
-    input_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=1)
+    input_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS)
     seconds: float = Field(gt=0, description="wall time of the measured window")
     sent: int = Field(ge=0)
     completed: int = Field(ge=0, description="completed in the window, the means' sample")
@@ -82,8 +84,8 @@ class CapacityPoint(Record):
     """A throughput matrix's entry (Mélange's profiles): the most requests per second of one
     size the deployment serves within an SLO (0: it cannot)."""
 
-    input_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=1)
+    input_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS)
     rate: float = Field(ge=0, description="req/s")
     ttft: float | None = Field(default=None, gt=0, description="seconds (None: no limit)")
     tpot: float | None = Field(default=None, gt=0, description="seconds (None: no limit)")
