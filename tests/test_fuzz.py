@@ -741,6 +741,9 @@ CASES = [
     Case("opt/plan-only-unknown", opts(*P, "--only", "A10G,NOPE9"), ("NOPE9",)),
     Case("opt/estimate-only-unknown", opts(*E, "--only", "NOPE9"), ("NOPE9",)),
     Case("opt/catalog-only-unknown", opts("catalog", "--only", "L4,NOPE9"), ("NOPE9",)),
+    Case("opt/autoscale-window-longer-than-hours", opts("autoscale", "--window", "48h",
+                                                        "--hours", "1"),
+         ("--window", "--hours"), guard=("hetserve.autoscale:compare_day",), max_seconds=2.0),
     Case("opt/models-extra-argument", opts("models", "extra"), ("extra",)),
     Case("opt/models-unknown-option", opts("models", "--bogus"), ("--bogus",)),
     # ---- output paths: refused before any work ------------------------------------------------

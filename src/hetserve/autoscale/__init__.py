@@ -46,6 +46,9 @@ def compare_day(demand: ModelDemand, catalog: Catalog, day: Trace, opts: DayOpti
     single-type re-planner's and the queue scaler's on the same arrivals. `mean_rate`: the
     day curve's mean (the baselines are sized from the curve, not from the part replayed).
     `workers`: replay the policies in that many worker processes."""
+    if not 0 < opts.window <= end:
+        raise HetserveError(f"window: {opts.window:g} s, expected more than 0 and at most the "
+                            f"replay's {end:g} s")
     configs = measure_configs(demand, catalog)
     kw = {"headroom": opts.headroom, "threshold": opts.threshold, "startup": opts.startup,
           "configs": configs}

@@ -98,6 +98,9 @@ def autoscale_cmd(
                       peak_hour=peak_hour, startup=parse_duration(startup, "--startup"))
     if opts.window < 60:
         raise HetserveError(f"--window: expected at least 1 minute, got {window}")
+    if opts.window > hours * 3600.0:
+        raise HetserveError(f"--window {window}: longer than the replay (--hours {hours:g}); "
+                            f"expected at most {hours:g} h")
     catalog = build_catalog(None, None, None, only)
     (demand,) = model_demands(model, workload=workload, rate=rate,
                               ttft=parse_duration(ttft, "--ttft"),
