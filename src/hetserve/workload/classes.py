@@ -12,6 +12,7 @@ from hetserve.errors import HetserveError, positive
 from hetserve.workload.trace import Trace
 
 # Bucket i spans [edge[i], edge[i+1]); lengths past the last edge join the last bucket.
+MAX_EDGES = 64  # per axis: a finer grid only slows planning down (256: minutes)
 DEFAULT_INPUT_EDGES: tuple[int, ...] = (1, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_OUTPUT_EDGES: tuple[int, ...] = (1, 16, 32, 64, 128, 256, 512, 1024, 32768)
 
@@ -47,6 +48,9 @@ class ClassGrid:
 
     def __post_init__(self) -> None:
         for label, edges in (("input", self.input_edges), ("output", self.output_edges)):
+            if len(edges) > MAX_EDGES:
+                raise HetserveError(f"--{label}-edges: {len(edges)} edges, expected at most "
+                                    f"{MAX_EDGES}")
             if len(edges) < 2 or edges[0] < 1 or edges[-1] > 2**40 \
                     or any(b <= a for a, b in itertools.pairwise(edges)):
                 raise HetserveError(
