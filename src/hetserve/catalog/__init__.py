@@ -17,6 +17,9 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from hetserve.errors import HetserveError, Record, load_yaml, lookup, validation_message
 
+MIN_PRICE = 1e-4  # $/h per device: less is a typo (or a unit slip), and plans go absurd
+MAX_PRICE = 1e5  # $/h per device
+
 __all__ = [
     "Accelerator",
     "Fit",
@@ -87,9 +90,10 @@ class Offer(Record):
     region: str = Field(min_length=1)
     instance_type: str = Field(min_length=1)
     gpus: int = Field(ge=1, description="accelerators in one instance")
-    usd_per_hour: float = Field(gt=0, description="the whole instance, on demand")
-    spot_usd_per_hour: float | None = Field(default=None, gt=0, description="the whole "
-                                            "instance, spot")
+    usd_per_hour: float = Field(ge=MIN_PRICE, le=MAX_PRICE * 64,
+                                description="the whole instance, on demand")
+    spot_usd_per_hour: float | None = Field(default=None, ge=MIN_PRICE, le=MAX_PRICE * 64,
+                                            description="the whole instance, spot")
 
 
 class Accelerator(Record):
@@ -108,7 +112,8 @@ class Accelerator(Record):
     allreduce_us: float = Field(ge=0, description="latency of one small all-reduce, us")
     max_per_node: int = Field(ge=1, description="most devices in one node (TP limit)")
     tdp_watts: float | None = Field(default=None, gt=0)
-    usd_per_hour: float = Field(gt=0, description="price of one device per hour")
+    usd_per_hour: float = Field(ge=MIN_PRICE, le=MAX_PRICE,
+                                description="price of one device per hour")
     eta_compute: float = Field(gt=0, le=1)
     eta_memory: float = Field(gt=0, le=1)
     step_overhead_ms: float = Field(ge=0)
@@ -118,8 +123,9 @@ class Accelerator(Record):
                                   description="measured deployments (profiles)")
     names: TargetNames = Field(default=TargetNames(), strict=False,
                                description="its names on deploy targets")
-    spot_usd_per_hour: float | None = Field(default=None, gt=0, description="spot price of "
-                                            "one device per hour, where known")
+    spot_usd_per_hour: float | None = Field(default=None, ge=MIN_PRICE, le=MAX_PRICE,
+                                            description="spot price of one device per hour, "
+                                            "where known")
     offers: tuple[Offer, ...] = Field(default=(), strict=False, description="instance types "
                                       "that carry it (from a cloud catalog)")
 
@@ -182,8 +188,10 @@ class Catalog:
         updated = dict(self.accelerators)
         for name, price in prices.items():
             acc = self.get(name)
-            if not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
-                raise HetserveError(f"--price {name}: expected a price > 0 in $/h, got {price}")
+            if isinstance(price, bool) or not isinstance(price, int | float) \
+                    or not MIN_PRICE <= price <= MAX_PRICE:
+                raise HetserveError(f"--price {name}: expected a price from {MIN_PRICE:g} to "
+                                    f"{MAX_PRICE:g} $/h per device, got {price:g}")
             updated[acc.name] = acc.model_copy(update={"usd_per_hour": float(price)})
         return Catalog(updated.values(), self.available)
 
