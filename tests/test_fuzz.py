@@ -620,6 +620,14 @@ CASES = [
          (FILE, "workload_distribution")),
     Case("melange/slice-factor-negative", mel(lambda c: c.json(with_(MELANGE, slice_factor=-1))),
          (FILE, "slice_factor")),
+    Case("melange/distribution-sum-8", mel(lambda c: c.json(with_(
+        MELANGE, workload_distribution=[[2, 2], [2, 2]]))),
+         (FILE, "workload_distribution", "add up to 8, expected 1")),
+    Case("melange/unknown-top-level-field", mel(lambda c: c.json(with_(MELANGE, bogus=1))),
+         (FILE, "bogus")),
+    Case("melange/bucket-nobody-serves", mel(lambda c: c.json(with_(MELANGE, gpu_info={
+        n: with_(g, tputs=[[0, *g["tputs"][0][1:]], *g["tputs"][1:]])
+        for n, g in MELANGE["gpu_info"].items()}))), (FILE, "bucket [0, 0]")),
     Case("melange/folder", mel(lambda c: c.folder("json"))),
     Case("melange/missing", mel(lambda c: c.missing("json"))),
     # ---- abstract makespan input (solve FILE) -------------------------------------------------

@@ -24,9 +24,8 @@ class MelangeGPU(Record):
 
 
 class MelangeInput(Record):
-    """Mélange's solver input (its other keys are ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
+    """Mélange's solver input: an unknown top-level key is refused (a typo would otherwise
+    drop a setting); a GPU entry's keys other than cost and tputs are ignored."""
 
     gpu_info: dict[str, MelangeGPU] = Field(min_length=1)
     workload_distribution: Grid = Field(min_length=1)
@@ -91,6 +90,10 @@ def solve_melange(path: Path | str, continuous: bool = False) -> dict:
     which is never dearer."""
     data = load_record(path, MelangeInput)
     dist = np.asarray(data.workload_distribution, dtype=np.float64)
+    total = float(dist.sum())
+    if abs(total - 1.0) > 1e-3:  # shares of total_request_rate: any other sum scales the load
+        raise HetserveError(f"{path}: workload_distribution: shares add up to {total:g}, "
+                            "expected 1")
     shape = dist.shape
     names = list(data.gpu_info)
     cost = [gpu.cost for gpu in data.gpu_info.values()]
@@ -101,7 +104,7 @@ def solve_melange(path: Path | str, continuous: bool = False) -> dict:
     active = demand > 0
     missing = np.nonzero(active & (cap.max(axis=0) <= 0))[0]
     if len(missing):
-        bucket = list(np.unravel_index(int(missing[0]), shape))
+        bucket = [int(i) for i in np.unravel_index(int(missing[0]), shape)]
         raise HetserveError(f"{path}: no GPU type can serve bucket {bucket} (zero throughput)")
     floor = replicas_floor(cap, demand)
     if floor > MAX_REPLICAS:
