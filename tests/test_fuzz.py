@@ -73,6 +73,8 @@ ABSTRACT = json.loads((EXAMPLES / "icml25_example.json").read_text())
 POINT = {"mode": "closed", "concurrency": 4, "input_tokens": 256, "output_tokens": 64,
          "seconds": 10, "sent": 20, "completed": 18, "ttft": 0.1, "ttft_p90": 0.2, "itl": 0.03,
          "e2e_latency": 2.0, "output_throughput": 100}
+FIT = {"model": "llama-3.1-8b", "tp": 1, "engine": "vllm", "dtype": "bf16", "eta_compute": 0.5,
+       "eta_memory": 0.6, "step_overhead_ms": 2.0, "seq_host_us": 100.0}
 CAPACITY = {"input_tokens": 128, "output_tokens": 16, "rate": 8.0, "tpot": 0.1}
 PROFILE = {"version": 1, "model": "llama-3.1-8b", "accelerator": "A10G", "dtype": "bf16",
            "max_num_seqs": 256, "max_num_batched_tokens": 8192, "points": [POINT],
@@ -688,6 +690,14 @@ CASES = [
     Case("profile/capacity-tokens-huge", prof(lambda c: c.json(with_(PROFILE, capacities=[
         with_(CAPACITY, input_tokens=10**12)]))), (FILE, "capacities.0.input_tokens"),
          timeout=30),
+    Case("profile/unknown-accelerator-estimate", lambda c: [*E, "--profile", c.json(with_(
+        PROFILE, accelerator="FOO", fit=FIT))], (FILE, "accelerator", "FOO")),
+    Case("profile/unknown-accelerator-report", prof(lambda c: c.json(with_(
+        PROFILE, accelerator="FOO"))), (FILE, "accelerator", "FOO")),
+    Case("profile/unknown-model", prof(lambda c: c.json(with_(PROFILE, model="gpt-17"))),
+         (FILE, "model", "gpt-17")),
+    Case("profile/plan-file-plan", lambda c: [*P, "--profile", c.plan()],
+         (FILE, "plan file, not a profile")),
     # ---- option values --------------------------------------------------------------------------
     Case("opt/workload-rate-abc", opts("workload", "azure-code", "--rate", "abc"), ("--rate",)),
     Case("opt/estimate-rate-negative", opts(*E, "--rate", "-1"), ("--rate",)),

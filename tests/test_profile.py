@@ -299,3 +299,18 @@ def test_a_melange_throughput_matrix_imports_as_a_fitted_profile(run_cli, tmp_pa
     assert_bad_input(run_cli(*args[:-6], "--input-edges", "1,256", "--output-edges",
                              "1,64,256,1024", "--out", out), needs=["2 x 3", "3 and 4"])
     assert_bad_input(run_cli(*args, "--gpu", "H100"), needs=["H100", "A10G", "--gpu"])
+
+
+def test_a_profile_names_its_accelerator_and_model_in_any_case(tmp_path):
+    """'a10g' and a model alias are the catalog's A10G and the registry's name: the fit
+    applies (it used to be left out without a word)."""
+    path = tmp_path / "lower.json"
+    path.write_text(json.dumps({
+        "model": "Meta-Llama-3.1-8B", "accelerator": "a10g", "dtype": "bf16",
+        "max_num_seqs": 256, "max_num_batched_tokens": 8192,
+        "fit": {"model": "Meta-Llama-3.1-8B", "tp": 1, "engine": "vllm", "dtype": "bf16",
+                "eta_compute": 0.5, "eta_memory": 0.6, "step_overhead_ms": 2.0,
+                "seq_host_us": 100.0}}))
+    (fit,) = apply_profiles(load_catalog(), [path]).get("A10G").fits
+    assert fit.model == MODEL and fit.eta_compute == 0.5
+    assert apply_profiles(load_catalog().only(["L4"]), [path]).get("L4").fits == ()

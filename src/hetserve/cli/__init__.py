@@ -85,12 +85,11 @@ def build_catalog(path: Path | None, prices: list[str] | None, avail: list[str] 
     cat = apply_available(load_catalog(path, parse_assignments(prices or [], "--price")),
                           avail or [])
     names = parse_names(only, "--only")
-    cat = cat.only(names) if names is not None else cat
-    if profiles:
+    if profiles:  # before --only: a profile of a type left out is no error
         from hetserve.profile.file import apply_profiles
 
         cat = apply_profiles(cat, profiles)
-    return cat
+    return cat.only(names) if names is not None else cat
 
 
 def _finite(data):

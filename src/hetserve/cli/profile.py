@@ -257,7 +257,7 @@ def _existing(path: Path, cat, refit: bool, hold_back: float, plot: Path | None)
     from hetserve.profile.report import deployment_of
 
     prof = load_profile(path)
-    dep = deployment_of(prof, cat)
+    dep = deployment_of(prof, cat, str(path))
     if refit:
         if not prof.complete:
             raise HetserveError(f"{path}: a partial profile ({prof.failure}) is never fitted")

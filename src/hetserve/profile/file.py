@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from hetserve.catalog import Catalog, Fit
-from hetserve.errors import HetserveError, Record, load_record, write_text
-from hetserve.models import ModelSpec
+from hetserve.errors import HetserveError, Record, load_json, validation_message, write_text
+from hetserve.models import ModelSpec, get_model
 from hetserve.workload.trace import MAX_TOKENS
 
 PROFILE_VERSION = 1
@@ -159,6 +159,17 @@ class Profile(Record):
         if self.version != PROFILE_VERSION:
             raise ValueError(f"version {self.version}: this hetserve reads version "
                              f"{PROFILE_VERSION}")
+        # the model by its registry name (an alias or another case would never match a
+        # deployment); an unknown one is refused
+        try:
+            spec = self.spec or get_model(self.model)
+        except HetserveError as exc:
+            raise ValueError(f"model: {exc}") from None
+        if not spec.matches(self.model):
+            raise ValueError(f"model: '{self.model}' is not the model in spec ('{spec.name}')")
+        if self.fit is not None and spec.matches(self.fit.model):
+            self.fit = self.fit.model_copy(update={"model": spec.name})
+        self.model = spec.name
         if self.fit is not None and not self.complete:
             raise ValueError("a partial profile (complete: false) cannot carry a fit")
         if self.fit is not None and not self.fit.matches(self.model, self.tp, self.pp,
@@ -171,21 +182,52 @@ class Profile(Record):
 
 
 def load_profile(path: Path | str) -> Profile:
-    return load_record(path, Profile, "a profile (a JSON object)")
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise HetserveError(f"{path}: expected a profile (a JSON object)")
+    kind = data.get("kind")
+    if isinstance(kind, str) and kind.startswith("hetserve-"):
+        raise HetserveError(f"{path}: is a hetserve {kind.removeprefix('hetserve-')} file, "
+                            "not a profile (hetserve profile --out writes one)")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as err:
+        raise HetserveError(validation_message(err, str(path))) from None
 
 
-def apply_profiles(catalog: Catalog, paths: Iterable[Path | str]) -> Catalog:
-    """`catalog` with the fits of these profile files on their accelerators: every deployment
-    they measured uses its fitted coefficients (profiles of accelerators the catalog does not
-    hold are left out). A profile without a fit (partial, or not fitted) is refused, naming
-    the file."""
+def _accelerator_name(prof: Profile, path: Path | str, catalog: Catalog,
+                      known: Catalog | None) -> str | None:
+    """The catalog's name of the profile's accelerator (in any case); None where `catalog`
+    leaves it out but `known` (default: the bundled catalog) holds it; unknown: an error."""
+    for cat in (catalog, known):
+        if cat is None:
+            from hetserve.catalog import load_catalog
+
+            cat = load_catalog()
+        try:
+            name = cat.get(prof.accelerator).name
+        except HetserveError as exc:
+            last = exc
+            continue
+        return name if cat is catalog else None
+    raise HetserveError(f"{path}: field 'accelerator': {last}")
+
+
+def apply_profiles(catalog: Catalog, paths: Iterable[Path | str],
+                   known: Catalog | None = None) -> Catalog:
+    """`catalog` with the fits of these profile files on their accelerators (named in any
+    case): every deployment they measured uses its fitted coefficients. Profiles of
+    accelerators the catalog does not hold but `known` (default: the bundled catalog) does are
+    left out; an accelerator neither holds, or a profile without a fit (partial, or not
+    fitted), is refused, naming the file."""
     fits = []
     for path in paths:
         prof = load_profile(path)
+        name = _accelerator_name(prof, path, catalog, known)
         if not prof.complete:
             raise HetserveError(f"{path}: a partial profile ({prof.failure}); measure again")
         if prof.fit is None:
             raise HetserveError(f"{path}: no fit (run hetserve profile --fit {path})")
-        if prof.accelerator in catalog.accelerators:  # else a type not considered here
-            fits.append((prof.accelerator, prof.fit.model_copy(update={"source": str(path)})))
+        if name is not None:  # else a type not considered here
+            fits.append((name, prof.fit.model_copy(update={"source": str(path)})))
     return catalog.with_fits(fits)

@@ -16,9 +16,13 @@ from hetserve.profile.fit import Observation, prefill_capacities, with_fit
 METRICS = ("ttft", "itl", "output_throughput")
 
 
-def deployment_of(prof: Profile, catalog: Catalog) -> Deployment:
-    """The deployment a profile measured, with the catalog's (unfitted) coefficients."""
-    acc = catalog.get(prof.accelerator)
+def deployment_of(prof: Profile, catalog: Catalog, where: str = "profile") -> Deployment:
+    """The deployment a profile measured, with the catalog's (unfitted) coefficients; errors
+    name `where` (the profile's file)."""
+    try:
+        acc = catalog.get(prof.accelerator)
+    except HetserveError as exc:
+        raise HetserveError(f"{where}: field 'accelerator': {exc}") from None
     acc = acc.model_copy(update={"fits": tuple(
         f for f in acc.fits if not f.matches(prof.model, prof.tp, prof.pp, prof.engine,
                                              prof.dtype))})
