@@ -482,6 +482,14 @@ CASES = [
         "yaml", "- name: [a, b]\n  usd_per_hour: 1\n")), (FILE, "name")),
     Case("catalog-yaml/accelerators-mapping", cat_file(lambda c: c.file(
         "yaml", "accelerators: {A10G: 1}\n"))),
+    Case("catalog-yaml/duplicate-rows", cat_file(cat_rows(a10g(usd_per_hour=1),
+                                                          a10g(name="a10g", usd_per_hour=2))),
+         (FILE, "'A10G'", "'a10g'")),
+    Case("catalog-yaml/version-2", cat_file(lambda c: c.yaml({"version": 2,
+                                                              "accelerators": []})),
+         (FILE, "version 2")),
+    Case("catalog-yaml/unknown-top-level-field", cat_file(lambda c: c.yaml({
+        "version": 1, "accelerator": [a10g(usd_per_hour=1)]})), (FILE, "accelerator")),
     Case("catalog-yaml/python-tag", cat_file(lambda c: c.file(
         "yaml", "- !!python/object/apply:os.system ['true']\n"))),
     Case("catalog-yaml/folder-calibrate", lambda c: ["calibrate", "--catalog", c.folder("yaml")]),
@@ -773,6 +781,10 @@ CASES = [
          (FILE, "usd_per_hour")),
     Case("catalog-yaml/spot-price-tiny", cat_file(cat_rows(a10g(spot_usd_per_hour=1e-300))),
          (FILE, "spot_usd_per_hour")),
+    Case("opt/catalog-available-twice", opts("catalog", "--available", "L4=3,L4=5"),
+         ("--available", "L4", "twice")),
+    Case("opt/plan-price-twice", opts(*P, "--price", "L4=1", "--price", "l4=2"),
+         ("--price", "L4", "twice")),
     Case("opt/models-extra-argument", opts("models", "extra"), ("extra",)),
     Case("opt/models-unknown-option", opts("models", "--bogus"), ("--bogus",)),
     # ---- output paths: refused before any work ------------------------------------------------

@@ -224,6 +224,9 @@ class Catalog:
         )
 
 
+CATALOG_VERSION = 1
+
+
 def _only_listed(path: Path) -> bool:
     """Whether a catalog file limits planning to the accelerators it lists (top-level
     `only: true`, as an imported cloud catalog does: the types that cloud offers)."""
@@ -236,12 +239,26 @@ def _only_listed(path: Path) -> bool:
 
 def _rows_from_file(path: Path) -> list[dict]:
     data = load_yaml(path)
+    if isinstance(data, dict):
+        unknown = [str(k) for k in data if k not in ("version", "only", "accelerators")]
+        if unknown:
+            raise HetserveError(f"{path}: unknown field '{unknown[0]}' (expected version, only "
+                                "and accelerators)")
+        if data.get("version", CATALOG_VERSION) != CATALOG_VERSION:
+            raise HetserveError(f"{path}: catalog version {data['version']!r} is not supported "
+                                f"(this hetserve reads version {CATALOG_VERSION})")
     rows = data.get("accelerators") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise HetserveError(f"{path}: expected a list of accelerators (key 'accelerators')")
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("name"), str) or not row["name"]:
             raise HetserveError(f"{path}: accelerators[{i}]: expected a mapping with a 'name'")
+        first = seen.setdefault(row["name"].lower(), i)
+        if first != i:
+            raise HetserveError(f"{path}: accelerators[{first}] '{rows[first]['name']}' and "
+                                f"accelerators[{i}] '{row['name']}' name the same accelerator "
+                                "(give each once)")
     return rows
 
 
@@ -313,6 +330,10 @@ def parse_assignments(items: Iterable[str], option: str, cast=float) -> dict[str
                 number = math.nan
             if not math.isfinite(number):
                 raise HetserveError(f"{option} '{part}': expected {kind} after '='")
+            twice = next((n for n in out if n.lower() == name.strip().lower()), None)
+            if twice is not None:
+                raise HetserveError(f"{option}: '{name.strip()}' given twice ({twice}="
+                                    f"{out[twice]:g} and {part}); give each name once")
             out[name.strip()] = number
     return out
 
