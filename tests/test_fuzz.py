@@ -688,6 +688,9 @@ CASES = [
     Case("calib-csv/unknown-model", cal(cal_row(model="gpt-17")), (FILE, "gpt-17")),
     Case("calib-csv/concurrency-huge", cal(cal_row(concurrency=10**12)), (FILE, "concurrency"),
          timeout=30),
+    Case("calib-csv/duplicate-id", cal(lambda c: c.file("csv", "\n".join(
+        [_measurement_lines()[0], *[_measurement_lines()[1]] * 2]) + "\n")),
+         (FILE, "appears twice")),
     Case("calib-csv/folder", cal(lambda c: c.folder("csv"))),
     Case("calib-csv/missing", cal(lambda c: c.missing("csv"))),
     # ---- profile files (profile --report FILE, --profile FILE) --------------------------------

@@ -85,7 +85,14 @@ def default_data() -> Path:
 
 def read_measurements(path: Path | str | None = None) -> list[Measurement]:
     path = Path(path) if path else default_data()
-    return read_csv_records(path, Measurement, FIELDS, lower=("dtype",))
+    rows = read_csv_records(path, Measurement, FIELDS, lower=("dtype",))
+    seen: set[str] = set()
+    for r in rows:
+        if r.id in seen:
+            raise HetserveError(f"{path}: id '{r.id}' appears twice (ids name the rows held "
+                                "back and compared)")
+        seen.add(r.id)
+    return rows
 
 
 @dataclass(frozen=True)
