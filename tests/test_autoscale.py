@@ -12,6 +12,7 @@ from hetserve.autoscale import DayOptions, compare_day
 from hetserve.autoscale.day import DAY, Outage, available_at, diurnal_day, rate_at
 from hetserve.autoscale.policy import Replanner, Static, plan_devices
 from hetserve.autoscale.replay import replay_day
+from hetserve.catalog import load_catalog
 from hetserve.errors import HetserveError
 from hetserve.plan import model_demands, plan_catalog
 from hetserve.plan.configs import measure_configs
@@ -61,6 +62,18 @@ def test_availability_series(tmp_path):
     f.write_text("- {from: '15:00', to: '13:00', available: {A100-80GB: 0}}\n")
     with pytest.raises(HetserveError, match="period 1: 'to' must be after 'from'"):
         load_availability_series(f)
+    # unquoted times: YAML 1.1 would read 10:00 as the base-60 integer 600
+    f.write_text("- {from: 10:00, to: 12:30, available: {a100-80gb: 0}}\n")
+    (period,) = load_availability_series(f, load_catalog())
+    assert (period.start, period.end, period.available) == (36000.0, 45000.0, {"A100-80GB": 0})
+    f.write_text("- {from: '10:61', to: '12:00', available: {A100-80GB: 0}}\n")
+    with pytest.raises(HetserveError, match="period 1: from: .*got '10:61'"):
+        load_availability_series(f)
+    f.write_text("- {from: 10:00, to: 12:00, available: {A100-80GB: 0}}\n"
+                 "- {from: 13:00, to: 14:00, available: {H900: 2}}\n")
+    with pytest.raises(HetserveError, match="a.yaml: period 2: available: unknown accelerator "
+                                            "'H900'"):
+        load_availability_series(f, load_catalog())
 
 
 def test_a_replay_counts_every_request_and_pays_for_what_ran():

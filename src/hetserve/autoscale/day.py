@@ -11,10 +11,13 @@ day before), and nothing about the future is known to it.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
+import yaml
 
+from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, load_yaml, positive
 from hetserve.workload import Trace
 
@@ -59,28 +62,39 @@ class Outage:
     available: dict[str, int]
 
 
+class _ClockLoader(yaml.SafeLoader):
+    """YAML 1.1 reads an unquoted 10:00 as the base-60 integer 600: here it stays '10:00'."""
+
+    def resolve(self, kind, value, implicit):
+        if kind is yaml.ScalarNode and implicit[0] and _SEXAGESIMAL.fullmatch(value):
+            return "tag:yaml.org,2002:str"
+        return super().resolve(kind, value, implicit)
+
+
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-9_]+)+(?:\.[0-9_]*)?")
+
+
 def _clock(value, where: str) -> float:
     """'13:30' or 13.5 (hours) -> seconds from midnight."""
     if isinstance(value, bool):
         raise HetserveError(f"{where}: expected a time of day like 13:00")
     if isinstance(value, int | float):
         hours = float(value)
-    elif isinstance(value, str) and ":" in value:
-        h, _, m = value.partition(":")
-        try:
-            hours = int(h) + int(m) / 60.0
-        except ValueError:
-            hours = math.nan
+    elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,2}:[0-5][0-9]\s*", value):
+        h, _, m = value.strip().partition(":")
+        hours = int(h) + int(m) / 60.0
     else:
         hours = math.nan
     if not 0 <= hours <= 24:
-        raise HetserveError(f"{where}: expected a time of day like 13:00, got {value!r}")
+        raise HetserveError(f"{where}: expected a time of day from 00:00 to 24:00 (or hours, "
+                            f"0 to 24), got {value!r}")
     return hours * 3600.0
 
 
-def load_availability_series(path) -> list[Outage]:
-    """A YAML list of {from: HH:MM, to: HH:MM, available: {TYPE: COUNT}} periods."""
-    data = load_yaml(path)
+def load_availability_series(path, catalog: Catalog | None = None) -> list[Outage]:
+    """A YAML list of {from: HH:MM, to: HH:MM, available: {TYPE: COUNT}} periods (with
+    `catalog`, each TYPE one of its accelerators, by its catalog name)."""
+    data = load_yaml(path, _ClockLoader)
     if not isinstance(data, list) or not data:
         raise HetserveError(f"{path}: expected a list of periods {{from, to, available}}")
     out = []
@@ -96,7 +110,13 @@ def load_availability_series(path) -> list[Outage]:
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0
                 for v in counts.values()):
             raise HetserveError(f"{where}: available: expected TYPE: COUNT (>= 0)")
-        out.append(Outage(start, end, {str(k): v for k, v in counts.items()}))
+        names = {}
+        for k, v in counts.items():
+            try:
+                names[catalog.get(str(k)).name if catalog is not None else str(k)] = v
+            except HetserveError as exc:
+                raise HetserveError(f"{where}: available: {exc}") from None
+        out.append(Outage(start, end, names))
     return out
 
 

@@ -105,10 +105,7 @@ def autoscale_cmd(
     (demand,) = model_demands(model, workload=workload, rate=rate,
                               ttft=parse_duration(ttft, "--ttft"),
                               tpot=parse_duration(tpot, "--tpot"))
-    outages = load_availability_series(availability) if availability else []
-    for o in outages:
-        for name in o.available:
-            catalog.get(name)  # an unknown type names itself
+    outages = load_availability_series(availability, catalog) if availability else []
     trace = load_trace(workload)
     expected = (rate or trace.rate) * hours * 3600.0
     if expected > MAX_REQUESTS:
