@@ -788,9 +788,23 @@ CASES = [
          ("--available", "L4", "twice")),
     Case("opt/plan-price-twice", opts(*P, "--price", "L4=1", "--price", "l4=2"),
          ("--price", "L4", "twice")),
+    Case("opt/deploy-image-with-spaces", lambda c: [
+        "deploy", c.valid_plan(), "--image", "bad image:tag with space", "--out",
+        c.missing("")[:-1]], ("--image", "container image")),
+    Case("opt/deploy-cluster-not-kubernetes", lambda c: [
+        "deploy", c.valid_plan(), "--target", "skypilot", "--cluster", "gke", "--out",
+        c.missing("")[:-1]], ("--cluster", "--target kubernetes")),
+    Case("plan-file/image-with-spaces", sim_plan(_set_group(image="bad image:tag")),
+         (FILE, "image")),
     Case("opt/models-extra-argument", opts("models", "extra"), ("extra",)),
     Case("opt/models-unknown-option", opts("models", "--bogus"), ("--bogus",)),
     # ---- output paths: refused before any work ------------------------------------------------
+    Case("out/deploy-out-missing-parent", lambda c: [
+        "deploy", c.valid_plan(), "--out", c.missing_dir("manifests")],
+        (("--out", FILE), "does not exist")),
+    Case("out/deploy-out-is-file", lambda c: [
+        "deploy", c.valid_plan(), "--out", c.file("yaml", "x: 1\n")],
+        (("--out", FILE), "expected a folder")),
     Case("out/plan-out-missing-folder", lambda c: [*SLOW_PLAN, "--out",
                                                    c.missing_dir("plan.json")],
          (("--out", FILE),), guard=PLAN_WORK, max_seconds=2.0),

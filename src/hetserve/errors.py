@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,24 @@ def positive(value: Any, option: str, *, integer: bool = False, allow_inf: bool 
             or (integer and number != int(number)):
         raise HetserveError(f"{option}: expected {kind}, got {value!r}")
     return int(number) if integer else number
+
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:(?:{_HOST}(?:\.{_HOST})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?/)?"  # registry[:port]/
+    rf"{_COMPONENT}(?:/{_COMPONENT})*"  # repository path
+    r"(?::[\w][\w.-]{0,127})?"  # :tag
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")  # @digest
+
+
+def image_reference(value: str, option: str) -> str:
+    """`value` if it is a container image reference (registry/name:tag@digest), else a
+    HetserveError naming `option`."""
+    if not isinstance(value, str) or len(value) > 4096 or not IMAGE_REFERENCE.fullmatch(value):
+        raise HetserveError(f"{option}: expected a container image like "
+                            f"vllm/vllm-openai:v0.8.5, got {_short(value)}")
+    return value
 
 
 def suggest(name: str, known: Iterable[str]) -> str:

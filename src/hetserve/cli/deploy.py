@@ -19,10 +19,11 @@ def deploy_cmd(
     target: Annotated[str, typer.Option(
         "--target", help="kubernetes, skypilot or ray")] = "kubernetes",
     out: Annotated[Path | None, typer.Option(
-        "--out", help="folder for the files (created; files of the same name replaced)")] = None,
-    cluster: Annotated[str, typer.Option(
+        "--out", help="folder for the files (created if missing, but only inside a folder "
+        "that exists; files of the same name replaced)")] = None,
+    cluster: Annotated[str | None, typer.Option(
         "--cluster", help="kubernetes: how nodes name their GPUs: gke, eks (Karpenter), aks, "
-        "or gfd (NVIDIA GPU feature discovery)")] = "gfd",
+        "or gfd (NVIDIA GPU feature discovery; the default)")] = None,
     namespace: Annotated[str, typer.Option("--namespace", help="kubernetes namespace")]
     = "default",
     image: Annotated[str | None, typer.Option(
@@ -47,6 +48,9 @@ def deploy_cmd(
 
     if target not in TARGETS:
         raise HetserveError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
+    if cluster is not None and target != "kubernetes":
+        raise HetserveError("--cluster applies only with --target kubernetes")
+    cluster = cluster or "gfd"
     if cluster not in CLUSTERS:
         raise HetserveError(f"--cluster {cluster!r}: expected one of {', '.join(CLUSTERS)}")
     if dns_label(namespace) != namespace:
@@ -69,6 +73,7 @@ def deploy_cmd(
         raise HetserveError("expected a plan file (hetserve plan --out), or --from and --to")
     if out is None:
         raise HetserveError("--out: expected a folder for the files")
+    _check_folder(out)
     plan = load_plan(plan_file)
     files = render(plan, target, opts, str(plan_file))
     _write(files, out)
@@ -80,9 +85,19 @@ def deploy_cmd(
             print(f"warning: {note}", file=sys.stderr)
 
 
+def _check_folder(out: Path) -> None:
+    """The --out folder: an existing folder, or a new one in a folder that exists."""
+    if out.exists() and not out.is_dir():
+        raise HetserveError(f"--out {out}: is a file, expected a folder")
+    if not out.exists() and not out.absolute().parent.is_dir():
+        raise HetserveError(f"--out {out}: folder '{out.parent}' does not exist (--out makes "
+                            "one new folder, inside a folder that exists)")
+
+
 def _write(files: dict[str, str], out: Path) -> None:
+    _check_folder(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
     except OSError as exc:
         raise HetserveError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     for name, text in files.items():
@@ -93,6 +108,7 @@ def _diff(old, new, where: str, opts, out: Path | None, apply: bool) -> None:
     from hetserve.deploy.diff import actions, changes, manifests
 
     folder = out or Path("deploy")
+    _check_folder(folder)
     steps = actions(old, new, opts, str(folder))
     for c in changes(old, new):
         print(f"# {c.kind:6s} {c.name}: {c.old} -> {c.new} replicas")

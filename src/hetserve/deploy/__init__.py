@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from hetserve import __version__
-from hetserve.errors import HetserveError
+from hetserve.errors import HetserveError, image_reference
 from hetserve.plan.planfile import Plan, ReplicaGroup
 from hetserve.plan.serving import PORT
 
@@ -38,6 +38,11 @@ class Options:
     gateway_image: str = GATEWAY_IMAGE
     emulate: bool = False  # engines replaced by `hetserve emulate` of the same deployment
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            image_reference(self.image, "--image")
+        image_reference(self.gateway_image, "--gateway-image")
 
 
 def dns_label(text: str) -> str:

@@ -15,10 +15,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from hetserve.catalog import Accelerator
-from hetserve.errors import HetserveError, Record, load_json, validation_message, write_text
+from hetserve.errors import (
+    HetserveError,
+    Record,
+    image_reference,
+    load_json,
+    validation_message,
+    write_text,
+)
 from hetserve.models import Dtype, ModelSpec
 from hetserve.perf import Deployment
 from hetserve.perf.model import EngineName
@@ -114,6 +121,14 @@ class ReplicaGroup(Record):
     engine_version: str | None = Field(default=None, description="the engine release the "
                                        "command is written for")
     image: str | None = Field(default=None, description="container image of that release")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        try:
+            return value if value is None else image_reference(value, "image")
+        except HetserveError as exc:
+            raise ValueError(str(exc).removeprefix("image: ")) from None
     command: list[str] | None = Field(default=None, description="the argv each replica starts "
                                       "with: model, parallelism, batch limits, memory share, "
                                       "context length (hetserve.plan.serving)")
