@@ -796,6 +796,11 @@ CASES = [
         c.missing("")[:-1]], ("--cluster", "--target kubernetes")),
     Case("plan-file/image-with-spaces", sim_plan(_set_group(image="bad image:tag")),
          (FILE, "image")),
+    Case("opt/simulate-workload-missing-file", lambda c: [
+        "simulate", c.valid_plan(), "--workload", c.missing("csv")],
+        (FILE, "cannot read", "No such file")),
+    Case("opt/plan-workload-missing-file-no-folder", lambda c: [*P[:-2], "-w", "nonexist.jsonl"],
+         ("nonexist.jsonl: cannot read",)),
     Case("opt/models-extra-argument", opts("models", "extra"), ("extra",)),
     Case("opt/models-unknown-option", opts("models", "--bogus"), ("--bogus",)),
     # ---- output paths: refused before any work ------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -202,6 +203,8 @@ def load_trace(source: str | Path) -> Trace:
     if key in BUNDLED:
         return read_azure_csv(bundled_path(key), name=key)
     path = Path(source)
+    if not path.exists() and ("/" in str(source) or os.sep in str(source) or path.suffix):
+        read_text(path)  # a path, not a name: "cannot read (No such file or directory)"
     if not path.exists():
         raise HetserveError(
             f"unknown workload '{source}'{suggest(str(source), BUNDLED)} (or a .csv/.jsonl trace)"
