@@ -801,6 +801,9 @@ CASES = [
         (FILE, "cannot read", "No such file")),
     Case("opt/plan-workload-missing-file-no-folder", lambda c: [*P[:-2], "-w", "nonexist.jsonl"],
          ("nonexist.jsonl: cannot read",)),
+    Case("opt/plan-rate-huge", opts(*P[:-2], "--rate", "1e308"), ("--rate", "at most")),
+    Case("opt/plan-model-spec-rate-huge", opts("plan", "-m", f"{MODEL}:azure-code:1e300"),
+         ("--model", "at most")),
     Case("opt/models-extra-argument", opts("models", "extra"), ("extra",)),
     Case("opt/models-unknown-option", opts("models", "--bogus"), ("--bogus",)),
     # ---- output paths: refused before any work ------------------------------------------------

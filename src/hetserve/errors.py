@@ -27,6 +27,9 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+MAX_RATE = 1e9  # req/s: more is a typo, and sums of rates overflow on the way to "inf replicas"
+
+
 def positive(value: Any, option: str, *, integer: bool = False, allow_inf: bool = False) -> float:
     """`value` as a finite number > 0 (an integer >= 1 with integer=True), else a HetserveError
     naming `option`."""
@@ -39,6 +42,14 @@ def positive(value: Any, option: str, *, integer: bool = False, allow_inf: bool 
             or (integer and number != int(number)):
         raise HetserveError(f"{option}: expected {kind}, got {value!r}")
     return int(number) if integer else number
+
+
+def check_rate(value: Any, option: str = "--rate") -> float:
+    """A request rate: a finite number of req/s, > 0 and at most MAX_RATE."""
+    number = positive(value, option)
+    if number > MAX_RATE:
+        raise HetserveError(f"{option}: expected at most {MAX_RATE:g} req/s, got {value!r}")
+    return number
 
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"

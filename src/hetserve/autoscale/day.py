@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from hetserve.catalog import Catalog
-from hetserve.errors import HetserveError, load_yaml, positive
+from hetserve.errors import HetserveError, check_rate, load_yaml, positive
 from hetserve.workload import Trace
 
 DAY = 86_400.0
@@ -41,7 +41,7 @@ def diurnal_day(trace: Trace, *, ratio: float = DEFAULT_RATIO,
                             f"{ratio:g}")
     if not 0 <= peak_hour < 24:
         raise HetserveError(f"--peak-hour: expected 0 <= hour < 24, got {peak_hour:g}")
-    mean = positive(mean_rate, "--rate") if mean_rate is not None else trace.rate
+    mean = check_rate(mean_rate) if mean_rate is not None else trace.rate
     rng = np.random.default_rng(seed)
     top = mean * (1.0 + (ratio - 1.0) / (ratio + 1.0))
     span = warmup + hours * 3600.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hetserve.catalog import Catalog, load_catalog
-from hetserve.errors import HetserveError, positive
+from hetserve.errors import HetserveError, check_rate, positive
 from hetserve.models import check_dtype, get_model
 from hetserve.perf import SLO
 from hetserve.perf.capacity import DEFAULT_QUANTILE
@@ -53,7 +53,7 @@ def parse_model_request(text: str, parse_duration) -> ModelRequest:
     if len(parts) > 5 or not parts[0]:
         raise HetserveError(f"--model '{text}': expected NAME[:workload[:rate[:ttft[:tpot]]]]")
     parts += [""] * (5 - len(parts))
-    rate = positive(parts[2], f"--model '{text}': rate") if parts[2] else None
+    rate = check_rate(parts[2], f"--model '{text}': rate") if parts[2] else None
     return ModelRequest(
         parts[0], parts[1] or None, rate,
         parse_duration(parts[3], "--model ttft") if parts[3] else None,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from hetserve.catalog import Catalog
-from hetserve.errors import HetserveError, positive
+from hetserve.errors import HetserveError, check_rate, positive
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.plan.planfile import ModelEntry, Plan
@@ -467,7 +467,7 @@ def simulate(
     if requests is not None and positive(requests, "--requests", integer=True) > MAX_REQUESTS:
         raise HetserveError(f"--requests: at most {MAX_REQUESTS:,}, got {requests}")
     if rate is not None:
-        positive(rate, "--rate")
+        check_rate(rate)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise HetserveError(f"--seed: expected an integer >= 0, got {seed!r}")
     if positive(workers, "--workers", integer=True) > MAX_WORKERS:

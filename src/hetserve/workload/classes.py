@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hetserve.errors import HetserveError, positive
+from hetserve.errors import HetserveError, check_rate
 from hetserve.workload.trace import Trace
 
 # Bucket i spans [edge[i], edge[i+1]); lengths past the last edge join the last bucket.
@@ -102,7 +102,7 @@ class Workload:
 def classify(trace: Trace, grid: ClassGrid | None = None, rate: float | None = None) -> Workload:
     """Group a trace's requests into the non-empty classes of the grid."""
     grid = grid or ClassGrid()
-    total_rate = positive(rate, "--rate") if rate is not None else trace.rate
+    total_rate = check_rate(rate) if rate is not None else trace.rate
     flat = grid.bucket(trace.input_tokens, trace.output_tokens)
     counts = np.bincount(flat, minlength=grid.shape[0] * grid.shape[1])
     sum_in = np.bincount(flat, weights=trace.input_tokens, minlength=len(counts))

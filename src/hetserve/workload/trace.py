@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hetserve.errors import HetserveError, positive, read_text, suggest
+from hetserve.errors import HetserveError, check_rate, read_text, suggest
 
 BUNDLED = {
     "azure-conv": "azure_conv.csv",
@@ -49,12 +49,12 @@ class Trace:
 
     def scaled_to_rate(self, rate: float) -> Trace:
         """The same requests with arrival times compressed or stretched to a mean rate."""
-        rate = positive(rate, "--rate")
+        rate = check_rate(rate)
         return replace(self, arrivals=self.arrivals * (self.rate / rate))
 
     def with_poisson_arrivals(self, rate: float, seed: int = 0) -> Trace:
         """The same requests, in order, arriving as a Poisson process at `rate` req/s."""
-        rate = positive(rate, "--rate")
+        rate = check_rate(rate)
         return replace(self, arrivals=_poisson(np.random.default_rng(seed), rate, len(self)))
 
     def for_model(self, model: str, match: Callable[[str], bool] | None = None) -> Trace:
