@@ -70,6 +70,7 @@ HF_CONFIG = {
 }
 MELANGE = json.loads((EXAMPLES / "melange_example.json").read_text())
 ABSTRACT = json.loads((EXAMPLES / "icml25_example.json").read_text())
+STEP_HEADER = "id,gpu,model,dtype,tp,phase,batch,tokens,seconds\n"
 POINT = {"mode": "closed", "concurrency": 4, "input_tokens": 256, "output_tokens": 64,
          "seconds": 10, "sent": 20, "completed": 18, "ttft": 0.1, "ttft_p90": 0.2, "itl": 0.03,
          "e2e_latency": 2.0, "output_throughput": 100}
@@ -691,6 +692,15 @@ CASES = [
     Case("calib-csv/duplicate-id", cal(lambda c: c.file("csv", "\n".join(
         [_measurement_lines()[0], *[_measurement_lines()[1]] * 2]) + "\n")),
          (FILE, "appears twice")),
+    Case("calib-csv/unknown-gpu-line", cal(cal_row(gpu="H900")), (FILE, "line 2", "gpu")),
+    Case("calib-csv/step-times-tp3", cal(lambda c: c.file("csv", STEP_HEADER +
+                                                         "s1,H100-SXM,llama-3.1-8b,bf16,3,"
+                                                         "prefill,1,512,0.02\n")),
+         (FILE, "line 2", "TP must be 1, 2, 4 or 8")),
+    Case("calib-csv/step-times-unknown-gpu", cal(lambda c: c.file("csv", STEP_HEADER +
+                                                                 "s1,H900,llama-3.1-8b,bf16,1,"
+                                                                 "prefill,1,512,0.02\n")),
+         (FILE, "line 2", "H900")),
     Case("calib-csv/folder", cal(lambda c: c.folder("csv"))),
     Case("calib-csv/missing", cal(lambda c: c.missing("csv"))),
     # ---- profile files (profile --report FILE, --profile FILE) --------------------------------
@@ -804,6 +814,13 @@ CASES = [
     Case("opt/plan-rate-huge", opts(*P[:-2], "--rate", "1e308"), ("--rate", "at most")),
     Case("opt/plan-model-spec-rate-huge", opts("plan", "-m", f"{MODEL}:azure-code:1e300"),
          ("--model", "at most")),
+    Case("opt/plan-only-unknown-named", opts(*P, "--only", "FOO"), ("--only: unknown",)),
+    Case("opt/plan-price-unknown-named", opts(*P, "--price", "FOO=1"), ("--price: unknown",)),
+    Case("opt/emulate-tp-3", opts("emulate", "--model", MODEL, "--accelerator", "L4", "--tp",
+                                  "3"), ("--tp", "TP must be 1, 2, 4 or 8")),
+    Case("opt/estimate-model-folder", lambda c: [*E, "-m", c.folder()],
+         (FILE, "is a folder", "config.json")),
+    Case("plan-file/tp-negative", sim_plan(_set_group(tp=-2)), (FILE, "groups.0.tp")),
     Case("opt/models-extra-argument", opts("models", "extra"), ("extra",)),
     Case("opt/models-unknown-option", opts("models", "--bogus"), ("--bogus",)),
     # ---- output paths: refused before any work ------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 
 class HetserveError(Exception):
@@ -25,6 +25,8 @@ class Record(BaseModel):
     """Base of every validated record: unknown fields, NaN and infinities are refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _where: str = PrivateAttr(default="")  # read from a file: "FILE: line N" (messages)
 
 
 MAX_RATE = 1e9  # req/s: more is a typo, and sums of rates overflow on the way to "inf replicas"
@@ -184,9 +186,11 @@ def read_csv_records(path: Path | str, model: type[Record], required: Iterable[s
                 if key in cells:
                     cells[key] = cells[key].lower()
             try:
-                out.append(model.model_validate(cells))
+                record = model.model_validate(cells)
             except ValidationError as err:
                 raise HetserveError(validation_message(err, where)) from None
+            record._where = where
+            out.append(record)
     except csv.Error as exc:
         raise HetserveError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
     if not out:

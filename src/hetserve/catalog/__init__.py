@@ -187,7 +187,10 @@ class Catalog:
         """A copy with the given prices ($/h per device) replaced."""
         updated = dict(self.accelerators)
         for name, price in prices.items():
-            acc = self.get(name)
+            try:
+                acc = self.get(name)
+            except HetserveError as exc:
+                raise HetserveError(f"--price: {exc}") from None
             if isinstance(price, bool) or not isinstance(price, int | float) \
                     or not MIN_PRICE <= price <= MAX_PRICE:
                 raise HetserveError(f"--price {name}: expected a price from {MIN_PRICE:g} to "
@@ -215,7 +218,10 @@ class Catalog:
 
     def only(self, names: Iterable[str]) -> Catalog:
         """A copy restricted to the named accelerators."""
-        keep = {self.get(n).name for n in names}
+        try:
+            keep = {self.get(n).name for n in names}
+        except HetserveError as exc:
+            raise HetserveError(f"--only: {exc}") from None
         if not keep:
             raise HetserveError("--only: expected at least one accelerator name")
         return Catalog(

@@ -81,13 +81,15 @@ def deployment_from_options(model: str, accelerator, tp: int, pp: int, dtype: st
     line when it does not fit."""
     from hetserve.models import check_dtype, get_model
     from hetserve.perf import Deployment
-    from hetserve.perf.model import check_engine
+    from hetserve.perf.model import TP_DEGREES, check_engine
 
     check_dtype(dtype)
     check_engine(engine)
     for value, option in ((tp, "--tp"), (pp, "--pp"), (max_seqs, "--max-num-seqs"),
                           (chunk, "--max-num-batched-tokens")):
         positive(value, option, integer=True)
+    if tp not in TP_DEGREES:
+        raise HetserveError(f"--tp: TP must be 1, 2, 4 or 8, got {tp}")
     dep = Deployment(get_model(model), accelerator, tp=tp, pp=pp, dtype=dtype, engine=engine,
                      max_seqs=max_seqs, chunk_tokens=chunk)
     if not dep.fits:

@@ -186,5 +186,8 @@ def get_model(name: str) -> ModelSpec:
     for spec in bundled_models():
         if spec.matches(name):
             return spec
+    if p.is_dir():
+        raise HetserveError(f"{name}: is a folder without a config.json; give the model's "
+                            "config.json (its path)")
     names = [m.name for m in bundled_models()]
     raise HetserveError(f"unknown model '{name}'{suggest(name, names)} (or give a config.json)")

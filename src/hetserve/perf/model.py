@@ -138,7 +138,7 @@ class Deployment:
         """None when the deployment is valid and fits; else the reason it does not."""
         acc, m = self.accelerator, self.model
         if self.tp not in TP_DEGREES:
-            return f"TP{self.tp}: TP must be 1, 2, 4 or 8"
+            return f"TP must be 1, 2, 4 or 8, got {self.tp}"
         if self.tp > acc.max_per_node:
             return f"TP{self.tp} exceeds {acc.max_per_node} {acc.name} per node"
         if m.heads % self.tp:

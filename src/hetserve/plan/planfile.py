@@ -102,7 +102,7 @@ class ReplicaGroup(Record):
     id: str = Field(min_length=1)
     model: str
     accelerator: str
-    tp: int
+    tp: PositiveInt
     pp: PositiveInt
     dtype: Dtype
     engine: EngineName = Field(default="vllm", description="the serving engine planned for")

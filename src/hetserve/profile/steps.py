@@ -105,14 +105,23 @@ def read_step_times(path: Path | str) -> list[StepTime]:
 
 def step_deployment(row: StepTime, catalog: Catalog) -> Deployment:
     """The deployment a row measured (an error naming the row if it does not fit)."""
+    where = f"{row._where} (id {row.id})" if row._where else f"step time {row.id}"
     try:
-        dep = Deployment(get_model(row.model), catalog.get(row.gpu), tp=row.tp, dtype=row.dtype,
+        model = get_model(row.model)
+    except HetserveError as exc:
+        raise HetserveError(f"{where}: model: {exc}") from None
+    try:
+        acc = catalog.get(row.gpu)
+    except HetserveError as exc:
+        raise HetserveError(f"{where}: gpu: {exc}") from None
+    try:
+        dep = Deployment(model, acc, tp=row.tp, dtype=row.dtype,
                          kv_dtype="fp8" if row.dtype == "fp8" else "bf16",
                          engine=engine_profile(row.engine))
     except HetserveError as exc:
-        raise HetserveError(f"step time {row.id}: {exc}") from None
+        raise HetserveError(f"{where}: {exc}") from None
     if not dep.fits:
-        raise HetserveError(f"step time {row.id}: {dep.label} does not fit: {dep.why_not()}")
+        raise HetserveError(f"{where}: {dep.label} does not fit: {dep.why_not()}")
     return dep
 
 

@@ -190,10 +190,15 @@ def of_engine(rows: list, engine: str | None, data: Path | str | None) -> list:
 def measured_deployment(m: Measurement, catalog: Catalog) -> Deployment:
     """The deployment a measurement ran on, as the model sees it (an error naming the row if
     it does not fit or the request does not fit its KV cache)."""
+    where = f"{m._where} (id {m.id})" if m._where else f"measurement {m.id}"
     try:
-        model, acc = get_model(m.model), catalog.get(m.gpu)
+        model = get_model(m.model)
     except HetserveError as exc:
-        raise HetserveError(f"measurement {m.id}: {exc}") from None
+        raise HetserveError(f"{where}: model: {exc}") from None
+    try:
+        acc = catalog.get(m.gpu)
+    except HetserveError as exc:
+        raise HetserveError(f"{where}: gpu: {exc}") from None
     dep = Deployment(
         model,
         acc,
@@ -204,9 +209,9 @@ def measured_deployment(m: Measurement, catalog: Catalog) -> Deployment:
         engine=engine_profile(m.engine),
     )
     if not dep.fits:
-        raise HetserveError(f"measurement {m.id}: {dep.label} does not fit: {dep.why_not()}")
+        raise HetserveError(f"{where}: {dep.label} does not fit: {dep.why_not()}")
     if m.input_tokens + m.output_tokens > dep.kv_capacity_tokens:
-        raise HetserveError(f"measurement {m.id}: a {m.input_tokens + m.output_tokens}-token "
+        raise HetserveError(f"{where}: a {m.input_tokens + m.output_tokens}-token "
                             f"request exceeds the KV cache of {dep.label} "
                             f"({dep.kv_capacity_tokens} tokens)")
     return dep
@@ -229,6 +234,8 @@ def calibrate(catalog: Catalog, data: Path | str | None = None,
         try:
             points.append(Point(m.id, m.metric, predict(m, catalog), m.value))
         except HetserveError as exc:
+            if m._where:  # the message names the file and line already
+                raise
             raise HetserveError(f"{data or default_data()}: {exc}") from None
     return points
 
