@@ -41,5 +41,6 @@ def test_measurement_larger_than_the_kv_cache_is_a_clear_error(catalog, tmp_path
     f = tmp_path / "m.csv"
     f.write_text("id,gpu,n_gpus,tp,model,dtype,input_tokens,output_tokens,concurrency,metric,"
                  "value,unit\nbig,A10G,1,1,llama-3.1-8b,bf16,120000,100,1,ttft,100,ms\n")
-    with pytest.raises(HetserveError, match="measurement big: a 120100-token request exceeds"):
+    with pytest.raises(HetserveError,
+                       match=r"m.csv: line 2 \(id big\): a 120100-token request exceeds"):
         calibrate(catalog, f)
