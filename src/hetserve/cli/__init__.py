@@ -324,8 +324,9 @@ def calibrate_cmd(
     fit: Annotated[bool, typer.Option(
         "--fit", help="fit each deployment's coefficients to its rows (those with at least 6) "
         "and report the error before and after")] = False,
-    hold_back: Annotated[float, typer.Option(
-        "--hold-back", help="--fit: share of each deployment's load shapes held back")] = 0.25,
+    hold_back: Annotated[float | None, typer.Option(
+        "--hold-back", help="--fit: share of each deployment's load shapes held back (default "
+        "0.25)")] = None,
     out_file: Annotated[Path | None, typer.Option(
         "--out", help="--fit: write the fits as a catalog YAML (use with --catalog)")] = None,
     as_json: JsonOpt = False,
@@ -339,10 +340,12 @@ def calibrate_cmd(
     if fit:
         check_output(out_file, "--out")
         _calibrate_fit(build_catalog(catalog, price, None, None, profile), data, engine,
-                       hold_back, out_file, as_json, steps)
+                       0.25 if hold_back is None else hold_back, out_file, as_json, steps)
         return
     if out_file is not None:
         raise HetserveError("--out goes with --fit")
+    if hold_back is not None:
+        raise HetserveError("--hold-back applies only with --fit")
     cat = build_catalog(catalog, price, None, None, profile)
     if steps:
         points = compare_steps(of_engine(read_step_times(data), engine, data), cat)
@@ -479,8 +482,8 @@ def plan_cmd(
     target: Annotated[float | None, typer.Option(
         "--target", help="--verify: SLO attainment to reach (share of requests; default: "
         "--attainment)")] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="--verify: at most this many rounds")]
-    = 5,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", help="--verify: at most this many rounds (default 5)")] = None,
     prove: Annotated[bool, typer.Option(
         "--prove/--no-prove", help="simulate the plan and every homogeneous baseline on the "
         "trace; quote savings only between plans that reach the attainment target")] = True,
@@ -495,6 +498,9 @@ def plan_cmd(
     """The cheapest heterogeneous plan (or the most throughput within a budget), solved exactly."""
     from hetserve.plan import model_demands, parse_model_request, solve_plan
 
+    for given, option in ((target, "--target"), (rounds, "--rounds")):
+        if given is not None and not verify:
+            raise HetserveError(f"{option} applies only with --verify")
     check_output(out_file, "--out")
     check_plot(plot)
     requests = [parse_model_request(m, parse_duration) for m in model]
@@ -510,6 +516,7 @@ def plan_cmd(
         from hetserve.sim.verify import verify as verify_plan
 
         target = attainment if target is None else target
+        rounds = 5 if rounds is None else rounds
         check_verify_options(target, rounds)
         log = _console(stderr=True) if as_json else out
         result, _ = verify_plan(demands, cat, objective, budget, target=target, rounds=rounds,

@@ -52,17 +52,17 @@ def autoscale_cmd(
         "move it to new plans (/admin/plan)")] = None,
     admin_token: Annotated[str | None, typer.Option(
         "--admin-token", help="the gateway's admin token")] = None,
-    target: Annotated[str, typer.Option(
-        "--target", help="controller mode: kubernetes (kubectl steps), ray (serve deploy) or "
-        "emulate (replicas emulated in this process)")] = "kubernetes",
+    target: Annotated[str | None, typer.Option(
+        "--target", help="controller mode: kubernetes (kubectl steps; the default), ray (serve "
+        "deploy) or emulate (replicas emulated in this process)")] = None,
     apply: Annotated[bool, typer.Option(
         "--apply", help="controller mode: run the kubectl steps (else print them)")] = False,
-    namespace: Annotated[str, typer.Option("--namespace", help="kubernetes namespace")]
-    = "default",
-    out: Annotated[Path, typer.Option("--out", help="controller mode: manifests folder")]
-    = Path("deploy"),
-    interval: Annotated[str, typer.Option(
-        "--interval", help="controller mode: read the metrics every")] = "15s",
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", help="controller mode: kubernetes namespace (default: default)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="controller mode: manifests folder (default: deploy)")] = None,
+    interval: Annotated[str | None, typer.Option(
+        "--interval", help="controller mode: read the metrics every (default: 15s)")] = None,
     workers: Annotated[int, typer.Option(
         "--workers", help="replay the policies in this many local processes")] = 1,
 ) -> None:
@@ -81,10 +81,17 @@ def autoscale_cmd(
 
     if gateway is not None:
         control(gateway, admin_token, model, workload, parse_duration(ttft, "--ttft"),
-                parse_duration(tpot, "--tpot"), only, target, apply, namespace, out,
-                parse_duration(window, "--window"), parse_duration(interval, "--interval"),
+                parse_duration(tpot, "--tpot"), only, target or "kubernetes", apply,
+                namespace or "default", out or Path("deploy"),
+                parse_duration(window, "--window"), parse_duration(interval or "15s",
+                                                                   "--interval"),
                 parse_duration(startup, "--startup"))
         return
+    for given, option in ((admin_token, "--admin-token"), (target, "--target"),
+                          (apply or None, "--apply"), (namespace, "--namespace"),
+                          (out, "--out"), (interval, "--interval")):
+        if given is not None:
+            raise HetserveError(f"{option} applies only with --gateway (controller mode)")
     check_plot(plot)
     positive(workers, "--workers", integer=True)
     if isinstance(seed, bool) or seed < 0:
