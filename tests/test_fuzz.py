@@ -829,6 +829,9 @@ CASES = [
          ("--target applies only with --gateway",), guard=("hetserve.autoscale:compare_day",)),
     Case("opt/autoscale-apply-without-gateway", opts("autoscale", "--apply"),
          ("--apply applies only with --gateway",), guard=("hetserve.autoscale:compare_day",)),
+    Case("opt/models-missing-config", lambda c: ["models", "--model",
+                                                 c.missing_dir("config.json")],
+         (FILE, "cannot read")),
     Case("opt/models-extra-argument", opts("models", "extra"), ("extra",)),
     Case("opt/models-unknown-option", opts("models", "--bogus"), ("--bogus",)),
     # ---- output paths: refused before any work ------------------------------------------------
@@ -984,6 +987,8 @@ CONTROLS = [
     Control("solve", solve(lambda c: c.json(ABSTRACT))),
     Control("calib-csv", cal(cal_row())),
     Control("profile", prof(lambda c: c.json(PROFILE))),
+    Control("models-config", lambda c: ["models", "--model", c.hf(HF_CONFIG), "--json"],
+            lambda out: len(json.loads(out)) == 1),
     Control("catalog-only", opts("catalog", "--only", "A10G,L4", "--json"),
             lambda out: sorted(r["name"] for r in json.loads(out)) == ["A10G", "L4"]),
     Control("estimate-only", opts(*E, "--only", "L4", "--json"),

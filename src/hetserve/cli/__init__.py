@@ -192,13 +192,21 @@ def _import_skypilot(path: Path, region: str | None, cloud: str | None, out_file
 
 
 @app.command("models")
-def models_cmd(as_json: JsonOpt = False) -> None:
-    """List the bundled model architectures."""
-    models = bundled_models()
+def models_cmd(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="show these models (a bundled name, or a Hugging Face "
+        "config.json path; repeatable) instead of every bundled one")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the bundled model architectures (or the ones --model names)."""
+    from hetserve.models import get_model
+
+    models = [get_model(m) for m in model] if model else bundled_models()
     if as_json:
         _emit_json([m.model_dump() | {"params": m.params} for m in models])
         return
-    table = Table(title="Bundled models (or pass a config.json path)", title_justify="left")
+    table = Table(title="Models" if model else "Bundled models (or pass a config.json path)",
+                  title_justify="left")
     for col in ("name", "params", "layers", "hidden", "heads", "kv heads", "head dim",
                 "interm.", "vocab", "dtype", "KV KiB/token"):
         table.add_column(col, justify="left" if col == "name" else "right")
