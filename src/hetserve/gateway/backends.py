@@ -10,10 +10,25 @@ An address that balances over several replicas (a Kubernetes Service, a Ray Serv
 given with their count, and counts as that many:
 
     g0: [{url: http://llama-3-1-8b-l4-tp1.serving.svc:8000, replicas: 3}]
+
+A name that resolves to one address per replica (a Kubernetes headless Service, which lists its
+ready pods) is given with `resolve: true`: every address it resolves to (A and AAAA records,
+deduplicated) is one replica, at http://ADDRESS:PORT, and the gateway resolves it again every
+few seconds (Envoy's STRICT_DNS, nginx's `resolve`):
+
+    g0: [{url: http://llama-3-1-8b-l4-tp1-pods.serving.svc.cluster.local:8000, resolve: true}]
+
+`parse_backends` keeps such entries as `Resolve`; `expand` turns the file and what its names
+resolved to into group id -> URLs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,13 +37,40 @@ import yaml
 from hetserve.errors import HetserveError, read_text
 from hetserve.plan.planfile import Plan
 
+Address = tuple[str, int]  # (IP address, port) of one replica
 
-def parse_backends(data, plan: Plan, where: str) -> dict[str, list[str]]:
-    """Group id -> URLs, checked against the plan; errors name `where` and the key."""
+
+@dataclass(frozen=True)
+class Resolve:
+    """`{url: URL, resolve: true}`: one replica per address the URL's host resolves to."""
+
+    url: str  # as given, without a trailing /
+    scheme: str
+    host: str
+    port: int
+    path: str  # after the port ('' or '/prefix')
+
+    def urls(self, addresses: Sequence[Address]) -> list[str]:
+        """One URL per address (IPv6 in brackets); none resolved: the URL itself, one replica
+        (requests to it fail as unreachable until its name resolves)."""
+        if not addresses:
+            return [self.url]
+        return [f"{self.scheme}://{_host(a)}:{p}{self.path}" for a, p in addresses]
+
+    def to_json(self) -> dict:
+        return {"url": self.url, "resolve": True}
+
+
+Backends = dict[str, list[str | Resolve]]  # group id -> URLs and names to resolve
+
+
+def parse_backends(data, plan: Plan, where: str) -> Backends:
+    """Group id -> URLs (one per replica) and `Resolve` entries, checked against the plan;
+    errors name `where` and the key. Without `resolve` entries: group id -> URLs."""
     if not isinstance(data, dict):
         raise HetserveError(f"{where}: expected a mapping of replica group id -> list of URLs")
     ids = [g.id for g in plan.groups]
-    out: dict[str, list[str]] = {}
+    out: Backends = {}
     for key, urls in data.items():
         if key not in ids:
             raise HetserveError(f"{where}: group {key!r} is not in the plan (its groups: "
@@ -44,24 +86,93 @@ def parse_backends(data, plan: Plan, where: str) -> dict[str, list[str]]:
     return out
 
 
-def _expand(item, where: str) -> list[str]:
-    """One URL per replica: a URL, or {url, replicas} for a balanced address."""
-    count = 1
+ENTRY = "a URL, {url: URL, replicas: N} or {url: URL, resolve: true}"
+
+
+def _expand(item, where: str) -> list[str | Resolve]:
+    """One URL per replica: a URL, {url, replicas} for a balanced address, or {url, resolve}
+    for a name with one address per replica."""
+    count, resolve = 1, False
     if isinstance(item, dict):
-        if set(item) != {"url", "replicas"}:
-            raise HetserveError(f"{where}: expected a URL or {{url: URL, replicas: N}}, got keys "
+        keys = set(item)
+        if keys == {"url", "replicas", "resolve"}:
+            raise HetserveError(f"{where}: {item['url']}: replicas and resolve exclude each "
+                                "other (a resolved name counts one replica per address)")
+        if keys not in ({"url", "replicas"}, {"url", "resolve"}):
+            raise HetserveError(f"{where}: expected {ENTRY}, got keys "
                                 f"{', '.join(map(str, item))}")
-        item, count = item["url"], item["replicas"]
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise HetserveError(f"{where}: {item}: replicas: expected an integer >= 1, got "
-                                f"{count!r}")
+        url = item["url"]
+        if "replicas" in item:
+            count = item["replicas"]
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise HetserveError(f"{where}: {url}: replicas: expected an integer >= 1, got "
+                                    f"{count!r}")
+        else:
+            resolve = item["resolve"]
+            if not isinstance(resolve, bool):
+                raise HetserveError(f"{where}: {url}: resolve: expected true or false, got "
+                                    f"{resolve!r}")
+        item = url
     parsed = urlparse(item) if isinstance(item, str) else None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise HetserveError(f"{where}: {item!r} is not an http(s) URL")
-    return [item.rstrip("/")] * count
+    if not resolve:
+        return [item.rstrip("/")] * count
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        raise HetserveError(f"{where}: {item}: not a valid port") from None
+    if not parsed.hostname or "@" in parsed.netloc or parsed.query or parsed.fragment:
+        raise HetserveError(f"{where}: {item}: resolve: expected http(s)://HOST[:PORT][/PATH]")
+    return [Resolve(item.rstrip("/"), parsed.scheme, parsed.hostname, port,
+                    parsed.path.rstrip("/"))]
 
 
-def load_backends(path: Path | str, plan: Plan) -> dict[str, list[str]]:
+def names(spec: Backends) -> list[Resolve]:
+    """The spec's entries to resolve, each once, in order."""
+    return list(dict.fromkeys(e for entries in spec.values() for e in entries
+                              if isinstance(e, Resolve)))
+
+
+def expand(spec: Backends, resolved: Mapping[str, Sequence[Address]] | None = None
+           ) -> dict[str, list[str]]:
+    """Group id -> one URL per replica: a `Resolve` entry's addresses from `resolved` (its
+    url -> addresses; missing or empty: the URL itself, one replica)."""
+    resolved = resolved or {}
+    return {g: [u for e in entries
+                for u in (e.urls(resolved.get(e.url, ())) if isinstance(e, Resolve) else [e])]
+            for g, entries in spec.items()}
+
+
+def to_json(spec: Backends) -> dict:
+    """The spec as the backends file (and POST /admin/plan) writes it."""
+    return {g: [e.to_json() if isinstance(e, Resolve) else e for e in entries]
+            for g, entries in spec.items()}
+
+
+def addresses(found: Iterable[Address]) -> list[Address]:
+    """Deduplicated, in order (IPv4 before IPv6, numerically)."""
+    def key(a: Address):
+        try:
+            ip = ipaddress.ip_address(a[0].split("%")[0])
+            return (ip.version, int(ip), a[0], a[1])
+        except ValueError:
+            return (9, 0, a[0], a[1])
+    return sorted({(str(a), int(p)) for a, p in found}, key=key)
+
+
+async def resolve(host: str, port: int) -> list[Address]:
+    """The addresses `host` resolves to (A and AAAA, by the event loop's getaddrinfo)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return addresses((info[4][0], info[4][1]) for info in infos
+                     if info[0] in (socket.AF_INET, socket.AF_INET6))
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def load_backends(path: Path | str, plan: Plan) -> Backends:
     try:
         data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
