@@ -23,6 +23,7 @@ from hetserve.catalog import load_catalog
 from hetserve.emulate import Emulator, group_emulator
 from hetserve.errors import HetserveError
 from hetserve.gateway import Gateway, GatewayServer, parse_backends
+from hetserve.gateway.backends import Resolve, addresses, expand, names, resolve, to_json
 from hetserve.route import RoutingTable
 from hetserve.route.request import WORDS, PromptCounter
 
@@ -175,6 +176,50 @@ def test_backends_file_is_checked_against_the_plan(plan):
             parse_backends(data, plan, "b.yaml")
 
 
+def test_backends_names_to_resolve_are_checked_and_expanded(plan):
+    ids = [g.id for g in plan.groups]
+    pods = "http://llama-pods.serving.svc.cluster.local:8000"
+    spec = parse_backends({ids[0]: [{"url": pods + "/", "resolve": True}],
+                           **{g: ["http://10.0.0.9:8000"] for g in ids[1:]}}, plan, "b.yaml")
+    (entry,) = spec[ids[0]]
+    assert entry == Resolve(pods, "http", "llama-pods.serving.svc.cluster.local", 8000, "")
+    assert names(spec) == [entry] and to_json(spec)[ids[0]] == [{"url": pods, "resolve": True}]
+    # never resolved (or nothing yet): the URL itself stands for the group, one replica
+    assert expand(spec) == {ids[0]: [pods], **{g: ["http://10.0.0.9:8000"] for g in ids[1:]}}
+    assert expand(spec, {pods: []})[ids[0]] == [pods]
+    got = expand(spec, {pods: addresses([("10.0.0.2", 8000), ("fd00::1", 8000),
+                                         ("10.0.0.10", 8000), ("10.0.0.2", 8000)])})
+    # deduplicated, numerically sorted, IPv6 in brackets; the other groups as given
+    assert got[ids[0]] == ["http://10.0.0.2:8000", "http://10.0.0.10:8000",
+                           "http://[fd00::1]:8000"]
+    assert got[ids[-1]] == ["http://10.0.0.9:8000"]
+    # the default port and a path are kept; resolve: false is a plain URL
+    (https,) = parse_backends({g: [{"url": "https://pods/v", "resolve": True}] for g in ids},
+                              plan, "b.yaml")[ids[0]]
+    assert https.urls([("10.1.1.1", https.port)]) == ["https://10.1.1.1:443/v"]
+    plain = {g: [{"url": "http://10.0.0.9:8000", "resolve": False}] for g in ids}
+    assert parse_backends(plain, plan, "b.yaml")[ids[0]] == ["http://10.0.0.9:8000"]
+    good = {g: ["http://127.0.0.1:9"] for g in ids}
+    for entry, message in [
+        ({"url": pods, "resolve": True, "replicas": 2},
+         f"b.yaml: group {ids[0]}: {pods}: replicas and resolve exclude each other"),
+        ({"url": pods, "resolve": "yes"}, f"b.yaml: group {ids[0]}: {pods}: resolve: expected "
+                                          "true or false, got 'yes'"),
+        ({"url": pods, "resolv": True}, "expected a URL, {url: URL, replicas: N} or {url: URL, "
+                                        "resolve: true}, got keys url, resolv"),
+        ({"url": "ftp://pods", "resolve": True}, "'ftp://pods' is not an http(s) URL"),
+        ({"url": "http://pods:99999", "resolve": True}, "http://pods:99999: not a valid port"),
+        ({"url": "http://u@pods:80", "resolve": True}, "resolve: expected http(s)://HOST"),
+    ]:
+        with pytest.raises(HetserveError, match=re.escape(message)):
+            parse_backends({**good, ids[0]: [entry]}, plan, "b.yaml")
+
+
+def test_the_default_resolver_asks_getaddrinfo():
+    assert asyncio.run(resolve("127.0.0.1", 8000)) == [("127.0.0.1", 8000)]
+    assert ("127.0.0.1", 80) in asyncio.run(resolve("localhost", 80))
+
+
 def test_serve_and_emulate_refuse_bad_input_in_one_line(run_cli, plan, tmp_path):
     from .conftest import assert_bad_input
 
@@ -184,6 +229,9 @@ def test_serve_and_emulate_refuse_bad_input_in_one_line(run_cli, plan, tmp_path)
     bad = tmp_path / "backends.yaml"
     bad.write_text("g99: [http://127.0.0.1:9]\n")
     assert_bad_input(run_cli("serve", path, "--backends", bad), needs=["backends.yaml", "g99"])
+    bad.write_text("g0: [{url: http://pods:8000, resolve: true, replicas: 2}]\n")
+    assert_bad_input(run_cli("serve", path, "--backends", bad),
+                     needs=["backends.yaml", "group g0", "replicas and resolve exclude"])
     bad.write_text("g0: [unclosed\n")
     assert_bad_input(run_cli("serve", path, "--backends", bad), needs=["backends.yaml", "YAML"])
     assert_bad_input(run_cli("emulate", "-m", "llama-3.1-70b", "-a", "L4"),
@@ -682,3 +730,156 @@ def test_up_bursts_every_models_own_requests(run_cli, tmp_path):
     for model, _, n in served_rows:
         by_model[model] = by_model.get(model, 0) + int(n)
     assert by_model == {MODEL: 4, "mistral-7b": 6}
+
+
+@contextmanager
+def discovering(plan, spec, resolver, **options):
+    """The gateway over `spec` with `resolver` (resolving again every 50 ms), and two emulated
+    replicas of the plan's first group, on one loop in a thread: yields (gateway URL, gateway,
+    the two replicas' URLs)."""
+    loop = asyncio.new_event_loop()
+    emulator = group_emulator(plan, plan.groups[0], replicas=2)
+    replicas = loop.run_until_complete(emulator.start())
+    server = GatewayServer(Gateway(plan, spec, resolver=resolver, resolve_interval=0.05,
+                                   health_interval=0, **options))
+    url = loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield url, server.gateway, replicas
+    finally:
+        async def stop():
+            await server.stop()
+            await emulator.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def wait_for(check, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_name_to_resolve_spreads_requests_over_every_address_it_resolves_to(plan, caplog):
+    """Every group's backend is one name (`resolve: true`, a headless Service): it resolves to
+    one emulated replica, then to two, and requests spread over both; a failed resolution or
+    one that finds nothing keeps the last known addresses."""
+    import logging
+
+    answer: list = []
+    asked: list[tuple[str, int]] = []
+
+    async def resolver(host: str, port: int):
+        asked.append((host, port))
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        return answer[0]
+
+    name = "http://pods.serving.svc.cluster.local:8000"
+    spec = parse_backends({g.id: [{"url": name, "resolve": True}] for g in plan.groups}, plan,
+                          "b.yaml")
+
+    def port(u: str) -> int:
+        return int(u.rsplit(":", 1)[1])
+
+    seen = [0]  # access lines counted so far
+
+    def served() -> dict[str, int]:
+        """Requests each backend served since the last call."""
+        lines = access_lines(caplog)
+        out: dict[str, int] = {}
+        for line in lines[seen[0]:]:
+            out[line["backend"]] = out.get(line["backend"], 0) + 1
+        seen[0] = len(lines)
+        return out
+
+    answer.append([])  # at startup no pod is ready: the name resolves to nothing
+    with caplog.at_level(logging.INFO, logger="hetserve.gateway.access"), \
+            caplog.at_level(logging.INFO, logger="hetserve.gateway.discovery"), \
+            discovering(plan, spec, resolver, admin_token="adm") as (url, gateway, (a, b)):
+        assert gateway.backends == {g.id: [name] for g in plan.groups}
+        assert asked[0] == ("pods.serving.svc.cluster.local", 8000)
+        answer[0] = [("127.0.0.1", port(a))]
+        wait_for(lambda: gateway.backends[plan.groups[0].id] == [a])
+        assert all(u == [a] for u in gateway.backends.values())
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for _ in range(4):
+            c.completions.create(model=MODEL, prompt="a b c", max_tokens=2)
+        assert served() == {a: 4}
+        kept = [r for f in gateway.fleets.values() for r in f.replicas]
+        # the name now resolves to both replicas (duplicates and order do not matter)
+        answer[0] = [("127.0.0.1", port(b)), ("127.0.0.1", port(a)), ("127.0.0.1", port(b))]
+        wait_for(lambda: gateway.backends[plan.groups[0].id] == sorted([a, b], key=port))
+        assert all(sorted(u) == sorted([a, b]) for u in gateway.backends.values())
+        # the replica that stays is the same one (its load and health carry over)
+        now = [r for f in gateway.fleets.values() for r in f.replicas]
+        assert all(any(r is k for r in now) for k in kept) and len(now) == 2 * len(kept)
+        for _ in range(8):
+            c.completions.create(model=MODEL, prompt="a b c", max_tokens=2)
+        got = served()
+        assert set(got) == {a, b} and sum(got.values()) == 8
+        metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        assert f'hetserve:discovered_replicas{{group="{plan.groups[0].id}",model="{MODEL}"}} ' \
+               '2.0' in metrics
+        # the name fails to resolve, then resolves to nothing: the two addresses stay
+        routed = dict(gateway.backends)
+        for failure in (OSError(-2, "Name or service not known"), []):
+            answer[0] = failure
+            n = len(asked)
+            wait_for(lambda n=n: len(asked) >= n + 3)  # a few rounds
+            assert gateway.backends == routed
+            c.completions.create(model=MODEL, prompt="a b c", max_tokens=2)
+        assert served().keys() <= {a, b}
+        # GET /admin/plan gives the name, not its addresses (what POST takes back)
+        request = urllib.request.Request(url + "/admin/plan",
+                                         headers={"Authorization": "Bearer adm"})
+        now = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        assert now["backends"] == {g.id: [{"url": name, "resolve": True}] for g in plan.groups}
+        status, body = post(url + "/admin/plan", json.dumps(now).encode(), "adm")
+        assert status == 200 and body["groups"] == {g.id: 2 for g in plan.groups}
+        assert gateway.backends == routed
+    messages = [r.getMessage() for r in caplog.records if r.name == "hetserve.gateway.discovery"]
+    assert any("Name or service not known" in m and "keeping its 2 last known addresses" in m
+               for m in messages)
+    assert any("routing to the URL itself until it resolves" in m for m in messages)
+    assert any(m.endswith(f"1 replica (+127.0.0.1:{port(a)})") for m in messages)
+
+
+def test_a_name_that_never_resolved_serves_as_its_own_url(plan):
+    """A name that does not resolve at startup (no pod ready yet): the gateway starts anyway,
+    the URL itself standing for its group, and a request there fails cleanly as unreachable."""
+    async def resolver(host: str, port: int):
+        raise OSError(-2, "Name or service not known")
+
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    spec = parse_backends({g.id: [{"url": dead, "resolve": True}] for g in plan.groups}, plan,
+                          "b.yaml")
+    with discovering(plan, spec, resolver) as (url, gateway, _):
+        assert gateway.backends == {g.id: [dead] for g in plan.groups}
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        with pytest.raises(openai.APIStatusError, match="no backend of .* served the request"):
+            c.completions.create(model=MODEL, prompt="a b c", max_tokens=2)
+        metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        assert f'hetserve:discovered_replicas{{group="{plan.groups[0].id}",model="{MODEL}"}} ' \
+               '0.0' in metrics
+        assert sum(v for (_, o), v in counts(url).items() if o == "unreachable") >= 1
+
+
+def test_a_kept_replica_brings_its_requests_in_flight_to_the_new_fleet(plan):
+    """New addresses (or a new plan) keep the replicas that stay: the requests they hold count
+    in the new fleet's load index, and finishing them there counts down in it."""
+    first = {g.id: ["http://10.0.0.1:8000", "http://10.0.0.2:8000"] for g in plan.groups}
+    old = Gateway._build(plan, first, 2.0)[0][MODEL]
+    old.count(0, 1)
+    old.count(0, 1)
+    then = {g.id: ["http://10.0.0.1:8000", "http://10.0.0.3:8000"] for g in plan.groups}
+    new = Gateway._build(plan, then, 2.0, {MODEL: old})[0][MODEL]
+    assert new.replicas[0] is old.replicas[0] and new.index.load[0] == 2
+    assert new.replicas[1] is not old.replicas[1] and new.replicas[1].in_flight == 0
+    old.count(0, -1)  # a request sent before the change ends
+    assert new.load(0, 0.0) == 1 and new.index.load[0] == 1
+    assert new.index.least(0) == 1  # the idle new address first

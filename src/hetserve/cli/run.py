@@ -149,6 +149,7 @@ def serve_cmd(
     counters = tokenizers(tokenizer, plan)
     if access_log:
         _log_json_lines()
+    _log_lines("hetserve.gateway.discovery")  # the addresses of `resolve: true` names
     asyncio.run(_gateway(plan, urls, host, port, lambda u: Gateway(
         plan, u, api_key or (), admin_token, counters=counters), GatewayServer,
         counters=counters))
@@ -182,8 +183,9 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
         except OSError as exc:
             raise HetserveError(f"--host {host} --port {port}: cannot listen "
                                 f"({exc.strerror or exc})") from None
-        print(f"gateway: {url}/v1 ({sum(len(u) for u in urls.values())} replicas in "
-              f"{len(urls)} groups)", flush=True)
+        routed = getattr(gateway, "backends", urls)  # the gateway's: names resolved
+        print(f"gateway: {url}/v1 ({sum(len(u) for u in routed.values())} replicas in "
+              f"{len(routed)} groups)", flush=True)
         try:
             if then is None:
                 await asyncio.Event().wait()  # until interrupted
@@ -197,11 +199,19 @@ async def _gateway(plan, urls, host: str, port: int, make_gateway, server_cls,
 
 
 def _log_json_lines() -> None:
+    _log_lines("hetserve.gateway.access")
+
+
+def _log_lines(name: str) -> None:
+    """The logger's INFO and above on stderr, one message a line."""
     import logging
 
+    log = logging.getLogger(name)
+    if any(getattr(h, "hetserve_lines", False) for h in log.handlers):
+        return  # set up already (serve called twice in one process)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("hetserve.gateway.access")
+    handler.hetserve_lines = True
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False

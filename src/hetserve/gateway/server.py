@@ -31,16 +31,27 @@ range, and `/out<N` when its max_tokens rules out longer outputs), and the share
 each group served beside the plan's share; with the `hetserve.gateway.access` logger at INFO,
 every attempt is also one JSON line (model, group, backend, key, prompt and max tokens,
 outcome, seconds, TTFT; never a prompt's or a completion's text).
+
+Discovery: a backends entry `{url: http://NAME:PORT, resolve: true}` (a Kubernetes headless
+Service, which lists its ready pods) is one replica per address NAME resolves to. The names are
+resolved before the gateway listens and every RESOLVE_SECONDS; when a group's addresses change
+the plan is installed again over them (requests in flight finish where they were sent; a
+replica whose address stays is kept, with its requests in flight, health and time set aside).
+A name that fails to resolve, or resolves to nothing, keeps its last known addresses; one that
+never resolved stands for one replica itself (requests to it fail as unreachable).
+`hetserve:discovered_replicas` counts each group's addresses, and the changes are logged
+(`hetserve.gateway.discovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -55,7 +66,17 @@ from prometheus_client import (
 )
 
 from hetserve.errors import HetserveError
-from hetserve.gateway.backends import parse_backends
+from hetserve.gateway.backends import (
+    Address,
+    Backends,
+    Resolve,
+    addresses,
+    expand,
+    names,
+    parse_backends,
+    resolve,
+    to_json,
+)
 from hetserve.perf import Deployment
 from hetserve.plan.planfile import Plan, parse_plan
 from hetserve.route import PlanRouter, RoutingTable
@@ -88,6 +109,9 @@ RETRY_COOLDOWN = 1.0  # a backend that answered 5xx is not chosen again for this
 READ_TIMEOUT = 300.0  # s without a byte from a backend: it has failed (a hung engine)
 HEALTH_INTERVAL = 5.0  # s between checks of every replica's /health
 HEALTH_TIMEOUT = 2.0
+# s between resolutions of the backends' `resolve: true` names (a headless Service's ready pods)
+RESOLVE_SECONDS = 5.0
+RESOLVE_TIMEOUT = 3.0  # s one resolution may take before it counts as failed
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "host",
                "content-encoding"}  # the client session decompresses what it reads
 
@@ -103,6 +127,9 @@ class Replica:
     waiting_tokens: int = 0  # prompt tokens of requests without a first token yet
     down_until: float = 0.0  # a connection failed: not chosen before this (monotonic s)
     healthy: bool = True  # its /health answered at the last check (ejected while False)
+    # (load index, position) in the fleet routing now: a replica kept by a new plan or a new
+    # set of resolved addresses moves there, and the requests it holds still count
+    home: tuple[LoadIndex, int] | None = field(default=None, repr=False, compare=False)
 
     def fits(self, req: RouteRequest) -> bool:
         return req.input_tokens + (req.max_tokens or 0) <= self.kv_tokens
@@ -131,6 +158,8 @@ class ModelFleet:
         r = self.replicas[replica]
         r.in_flight += change
         self.index.set(replica, r.in_flight, sent=change > 0)
+        if r.home is not None and r.home[0] is not self.index:  # now in a newer fleet
+            r.home[0].set(r.home[1], r.in_flight, sent=change > 0)
 
     def load(self, replica: int, now: float) -> int:
         return self.replicas[replica].in_flight
@@ -148,23 +177,34 @@ class ModelFleet:
 
 
 ACCESS_LOG = logging.getLogger("hetserve.gateway.access")  # JSON lines, when enabled
+DISCOVERY_LOG = logging.getLogger("hetserve.gateway.discovery")  # resolved addresses change
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0,
                    10.0, 20.0, 60.0)
 
 
 class Gateway:
-    """Routes by `plan` over `backends` (group id -> URLs). `api_keys`: the Bearer tokens
-    clients must send to /v1 (none: open); `admin_token`: the Bearer token of /admin (none:
-    /admin is off); `counters`: model -> how its prompts are counted (default: words; see
-    hetserve.route.request)."""
+    """Routes by `plan` over `backends` (group id -> URLs, and names to resolve: see
+    gateway.backends). `api_keys`: the Bearer tokens clients must send to /v1 (none: open);
+    `admin_token`: the Bearer token of /admin (none: /admin is off); `counters`: model -> how
+    its prompts are counted (default: words; see hetserve.route.request); `resolver`: async
+    (host, port) -> [(address, port)] for the `resolve: true` names (default: getaddrinfo),
+    resolved at startup and every `resolve_interval` seconds (0: at startup only)."""
 
-    def __init__(self, plan: Plan, backends: dict[str, list[str]],
+    def __init__(self, plan: Plan, backends: Backends,
                  api_keys: Sequence[str] = (), admin_token: str | None = None,
                  max_body: int = MAX_BODY, queue_factor: float = QUEUE_FACTOR,
                  health_interval: float = HEALTH_INTERVAL,
                  counters: dict[str, PromptCounter] | None = None,
-                 read_timeout: float = READ_TIMEOUT) -> None:
+                 read_timeout: float = READ_TIMEOUT,
+                 resolver: Callable[[str, int], Awaitable[Iterable[Address]]] | None = None,
+                 resolve_interval: float = RESOLVE_SECONDS) -> None:
         self.api_keys = frozenset(api_keys)
+        self.resolver = resolver or resolve
+        self.resolve_interval = resolve_interval
+        self._resolve_task: asyncio.Task | None = None
+        self.resolved: dict[str, list[Address]] = {}  # name's URL -> its last known addresses
+        self._unresolved: set[str] = set()  # names whose last resolution failed (logged once)
+        self.fleets: dict[str, ModelFleet] = {}
         self.read_timeout = read_timeout
         self.counters = dict(counters or {})
         self.health_interval = health_interval
@@ -217,6 +257,10 @@ class Gateway:
         self.ejections = Counter("hetserve:health_changes", "Replicas ejected by a failed "
                                  "health check, or back.", ["model", "change"],
                                  registry=self.registry)
+        self.discovered = Gauge("hetserve:discovered_replicas", "Replicas of a group found by "
+                                "resolving its backends' names (resolve: true: one per "
+                                "address; 0 while a name never resolved).", ["model", "group"],
+                                registry=self.registry)
         self._install(plan, backends)
         self.session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=max_body, middlewares=[self._auth])
@@ -226,21 +270,44 @@ class Gateway:
         self.app.on_startup.append(self._open)
         self.app.on_cleanup.append(self._close)
 
-    def _install(self, plan: Plan, backends: dict[str, list[str]]) -> None:
-        """Routing state for `plan` over `backends`, in one assignment."""
-        fleets, routers = self._build(plan, backends, self.queue_factor)
+    def _install(self, plan: Plan, backends: Backends) -> None:
+        """Routing state for `plan` over `backends` (its names as last resolved), in one
+        assignment. A replica the new state keeps (same model, group, deployment and URL) is
+        the same object, with its requests in flight, health and time set aside."""
+        keep = {e.url for e in names(backends)}
+        self.resolved = {url: a for url, a in self.resolved.items() if url in keep}
+        urls = expand(backends, self.resolved)
+        before = {(m, f.group_ids[r.group], r.url) for m, f in self.fleets.items()
+                  for r in f.replicas}
+        fleets, routers = self._build(plan, urls, self.queue_factor, self.fleets)
         self.plan, self.fleets, self.routers = plan, fleets, routers
         self.names = served_models(plan)
-        self.backends = backends
+        self.spec, self.backends = backends, urls
+        now = {(m, f.group_ids[r.group], r.url) for m, f in fleets.items() for r in f.replicas}
+        for labels in before - now:  # a replica gone: its health is no longer reported
+            with contextlib.suppress(KeyError):
+                self.healthy.remove(*labels)
         self.planned.clear()
         self.cost.clear()
+        self.discovered.clear()
         for g in plan.groups:
             self.planned.labels(g.model, g.id).set(plan.planned_share(g))
             self.cost.labels(g.model, g.id, g.accelerator).set(g.usd_per_hour)
+            found = [e for e in backends[g.id] if isinstance(e, Resolve)]
+            if found:
+                self.discovered.labels(g.model, g.id).set(
+                    sum(len(self.resolved.get(e.url, ())) for e in found))
 
     @staticmethod
-    def _build(plan: Plan, backends: dict[str, list[str]], queue_factor: float
+    def _build(plan: Plan, backends: dict[str, list[str]], queue_factor: float,
+               previous: dict[str, ModelFleet] | None = None
                ) -> tuple[dict[str, ModelFleet], dict[str, PlanRouter]]:
+        """Fleets and routers; a replica of `previous` fleets with the same model, group,
+        deployment and URL is kept (each at most once)."""
+        old: dict[tuple[str, str, str], list[Replica]] = {}
+        for model, fleet in (previous or {}).items():
+            for r in fleet.replicas:
+                old.setdefault((model, fleet.group_ids[r.group], r.url), []).append(r)
         fleets, routers = {}, {}
         for entry in plan.models:
             groups = [g for g in plan.groups if g.model == entry.name]
@@ -249,11 +316,20 @@ class Gateway:
             for j, (g, dep) in enumerate(zip(groups, deps, strict=True)):
                 members.append(list(range(len(replicas), len(replicas) + len(backends[g.id]))))
                 cap = max(1, int(queue_factor * dep.max_seqs))
-                replicas += [Replica(url, j, dep, g.kv_tokens or dep.kv_capacity_tokens, cap)
-                             for url in backends[g.id]]
-            fleets[entry.name] = ModelFleet(replicas, members, [g.id for g in groups])
-            routers[entry.name] = PlanRouter(fleets[entry.name], RoutingTable.from_plan(
-                entry, groups, deps))
+                kv = g.kv_tokens or dep.kv_capacity_tokens
+                for url in backends[g.id]:
+                    same = old.get((entry.name, g.id, url))
+                    if same and (same[0].group, same[0].deployment, same[0].kv_tokens,
+                                 same[0].cap) == (j, dep, kv, cap):
+                        replicas.append(same.pop(0))
+                    else:
+                        replicas.append(Replica(url, j, dep, kv, cap))
+            fleet = fleets[entry.name] = ModelFleet(replicas, members, [g.id for g in groups])
+            for i, r in enumerate(replicas):
+                r.home = (fleet.index, i)
+                if r.in_flight:
+                    fleet.index.set(i, r.in_flight)
+            routers[entry.name] = PlanRouter(fleet, RoutingTable.from_plan(entry, groups, deps))
         return fleets, routers
 
     @web.middleware
@@ -296,14 +372,17 @@ class Gateway:
             return self._refuse(400, str(exc))
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(413, "body: larger than the gateway accepts")
+        # names the gateway has not resolved yet: before they route (bounded by the timeout)
+        await self._resolve([e for e in names(backends) if e.url not in self.resolved])
         self._install(plan, backends)
         self.plan_swaps.inc()
-        return web.json_response({"groups": {g: len(u) for g, u in backends.items()},
+        return web.json_response({"groups": {g: len(u) for g, u in self.backends.items()},
                                   "models": [m.name for m in plan.models]})
 
     async def current_plan(self, request: web.Request) -> web.Response:
-        """The plan routing now and its backends (what POST /admin/plan takes)."""
-        return web.json_response({"plan": self.plan.to_dict(), "backends": self.backends})
+        """The plan routing now and its backends (what POST /admin/plan takes: names to
+        resolve as given, not their addresses)."""
+        return web.json_response({"plan": self.plan.to_dict(), "backends": to_json(self.spec)})
 
     async def _open(self, app) -> None:
         gc.collect()
@@ -314,10 +393,16 @@ class Gateway:
                                           sock_read=self.read_timeout))
         if self.health_interval > 0:
             self._health_task = asyncio.get_running_loop().create_task(self._check_health())
+        if names(self.spec):  # before the gateway listens
+            await self._resolve(names(self.spec))
+            self._follow()
+        if self.resolve_interval > 0:
+            self._resolve_task = asyncio.get_running_loop().create_task(self._discover())
 
     async def _close(self, app) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._resolve_task):
+            if task is not None:
+                task.cancel()
         if self.session is not None:
             await self.session.close()
 
@@ -342,6 +427,61 @@ class Gateway:
             await asyncio.gather(*(probe(m, f, r) for m, f in fleets.items()
                                    for r in f.replicas))
             await asyncio.sleep(self.health_interval)
+
+    async def _discover(self) -> None:
+        """Every resolve_interval: resolve the backends' names again; a group whose addresses
+        changed routes over the new ones (the plan re-installed with them)."""
+        while True:
+            await asyncio.sleep(self.resolve_interval)
+            try:
+                await self._resolve(names(self.spec))
+                self._follow()
+            except Exception:  # never let one bad round end discovery
+                DISCOVERY_LOG.exception("resolving the backends' names failed")
+
+    def _follow(self) -> None:
+        """Re-install the current plan if its names now resolve to other addresses."""
+        if expand(self.spec, self.resolved) != self.backends:
+            self._install(self.plan, self.spec)
+
+    async def _resolve(self, entries: Sequence[Resolve]) -> None:
+        """Resolve each name once, at the same time; a name that resolves to nothing or fails
+        keeps its last known addresses (none yet: its URL serves as one replica)."""
+        if not entries:
+            return
+        found = await asyncio.gather(*(self._lookup(e) for e in entries))
+        for e, (got, why) in zip(entries, found, strict=True):
+            known = self.resolved.get(e.url)
+            if not got:
+                if e.url not in self._unresolved:
+                    self._unresolved.add(e.url)
+                    DISCOVERY_LOG.warning(
+                        "%s: %s; %s", e.url, why,
+                        f"keeping its {len(known)} last known addresses" if known else
+                        "routing to the URL itself until it resolves")
+                continue
+            if e.url in self._unresolved:
+                self._unresolved.discard(e.url)
+                if known:  # (else the change below says it)
+                    DISCOVERY_LOG.info("%s resolves again", e.url)
+            if got != known:
+                self.resolved[e.url] = got
+                old, new = set(known or ()), set(got)
+                change = [f"+{_where(a)}" for a in got if a not in old] + \
+                    [f"-{_where(a)}" for a in known or () if a not in new]
+                DISCOVERY_LOG.info("%s: %d replica%s (%s)", e.url, len(got),
+                                   "" if len(got) == 1 else "s", ", ".join(change))
+
+    async def _lookup(self, e: Resolve) -> tuple[list[Address], str]:
+        """(addresses, deduplicated and sorted, or none; why none)."""
+        try:
+            got = await asyncio.wait_for(self.resolver(e.host, e.port), RESOLVE_TIMEOUT)
+        except TimeoutError:
+            return [], f"no answer from the resolver in {RESOLVE_TIMEOUT:g} s"
+        except (OSError, UnicodeError, ValueError) as exc:
+            return [], f"cannot resolve {e.host} ({getattr(exc, 'strerror', None) or exc})"
+        got = addresses(got)
+        return got, "" if got else f"{e.host} resolves to no address (no pod ready yet?)"
 
     def model_of(self, name) -> str:
         """The plan's model served under `name`: its name or its Hugging Face id, the names its
@@ -538,6 +678,11 @@ class Gateway:
         total = sum(served.values())
         for g, n in served.items():
             self.share.labels(model, g).set(n / total)
+
+
+def _where(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def served_models(plan: Plan) -> dict[str, str]:
