@@ -207,7 +207,7 @@ def test_kubernetes_steps_dry_run_writes_manifests_and_changes_nothing(tmp_path)
     backends = asyncio.run(steps.up(big))
     assert not steps.live and all(line.startswith("(dry run) kubectl ") for line in said)
     names = group_names(big)
-    assert backends == {g.id: [f"http://{names[g.id]}.ns.svc.cluster.local:8000"] * g.replicas
-                        for g in big.groups}
+    assert backends == {g.id: [{"url": f"http://{names[g.id]}-pods.ns.svc.cluster.local:8000",
+                                "resolve": True}] for g in big.groups}
     assert (tmp_path / "gateway.yaml").exists()
     assert all((tmp_path / f"{n}.yaml").exists() for n in names.values())

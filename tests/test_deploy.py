@@ -20,7 +20,7 @@ from hetserve.catalog import load_catalog
 from hetserve.deploy import Options, group_names, render
 from hetserve.deploy.diff import actions, changes
 from hetserve.errors import HetserveError
-from hetserve.gateway.backends import parse_backends
+from hetserve.gateway.backends import Resolve, parse_backends
 from hetserve.plan.planfile import Plan, parse_plan
 from tests.test_cli import cli
 
@@ -104,10 +104,16 @@ def test_kubernetes_manifests_of_the_demo_plan_validate():
         validate(doc)
     kinds = [d["kind"] for d in all_docs]
     assert kinds.count("Deployment") == len(plan.groups) + 1  # engines and the gateway
-    assert kinds.count("Service") == len(plan.groups) + 1
+    assert kinds.count("Service") == 2 * len(plan.groups) + 1  # and a headless one per group
     assert kinds.count("ServiceMonitor") == 1 and kinds.count("ConfigMap") == 2
     for g in plan.groups:
-        engine, service = yaml.safe_load_all(files[f"{names[g.id]}.yaml"])
+        engine, service, pods = yaml.safe_load_all(files[f"{names[g.id]}.yaml"])
+        # the headless Service beside it: the same pods, one DNS address per ready one
+        assert pods["metadata"]["name"] == f"{names[g.id]}-pods"
+        assert pods["spec"] == {"clusterIP": "None", "selector": service["spec"]["selector"],
+                                "ports": service["spec"]["ports"],
+                                "publishNotReadyAddresses": False}
+        assert "clusterIP" not in service["spec"]  # the group's Service stays as it was
         assert engine["spec"]["replicas"] == g.replicas
         pod = engine["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -129,17 +135,22 @@ def test_kubernetes_manifests_of_the_demo_plan_validate():
     again = parse_plan(json.loads(config["plan.json"]), "configmap")
     assert again == plan
     urls = parse_backends(yaml.safe_load(config["backends.yaml"]), again, "configmap")
-    for g in plan.groups:  # one Service address per group, counted as its replicas
-        assert urls[g.id] == [f"http://{names[g.id]}.serving.svc.cluster.local:8000"] * \
-            g.replicas
+    for g in plan.groups:  # per group its headless Service, resolved to one replica per pod
+        (entry,) = urls[g.id]
+        assert isinstance(entry, Resolve) and entry.url == \
+            f"http://{names[g.id]}-pods.serving.svc.cluster.local:8000"
     assert set(gateway) == {"ConfigMap", "Deployment", "Service"}
     monitor = next(yaml.safe_load_all(files["monitor.yaml"]))["spec"]
     assert monitor["endpoints"][0]["path"] == "/metrics"
-    # the monitor's selector matches every Service (gateway and engines)
+    # the monitor's selector matches every Service (gateway and engines) but the headless ones
+    # (each pod is scraped once)
+    (rule,) = monitor["selector"]["matchExpressions"]
+    assert rule["operator"] == "DoesNotExist"
     for doc in all_docs:
         if doc["kind"] == "Service":
             labels = doc["metadata"]["labels"]
             assert all(labels.get(k) == v for k, v in monitor["selector"]["matchLabels"].items())
+            assert (rule["key"] in labels) == (doc["spec"].get("clusterIP") == "None")
 
 
 def test_a_broken_manifest_fails_validation():
@@ -166,9 +177,11 @@ def test_multinode_replicas_are_leaderworkersets():
     (g,) = plan.groups
     assert (g.tp, g.pp, g.devices_per_replica) == (8, 2, 16)
     files = render(plan, "kubernetes", Options(cluster="eks"))
-    lws, service = yaml.safe_load_all(files[f"{group_names(plan)[g.id]}.yaml"])
+    lws, service, pods = yaml.safe_load_all(files[f"{group_names(plan)[g.id]}.yaml"])
     validate(lws)
     validate(service)
+    validate(pods)
+    assert pods["spec"]["selector"]["role"] == "leader"  # the pods that serve
     assert lws["kind"] == "LeaderWorkerSet" and lws["spec"]["replicas"] == g.replicas
     assert lws["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] == {
         "maxSurge": 1, "maxUnavailable": 0}  # a new group before an old one goes
@@ -434,6 +447,7 @@ def test_replacing_a_type_creates_before_it_deletes():
     last_ready = max(i for i, s in enumerate(steps) if "rollout status" in s)
     assert last_ready < first_delete
     assert sum(s.startswith("kubectl delete") for s in steps) == len(deleted)
+    assert all(f"service/{n} service/{n}-pods" in " ".join(steps) for n in deleted)
 
 
 def test_deploy_cli(tmp_path):
@@ -495,3 +509,12 @@ def test_deploy_diff_cli_dry_run_and_apply(tmp_path, monkeypatch):
     rc, _, err = cli("deploy", "--from", str(old), "--to", str(new), "--out",
                      str(tmp_path / "d"), "--apply")
     assert rc == 2 and f"--apply: '{expected[0]}' failed with exit code 1" in err
+
+
+def test_headless_service_names_stay_dns_labels():
+    from hetserve.deploy import pods_name
+
+    assert pods_name("llama-3-1-8b-l4-tp1") == "llama-3-1-8b-l4-tp1-pods"
+    long = ["m" * 60 + "-a", "m" * 60 + "-b", "m" * 63]
+    got = [pods_name(n) for n in long]
+    assert all(len(n) <= 63 and n.endswith("-pods") for n in got) and len(set(got)) == 3

@@ -231,7 +231,7 @@ class KubernetesSteps:
     def start(self, plan: Plan) -> None:
         self.current = plan
 
-    async def up(self, plan: Plan) -> dict[str, list[str]]:
+    async def up(self, plan: Plan) -> dict[str, list]:
         from pathlib import Path
 
         from hetserve.deploy import group_names
@@ -247,8 +247,8 @@ class KubernetesSteps:
         before, _, self._after = phases(self.current, plan, self.opts, self.folder)
         await self._run(before)
         self.current = plan
-        out = backends(plan, group_names(plan), self.opts.namespace)
-        return {g: [e["url"]] * e["replicas"] for g, (e,) in out.items()}
+        # each group's headless Service, which the gateway resolves to its ready pods
+        return backends(plan, group_names(plan), self.opts.namespace)
 
     async def down(self, plan: Plan) -> None:
         await self._run(self._after)

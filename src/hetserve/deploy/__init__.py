@@ -9,6 +9,7 @@ cluster; `diff` lists the commands that move a cluster from one plan to the next
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from hetserve.plan.planfile import Plan, ReplicaGroup
 from hetserve.plan.serving import PORT
 
 __all__ = ["Options", "TARGETS", "check_deployable", "group_names", "nodes_per_replica",
-           "render"]
+           "pods_name", "render"]
 
 TARGETS = ("kubernetes", "skypilot", "ray")
 CLUSTERS = ("gke", "eks", "aks", "gfd")
@@ -65,6 +66,15 @@ def group_names(plan: Plan) -> dict[str, str]:
             k += 1
         names[g.id] = name
     return names
+
+
+def pods_name(name: str) -> str:
+    """The name of the headless Service that lists a group's ready pods (the gateway resolves
+    it to one replica per pod): `NAME-pods`, within a DNS label's 63 characters."""
+    if len(name) <= 58:
+        return f"{name}-pods"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:5]  # distinct for distinct names
+    return f"{name[:52].rstrip('-')}-{digest}-pods"
 
 
 def nodes_per_replica(plan: Plan, group: ReplicaGroup) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from hetserve.deploy import Options, group_names, nodes_per_replica
+from hetserve.deploy import Options, group_names, nodes_per_replica, pods_name
 from hetserve.plan.planfile import Plan, ReplicaGroup
 
 
@@ -75,7 +75,8 @@ def phases(old: Plan, new: Plan, opts: Options, folder: str
         if c.kind == "shrink" or (c.kind == "update" and c.new < c.old):
             last.append(f"kubectl scale {ns} {ref} --replicas={c.new}")
         elif c.kind == "delete":
-            last.append(f"kubectl delete {ns} {ref} service/{c.name}")
+            last.append(f"kubectl delete {ns} {ref} service/{c.name} "
+                        f"service/{pods_name(c.name)}")
         if c.kind in ("create", "update", "grow"):
             wait.append(f"kubectl rollout status {ns} {ref} --timeout=30m"
                         if c.workload == "deployment" else

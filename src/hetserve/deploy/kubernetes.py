@@ -1,6 +1,8 @@
 """A plan as Kubernetes manifests: per replica group a vLLM Deployment (a LeaderWorkerSet where a
-replica spans nodes) and its Service; the gateway with the plan in a ConfigMap and its Service; a
-ServiceMonitor; a Grafana dashboard; a kustomization listing them (`kubectl apply -k DIR`)."""
+replica spans nodes), its Service, and a headless Service (`NAME-pods`) that lists its ready
+pods, which the gateway resolves to one replica per pod; the gateway with the plan in a
+ConfigMap and its Service; a ServiceMonitor; a Grafana dashboard; a kustomization listing them
+(`kubectl apply -k DIR`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from hetserve.deploy import (
     group_names,
     image,
     nodes_per_replica,
+    pods_name,
 )
 from hetserve.deploy.dashboard import dashboard
 from hetserve.errors import HetserveError
@@ -24,6 +27,9 @@ from hetserve.plan.planfile import Plan, ReplicaGroup
 from hetserve.plan.serving import PORT
 
 PART_OF = {"app.kubernetes.io/part-of": "hetserve"}
+# on the headless Services: the ServiceMonitor leaves them out (their pods are scraped once,
+# through the group's Service)
+HEADLESS = "hetserve.dev/headless"
 STARTUP_SECONDS = 1800  # a replica may take this long to download and load its weights
 SHM = "16Gi"  # /dev/shm for the engine's tensor-parallel workers
 PROBE_TIMEOUT = 5
@@ -54,9 +60,10 @@ def render_kubernetes(plan: Plan, opts: Options) -> dict[str, str]:
 
 
 def backends(plan: Plan, names: dict[str, str], namespace: str) -> dict:
-    """The gateway's backends file: each group's Service, balancing over its replicas."""
-    return {g.id: [{"url": f"http://{names[g.id]}.{namespace}.svc.cluster.local:{PORT}",
-                    "replicas": g.replicas}] for g in plan.groups}
+    """The gateway's backends file: each group's headless Service, which the gateway resolves
+    to one replica per ready pod (again every few seconds)."""
+    return {g.id: [{"url": f"http://{pods_name(names[g.id])}.{namespace}.svc.cluster.local:"
+                           f"{PORT}", "resolve": True}] for g in plan.groups}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -202,11 +209,18 @@ def _group(plan: Plan, g: ReplicaGroup, name: str, opts: Options) -> list[dict]:
                 "workerTemplate": _engine_pod(plan, g, {**labels, "role": "worker"}, opts,
                                               per_pod, worker, probes=False)}}}
         selector = {"app.kubernetes.io/name": name, "role": "leader"}
+    ports = [{"name": "http", "port": PORT, "targetPort": "http"}]
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {
         "name": name, "namespace": opts.namespace, "labels": labels},
-        "spec": {"selector": selector,
-                 "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]}}
-    return [workload, service]
+        "spec": {"selector": selector, "ports": ports}}
+    # the same pods, one DNS address each: only ready ones, so a draining pod leaves the name
+    # (the gateway routes per pod over these; others may use the Service above)
+    pods = {"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": pods_name(name), "namespace": opts.namespace,
+        "labels": {**labels, HEADLESS: "true"}},
+        "spec": {"clusterIP": "None", "selector": selector, "ports": ports,
+                 "publishNotReadyAddresses": False}}
+    return [workload, service, pods]
 
 
 def _label_value(text: str) -> str:
@@ -257,10 +271,12 @@ def gateway(plan: Plan, names: dict[str, str], opts: Options) -> list[dict]:
 
 
 def monitor(opts: Options) -> dict:
-    """A ServiceMonitor (Prometheus Operator) over the gateway and every engine Service: all
-    serve /metrics on port http. In a file of its own: it needs the operator's CRD."""
+    """A ServiceMonitor (Prometheus Operator) over the gateway and every engine Service (not
+    the headless ones, which list the same pods): all serve /metrics on port http. In a file of
+    its own: it needs the operator's CRD."""
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
             "metadata": _meta("hetserve", opts), "spec": {
-                "selector": {"matchLabels": PART_OF},
+                "selector": {"matchLabels": PART_OF, "matchExpressions": [
+                    {"key": HEADLESS, "operator": "DoesNotExist"}]},
                 "namespaceSelector": {"matchNames": [opts.namespace]},
                 "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]}}
