@@ -276,6 +276,7 @@ class Gateway:
         the same object, with its requests in flight, health and time set aside."""
         keep = {e.url for e in names(backends)}
         self.resolved = {url: a for url, a in self.resolved.items() if url in keep}
+        self._unresolved &= keep
         urls = expand(backends, self.resolved)
         before = {(m, f.group_ids[r.group], r.url) for m, f in self.fleets.items()
                   for r in f.replicas}
