@@ -257,7 +257,7 @@ def test_dashboard_queries_name_metrics_the_gateway_exports():
     plan = small_plan()
     board = dashboard(plan)
     titles = [p["title"] for p in board["panels"]]
-    assert len(titles) == 10 and "Cost per hour" in titles
+    assert len(titles) == 11 and "Cost per hour" in titles
     assert any("SLO attainment" in t for t in titles)
     gw = Gateway(plan, {g.id: ["http://127.0.0.1:9"] for g in plan.groups})
     gw.requests.labels(plan.models[0].name, "g0", "ok").inc()
@@ -268,6 +268,8 @@ def test_dashboard_queries_name_metrics_the_gateway_exports():
         histogram.labels(plan.models[0].name, "g0", "in1-256").observe(0.1)
     gw.latency.labels(plan.models[0].name, "g0").observe(0.1)
     gw._count_share(plan.models[0].name, "g0")
+    gw.discovered.labels(plan.models[0].name, "g0").set(2)  # set by DNS discovery
+    gw.healthy.labels(plan.models[0].name, "g0", "http://127.0.0.1:9").set(1)  # health checks
     exported = generate_latest(gw.registry).decode()
     import re
     wanted = {m for p in board["panels"] for t in p["targets"]

@@ -38,8 +38,11 @@ def dashboard(plan: Plan) -> dict:
         ("Share of requests: realised against planned",
          [("sum by (group) (hetserve:group_share)", "{{group}} realised"),
           ("sum by (group) (hetserve:planned_share)", "{{group}} planned")], "percentunit"),
-        ("SLO attainment (streamed requests within TTFT and TPOT)",
+        ("SLO attainment (streamed requests within TTFT and TPOT; each model must reach "
+         "the target)",
          [(f"sum(rate({met}[1h])) / sum(rate(hetserve:slo_requests_total[1h]))", "all"),
+          (f"sum by (model) (rate({met}[1h])) / sum by (model) "
+           "(rate(hetserve:slo_requests_total[1h]))", "{{model}}"),
           (f"sum by (group) (rate({met}[1h])) / sum by (group) "
            "(rate(hetserve:slo_requests_total[1h]))", "{{group}}")], "percentunit"),
         ("Cost per hour", [("sum(hetserve:group_usd_per_hour)", "plan"),
@@ -60,6 +63,9 @@ def dashboard(plan: Plan) -> dict:
           ("sum by (service) (vllm:num_requests_waiting)", "{{service}} waiting")], "short"),
         ("Engines: KV cache used", [("max by (service) (vllm:kv_cache_usage_perc)",
                                      "{{service}}")], "percentunit"),
+        ("Replicas: found by DNS and healthy, by group",
+         [("sum by (group) (hetserve:discovered_replicas)", "{{group}} found"),
+          ("sum by (group) (hetserve:replica_healthy)", "{{group}} healthy")], "short"),
     ]
     panels = [_panel(k, title, targets, unit) for k, (title, targets, unit) in enumerate(specs)]
     panels[2]["fieldConfig"]["defaults"].update(
