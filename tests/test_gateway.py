@@ -883,3 +883,56 @@ def test_a_kept_replica_brings_its_requests_in_flight_to_the_new_fleet(plan):
     old.count(0, -1)  # a request sent before the change ends
     assert new.load(0, 0.0) == 1 and new.index.load[0] == 1
     assert new.index.least(0) == 1  # the idle new address first
+
+
+def test_a_name_the_chosen_engine_does_not_serve_is_rewritten_to_one_it_does():
+    """SGLang serves one name (--served-model-name takes one: the plan's), TensorRT-LLM the
+    model it loads (the Hugging Face id): a request by the other name reaches the engine under
+    one it answers to; a name it serves goes through as the client's own bytes."""
+    from aiohttp import web
+
+    from hetserve.plan.serving import engine_names
+
+    names = ["llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert engine_names("vllm", names) == names
+    assert engine_names("sglang", names) == names[:1]
+    assert engine_names("trt-llm", names) == names[1:]
+    plan = hetserve.make_plan(MODEL, workload="azure-conv", rate=1, baselines=False,
+                              engine="sglang", catalog=load_catalog().only(["H100-SXM"]))
+    (group,) = plan.groups
+    assert group.engine == "sglang"
+    at = group.command.index("--served-model-name")
+    assert group.command[at + 1:at + 3] == [MODEL, "--host"]  # one name, the plan's
+    seen: list[bytes] = []
+
+    async def complete(request):
+        seen.append(await request.read())
+        return web.json_response({"id": "c", "object": "text_completion", "model": MODEL,
+                                  "choices": [{"index": 0, "text": "x", "finish_reason": "length"}],
+                                  "usage": {"prompt_tokens": 2, "completion_tokens": 1,
+                                            "total_tokens": 3}})
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", complete)])
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    backend = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        gw = Gateway(plan, {group.id: [backend]}, health_interval=0)
+        with serving(gw) as url:
+            sent = []
+            for name in names:
+                body = json.dumps({"model": name, "prompt": "a b", "max_tokens": 1}).encode()
+                sent.append(body)
+                status, _ = post(url + "/v1/completions", body)
+                assert status == 200
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+    assert seen[0] == sent[0]  # the plan's name: the client's bytes
+    assert json.loads(seen[1]) == {"model": MODEL, "prompt": "a b", "max_tokens": 1}

@@ -79,6 +79,7 @@ from hetserve.gateway.backends import (
 )
 from hetserve.perf import Deployment
 from hetserve.plan.planfile import Plan, parse_plan
+from hetserve.plan.serving import engine_names
 from hetserve.route import PlanRouter, RoutingTable
 from hetserve.route.loads import LoadIndex
 from hetserve.route.request import (
@@ -592,10 +593,14 @@ class Gateway:
         first = 0.0
         outcome = "error"
         try:
+            served = engine_names(replica.deployment.engine,
+                                  self.plan.model_entry(model).served_names)
+            if body.get("model") in served:  # the client's own bytes (read once, cached by
+                data = await request.read()  # aiohttp): no re-encoding
+            else:  # a name of the model this engine does not answer to (SGLang serves one)
+                data = json.dumps(body | {"model": served[0]}).encode()
             try:
-                # the client's own bytes (read once, cached by aiohttp): no re-encoding
-                upstream = await self.session.post(replica.url + path,
-                                                   data=await request.read(),
+                upstream = await self.session.post(replica.url + path, data=data,
                                                    headers=JSON_HEADERS)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome = _failure(exc)

@@ -80,7 +80,8 @@ def engine_command(engine: str, *, hf_id: str, names: list[str], tp: int, pp: in
         return cmd
     if engine == "sglang":
         cmd = ["python3", "-m", "sglang.launch_server", "--model-path", hf_id,
-               "--served-model-name", names[0], "--host", "0.0.0.0", "--port", str(port),
+               "--served-model-name", *engine_names(engine, names), "--host", "0.0.0.0",
+               "--port", str(port),
                "--tp-size", str(tp), "--pp-size", str(pp),
                "--max-running-requests", str(max_num_seqs),
                "--chunked-prefill-size", str(max_num_batched_tokens),
@@ -99,6 +100,18 @@ def engine_command(engine: str, *, hf_id: str, names: list[str], tp: int, pp: in
                 "--kv_cache_free_gpu_memory_fraction", f"{gpu_memory_utilization:g}",
                 "--max_seq_len", str(max_model_len)]
     raise ValueError(f"engine {engine!r}: no command known")
+
+
+def engine_names(engine: str, names: list[str]) -> list[str]:
+    """Of a model's served names (the plan's name, then its Hugging Face id), those the engine's
+    server answers to with engine_command: vLLM every one (--served-model-name takes several),
+    SGLang the first (its flag takes one), TensorRT-LLM the model it loads (the Hugging Face
+    id)."""
+    if engine == "sglang":
+        return names[:1]
+    if engine == "trt-llm":
+        return names[-1:]
+    return list(names)
 
 
 def flag(command: list[str], name: str) -> str | None:
