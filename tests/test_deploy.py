@@ -382,12 +382,18 @@ def test_a_changed_plan_yields_only_its_scale_actions_new_capacity_first():
     assert [(c.name, c.kind, c.old, c.new) for c in changes(old, new)] == [
         (names["g0"], "grow", old.groups[0].replicas, old.groups[0].replicas + 2)]
     steps = actions(old, new, Options(namespace="ns"), "out")
-    assert steps == [
+
+    def headless(ns, folder):  # every group's headless Service alone (a cluster deployed
+        return [f"kubectl apply -n {ns} -f {folder}/{n}.yaml -l hetserve.dev/headless=true"
+                for n in names.values()]  # before they existed has none), workloads untouched
+
+    assert steps == headless("ns", "out") + [
         f"kubectl scale -n ns deployment/{names['g0']} --replicas={old.groups[0].replicas + 2}",
         f"kubectl rollout status -n ns deployment/{names['g0']} --timeout=30m",
         "kubectl apply -n ns -f out/gateway.yaml",
         "kubectl rollout status -n ns deployment/hetserve-gateway --timeout=10m"]
-    assert keep is None or names["g1"] not in " ".join(steps)  # untouched: no action
+    assert keep is None or [s for s in steps if names["g1"] in s] == [  # untouched: no action
+        f"kubectl apply -n ns -f out/{names['g1']}.yaml -l hetserve.dev/headless=true"]
     # back again: the shrink comes after the gateway has the plan without that capacity
     back = actions(new, old, Options(namespace="ns"), "out")
     assert back[-1] == (f"kubectl scale -n ns deployment/{names['g0']} "
@@ -400,7 +406,7 @@ def test_a_changed_plan_yields_only_its_scale_actions_new_capacity_first():
     data["models"][0]["slo"]["ttft"] = 1.5
     slo = parse_plan(data, "slo")
     assert changes(old, slo) == []
-    assert actions(old, slo, Options(), "d") == [
+    assert actions(old, slo, Options(), "d") == headless("default", "d") + [
         "kubectl apply -n default -f d/gateway.yaml",
         "kubectl rollout status -n default deployment/hetserve-gateway --timeout=10m"]
     digest = [next(d for d in yaml.safe_load_all(render(p, "kubernetes", Options())[
@@ -428,7 +434,9 @@ def test_an_engine_change_that_shrinks_rolls_out_at_the_old_size_first():
     name = group_names(new)["g0"]
     assert [(c.kind, c.old, c.new) for c in changes(old, new)] == [("update", 3, 1)]
     steps = actions(old, new, Options(), "d")
-    assert steps[0] == f"kubectl apply -n default -f d/{name}.yaml"
+    full = steps.index(f"kubectl apply -n default -f d/{name}.yaml")  # the whole group first,
+    assert all(s.endswith("-l hetserve.dev/headless=true") for s in steps[:full])  # but the
+    assert full == len(new.groups) - 1  # other groups' headless Services
     assert steps[-1] == f"kubectl scale -n default deployment/{name} --replicas=1"
     assert steps.index("kubectl apply -n default -f d/gateway.yaml") < len(steps) - 1
     rolled = next(yaml.safe_load_all(manifests(old, new, Options())[f"{name}.yaml"]))

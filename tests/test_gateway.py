@@ -194,9 +194,9 @@ def test_backends_names_to_resolve_are_checked_and_expanded(plan):
                            "http://[fd00::1]:8000"]
     assert got[ids[-1]] == ["http://10.0.0.9:8000"]
     # the default port and a path are kept; resolve: false is a plain URL
-    (https,) = parse_backends({g: [{"url": "https://pods/v", "resolve": True}] for g in ids},
+    (named,) = parse_backends({g: [{"url": "http://pods/v", "resolve": True}] for g in ids},
                               plan, "b.yaml")[ids[0]]
-    assert https.urls([("10.1.1.1", https.port)]) == ["https://10.1.1.1:443/v"]
+    assert named.urls([("10.1.1.1", named.port)]) == ["http://10.1.1.1:80/v"]
     plain = {g: [{"url": "http://10.0.0.9:8000", "resolve": False}] for g in ids}
     assert parse_backends(plain, plan, "b.yaml")[ids[0]] == ["http://10.0.0.9:8000"]
     good = {g: ["http://127.0.0.1:9"] for g in ids}
@@ -209,7 +209,9 @@ def test_backends_names_to_resolve_are_checked_and_expanded(plan):
                                         "resolve: true}, got keys url, resolv"),
         ({"url": "ftp://pods", "resolve": True}, "'ftp://pods' is not an http(s) URL"),
         ({"url": "http://pods:99999", "resolve": True}, "http://pods:99999: not a valid port"),
-        ({"url": "http://u@pods:80", "resolve": True}, "resolve: expected http(s)://HOST"),
+        ({"url": "http://u@pods:80", "resolve": True}, "resolve: expected http://HOST"),
+        ({"url": "https://pods", "resolve": True}, "https://pods: resolve: expected an http URL "
+                                                   "(the replicas are reached by address"),
     ]:
         with pytest.raises(HetserveError, match=re.escape(message)):
             parse_backends({**good, ids[0]: [entry]}, plan, "b.yaml")
@@ -936,3 +938,83 @@ def test_a_name_the_chosen_engine_does_not_serve_is_rewritten_to_one_it_does():
         thread.join(timeout=10)
     assert seen[0] == sent[0]  # the plan's name: the client's bytes
     assert json.loads(seen[1]) == {"model": MODEL, "prompt": "a b", "max_tokens": 1}
+
+
+def test_health_of_replicas_gone_during_a_probe_or_before_names_resolve_is_not_reported(plan):
+    """A probe in flight when its replica leaves (a new plan, or a pod out of the DNS answer)
+    reports nothing; and the first health round runs after the names resolve, so the name's
+    own URL (standing in until it resolves) never shows as a replica."""
+    from aiohttp import web
+
+    async def main():
+        async def health(request):
+            await asyncio.sleep(0.3)
+            return web.Response(status=200)
+
+        app = web.Application()
+        app.router.add_get("/health", health)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        a, name = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+
+        async def resolver(host, p):
+            return [("127.0.0.1", p)]
+
+        def series(gw):
+            return sorted((s.labels["group"], s.labels["backend"], s.value)
+                          for m in gw.registry.collect() if m.name == "hetserve:replica_healthy"
+                          for s in m.samples)
+
+        spec = parse_backends({g.id: [{"url": name, "resolve": True}] for g in plan.groups},
+                              plan, "b")
+        gw = Gateway(plan, spec, resolver=resolver, health_interval=5, resolve_interval=0)
+        await gw._open(None)
+        await asyncio.sleep(0.6)
+        named = series(gw)
+        await gw._close(None)
+        gw = Gateway(plan, {g.id: [a] for g in plan.groups}, health_interval=0.2,
+                     resolve_interval=0)
+        await gw._open(None)
+        await asyncio.sleep(0.1)  # a probe of `a` in flight
+        gw._install(plan, {g.id: [name] for g in plan.groups})  # `a` leaves
+        await asyncio.sleep(1.0)
+        moved = series(gw)
+        await gw._close(None)
+        await runner.cleanup()
+        return a, name, named, moved
+
+    a, name, named, moved = asyncio.run(main())
+    assert named == [(g.id, a, 1.0) for g in plan.groups]  # the resolved address, not `name`
+    assert moved == [(g.id, name, 1.0) for g in plan.groups]  # nothing left for `a`
+
+
+def test_a_slow_lookup_is_awaited_again_not_started_again(plan, monkeypatch):
+    """A lookup that outlives the resolve timeout (a DNS outage) is not started anew each
+    round: one per name at most, so lookups never pile up in the shared thread pool."""
+    import hetserve.gateway.server as server
+
+    monkeypatch.setattr(server, "RESOLVE_TIMEOUT", 0.05)
+    calls = []
+
+    async def slow(host, port):
+        calls.append(host)
+        await asyncio.sleep(0.3)
+        return [("127.0.0.1", port)]
+
+    async def main():
+        spec = parse_backends({g.id: [{"url": "http://pods:8000", "resolve": True}]
+                               for g in plan.groups}, plan, "b")
+        gw = Gateway(plan, spec, resolver=slow, health_interval=0, resolve_interval=0)
+        (entry,) = names(spec)
+        first = await gw._lookup(entry)  # times out, the lookup goes on
+        again = await gw._lookup(entry)  # the same lookup, awaited again
+        await asyncio.sleep(0.3)
+        done = await gw._lookup(entry)  # finished meanwhile: its answer
+        return first, again, done
+
+    first, again, done = asyncio.run(main())
+    assert first[0] == [] and again[0] == [] and "no answer from the resolver" in first[1]
+    assert done == ([("127.0.0.1", 8000)], "") and calls == ["pods"]

@@ -194,7 +194,7 @@ class Catalog:
             if isinstance(price, bool) or not isinstance(price, int | float) \
                     or not MIN_PRICE <= price <= MAX_PRICE:
                 raise HetserveError(f"--price {name}: expected a price from {MIN_PRICE:g} to "
-                                    f"{MAX_PRICE:g} $/h per device, got {price:g}")
+                                    f"{MAX_PRICE:g} $/h per device, got {price!r}")
             updated[acc.name] = acc.model_copy(update={"usd_per_hour": float(price)})
         return Catalog(updated.values(), self.available)
 

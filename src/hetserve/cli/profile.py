@@ -10,18 +10,22 @@ import typer
 
 from hetserve.cli.run import deployment_from_options
 from hetserve.errors import HetserveError, check_output, check_plot, positive
+from hetserve.profile.file import MAX_CONCURRENCY
+from hetserve.workload.trace import MAX_TOKENS
 
 DEFAULT_SIZES = "256:96,2048:96,8192:32"  # a short and two long prompts: see profile/fit.py
 DEFAULT_CONCURRENCY = "1,4,16,64"
 
 
-def _ints(text: str, option: str) -> tuple[int, ...]:
+def _ints(text: str, option: str, most: int | None = None) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise HetserveError(f"{option} {text!r}: expected integers like 1,4,16") from None
     for v in values:
         positive(v, option, integer=True)
+        if most is not None and v > most:
+            raise HetserveError(f"{option} {text!r}: expected at most {most:,}, got {v:,}")
     return values
 
 
@@ -33,9 +37,9 @@ def _sizes(text: str) -> tuple[tuple[int, int], ...]:
             size = (int(inp), int(outp))
         except ValueError:
             size = (0, 0)
-        if not sep or min(size) < 1:
+        if not sep or min(size) < 1 or max(size) > MAX_TOKENS:
             raise HetserveError(f"--sizes {text!r}: expected PROMPT:OUTPUT token pairs like "
-                                "512:128,2048:128")
+                                f"512:128,2048:128, each at most {MAX_TOKENS:,}")
         out.append(size)
     return tuple(out)
 
@@ -162,7 +166,8 @@ def _measure(endpoint, model, accelerator, tp, pp, dtype, engine, max_seqs, chun
     dep = deployment_from_options(model, cat.get(accelerator), tp, pp, dtype, engine,
                                   max_seqs, chunk)
     spec = dep.model
-    sweep = Sweep(_sizes(sizes), _ints(concurrency, "--concurrency"), _rates(rates), seconds)
+    sweep = Sweep(_sizes(sizes), _ints(concurrency, "--concurrency", MAX_CONCURRENCY),
+                  _rates(rates), seconds)
     for inp, outp in sweep.sizes:
         if inp + outp > min(dep.kv_capacity_tokens, spec.max_context):
             raise HetserveError(f"--sizes {inp}:{outp}: more tokens than {dep.label} holds")

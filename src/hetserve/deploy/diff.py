@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import yaml
 
 from hetserve.deploy import Options, group_names, nodes_per_replica, pods_name
+from hetserve.deploy.kubernetes import HEADLESS
 from hetserve.plan.planfile import Plan, ReplicaGroup
 
 
@@ -66,6 +67,12 @@ def phases(old: Plan, new: Plan, opts: Options, folder: str
     old capacity down."""
     ns = f"-n {shlex.quote(opts.namespace)}"
     first, wait, last = [], [], []
+    applied = {c.name for c in changes(old, new) if c.kind in ("create", "update")}
+    for name in group_names(new).values():  # every group's headless Service, which the
+        if name not in applied:  # gateway resolves (a cluster deployed before they existed
+            # has none): that object alone from the group's file, the workload untouched
+            first.append(f"kubectl apply {ns} -f {shlex.quote(f'{folder}/{name}.yaml')} "
+                         f"-l {HEADLESS}=true")
     for c in changes(old, new):
         ref = f"{c.workload}/{c.name}"
         if c.kind in ("create", "update"):
@@ -76,7 +83,7 @@ def phases(old: Plan, new: Plan, opts: Options, folder: str
             last.append(f"kubectl scale {ns} {ref} --replicas={c.new}")
         elif c.kind == "delete":
             last.append(f"kubectl delete {ns} {ref} service/{c.name} "
-                        f"service/{pods_name(c.name)}")
+                        f"service/{pods_name(c.name)} --ignore-not-found")
         if c.kind in ("create", "update", "grow"):
             wait.append(f"kubectl rollout status {ns} {ref} --timeout=30m"
                         if c.workload == "deployment" else

@@ -118,12 +118,16 @@ def _expand(item, where: str) -> list[str | Resolve]:
         raise HetserveError(f"{where}: {item!r} is not an http(s) URL")
     if not resolve:
         return [item.rstrip("/")] * count
+    if parsed.scheme == "https":  # a certificate names the host, not each pod's address
+        raise HetserveError(f"{where}: {item}: resolve: expected an http URL (the replicas are "
+                            "reached by address, which a TLS certificate for the name does "
+                            "not cover)")
     try:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
     except ValueError:
         raise HetserveError(f"{where}: {item}: not a valid port") from None
     if not parsed.hostname or "@" in parsed.netloc or parsed.query or parsed.fragment:
-        raise HetserveError(f"{where}: {item}: resolve: expected http(s)://HOST[:PORT][/PATH]")
+        raise HetserveError(f"{where}: {item}: resolve: expected http://HOST[:PORT][/PATH]")
     return [Resolve(item.rstrip("/"), parsed.scheme, parsed.hostname, port,
                     parsed.path.rstrip("/"))]
 

@@ -78,7 +78,7 @@ from hetserve.gateway.backends import (
     to_json,
 )
 from hetserve.perf import Deployment
-from hetserve.plan.planfile import Plan, parse_plan
+from hetserve.plan.planfile import ModelEntry, Plan, parse_plan
 from hetserve.plan.serving import engine_names
 from hetserve.route import PlanRouter, RoutingTable
 from hetserve.route.loads import LoadIndex
@@ -205,6 +205,10 @@ class Gateway:
         self._resolve_task: asyncio.Task | None = None
         self.resolved: dict[str, list[Address]] = {}  # name's URL -> its last known addresses
         self._unresolved: set[str] = set()  # names whose last resolution failed (logged once)
+        # a lookup per name at most: one that outlives RESOLVE_TIMEOUT (a DNS outage can block
+        # getaddrinfo for tens of seconds) is awaited again next round, not started anew, so
+        # lookups never pile up in the thread pool that tokenisation shares
+        self._lookups: dict[str, asyncio.Future] = {}
         self.fleets: dict[str, ModelFleet] = {}
         self.read_timeout = read_timeout
         self.counters = dict(counters or {})
@@ -393,16 +397,16 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0),  # the replicas' caps bound concurrency
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                           sock_read=self.read_timeout))
-        if self.health_interval > 0:
-            self._health_task = asyncio.get_running_loop().create_task(self._check_health())
-        if names(self.spec):  # before the gateway listens
+        if names(self.spec):  # before the gateway listens (and the first health checks)
             await self._resolve(names(self.spec))
             self._follow()
+        if self.health_interval > 0:
+            self._health_task = asyncio.get_running_loop().create_task(self._check_health())
         if self.resolve_interval > 0:
             self._resolve_task = asyncio.get_running_loop().create_task(self._discover())
 
     async def _close(self, app) -> None:
-        for task in (self._health_task, self._resolve_task):
+        for task in (self._health_task, self._resolve_task, *self._lookups.values()):
             if task is not None:
                 task.cancel()
         if self.session is not None:
@@ -413,20 +417,23 @@ class Gateway:
         request goes to it) until it answers 200 again."""
         timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
 
-        async def probe(model: str, fleet: ModelFleet, r: Replica) -> None:
+        async def probe(model: str, r: Replica) -> None:
             try:
                 async with self.session.get(r.url + "/health", timeout=timeout) as resp:
                     ok = resp.status == 200
             except (aiohttp.ClientError, TimeoutError):
                 ok = False
+            current = self.fleets.get(model)
+            if current is None or not any(x is r for x in current.replicas):
+                return  # gone while it was probed (a new plan or addresses): not reported
             if ok != r.healthy:
                 self.ejections.labels(model, "back" if ok else "ejected").inc()
             r.healthy = ok
-            self.healthy.labels(model, fleet.group_ids[r.group], r.url).set(float(ok))
+            self.healthy.labels(model, current.group_ids[r.group], r.url).set(float(ok))
 
         while True:
             fleets = dict(self.fleets)  # a plan swap installs new ones; check what routes now
-            await asyncio.gather(*(probe(m, f, r) for m, f in fleets.items()
+            await asyncio.gather(*(probe(m, r) for m, f in fleets.items()
                                    for r in f.replicas))
             await asyncio.sleep(self.health_interval)
 
@@ -476,12 +483,19 @@ class Gateway:
 
     async def _lookup(self, e: Resolve) -> tuple[list[Address], str]:
         """(addresses, deduplicated and sorted, or none; why none)."""
+        task = self._lookups.get(e.url)
+        if task is None:  # else the last one, still running or done since: its answer
+            task = self._lookups[e.url] = asyncio.ensure_future(self.resolver(e.host, e.port))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # (retrieved)
         try:
-            got = await asyncio.wait_for(self.resolver(e.host, e.port), RESOLVE_TIMEOUT)
+            got = await asyncio.wait_for(asyncio.shield(task), RESOLVE_TIMEOUT)
         except TimeoutError:
             return [], f"no answer from the resolver in {RESOLVE_TIMEOUT:g} s"
         except (OSError, UnicodeError, ValueError) as exc:
             return [], f"cannot resolve {e.host} ({getattr(exc, 'strerror', None) or exc})"
+        finally:
+            if task.done():  # answered (or failed): the next round asks again
+                self._lookups.pop(e.url, None)
         got = addresses(got)
         return got, "" if got else f"{e.host} resolves to no address (no pod ready yet?)"
 
@@ -552,7 +566,7 @@ class Gateway:
             if attempt:
                 self.retries.labels(model).inc()
             try:
-                return await self._proxy(request, body, path, model, fleet, k, view, key)
+                return await self._proxy(request, body, path, entry, fleet, k, view, key)
             except _Retry as exc:  # a 5xx before any byte reached the client
                 fleet.replicas[k].down_until = time.monotonic() + RETRY_COOLDOWN
                 last = f"{fleet.replicas[k].url}: {exc}"
@@ -579,10 +593,12 @@ class Gateway:
         return self._refuse(502, f"no backend of {model} served the request ({last})",
                             "BadGatewayError")
 
-    async def _proxy(self, request: web.Request, body: dict, path: str, model: str,
+    async def _proxy(self, request: web.Request, body: dict, path: str, entry: ModelEntry,
                      fleet: ModelFleet, k: int, view: RouteRequest, key: str
                      ) -> web.StreamResponse:
-        """`key`: the request's routing key, as metrics label it."""
+        """`entry`: the request's model as the plan was when it arrived (one swapped in since
+        may not have it); `key`: the request's routing key, as metrics label it."""
+        model = entry.name
         replica = fleet.replicas[k]
         group = fleet.group_ids[replica.group]
         fleet.count(k, 1)
@@ -593,8 +609,7 @@ class Gateway:
         first = 0.0
         outcome = "error"
         try:
-            served = engine_names(replica.deployment.engine,
-                                  self.plan.model_entry(model).served_names)
+            served = engine_names(replica.deployment.engine, entry.served_names)
             if body.get("model") in served:  # the client's own bytes (read once, cached by
                 data = await request.read()  # aiohttp): no re-encoding
             else:  # a name of the model this engine does not answer to (SGLang serves one)
@@ -710,6 +725,11 @@ class _Unreachable(Exception):
     reached the client."""
 
 
+# a connection that timed out (aiohttp >= 3.10 tells it from a read timeout; before, every
+# timeout is a read timeout here)
+CONNECT_TIMEOUT: type | tuple = getattr(aiohttp, "ConnectionTimeoutError", ())
+
+
 class _TimedOut(Exception):
     """The backend took the request and then sent nothing for the read timeout."""
 
@@ -717,7 +737,7 @@ class _TimedOut(Exception):
 def _failure(exc: BaseException) -> str:
     """A backend failure's outcome: "timeout" when a connected backend sent nothing for the
     read timeout, "unreachable" for a connection that failed (refused, dropped, timed out)."""
-    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, TimeoutError) and not isinstance(exc, CONNECT_TIMEOUT):
         return "timeout"
     return "unreachable"
 

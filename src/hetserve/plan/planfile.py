@@ -300,6 +300,8 @@ class Plan(Record):
         target."""
         if overall is None:
             return None
+        if math.isnan(overall):  # a run without requests proves nothing
+            return {"all models": overall}
         if per_model:  # nan (no requests of a model in the run) misses nothing
             return {m.name: per_model[m.name] for m in self.models
                     if per_model.get(m.name, 1.0) < m.attainment}
