@@ -107,7 +107,9 @@ BACKLOG = 2048
 TOKENIZE_INLINE = 64 * 1024
 RETRY_AFTER = 1
 RETRY_COOLDOWN = 1.0  # a backend that answered 5xx is not chosen again for this long
-READ_TIMEOUT = 300.0  # s without a byte from a backend: it has failed (a hung engine)
+READ_TIMEOUT = 300.0  # s without a byte from a backend: it has failed (a hung engine);
+# a whole (not streamed) answer may take longer: quiet_limit
+CONNECT_SECONDS = 10.0
 HEALTH_INTERVAL = 5.0  # s between checks of every replica's /health
 HEALTH_TIMEOUT = 2.0
 # s between resolutions of the backends' `resolve: true` names (a headless Service's ready pods)
@@ -395,7 +397,7 @@ class Gateway:
         gc.freeze()  # the plan, tables and modules loaded so far: out of every later collection
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),  # the replicas' caps bound concurrency
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS,
                                           sock_read=self.read_timeout))
         if names(self.spec):  # before the gateway listens (and the first health checks)
             await self._resolve(names(self.spec))
@@ -574,9 +576,10 @@ class Gateway:
                 fleet.replicas[k].down_until = time.monotonic() + DOWN_SECONDS
                 last = f"{fleet.replicas[k].url}: {exc}"
             except _TimedOut:  # the backend is there but sent nothing: not sent again
+                quiet = quiet_limit(self.read_timeout, entry, body, view)
                 return self._refuse(504, f"{fleet.replicas[k].url} sent nothing for "
-                                    f"{self.read_timeout:g} s: timed out (the request may "
-                                    "still run there)", "GatewayTimeoutError")
+                                    f"{quiet:.3g} s: timed out (the request may still run "
+                                    "there)", "GatewayTimeoutError")
         if not last and any(r.fits(view) for r in fleet.replicas):
             busy = sum(r.in_flight for r in fleet.replicas)
             aside = sum(r.down_until > time.monotonic() for r in fleet.replicas)
@@ -615,8 +618,11 @@ class Gateway:
             else:  # a name of the model this engine does not answer to (SGLang serves one)
                 data = json.dumps(body | {"model": served[0]}).encode()
             try:
+                quiet = quiet_limit(self.read_timeout, entry, body, view)
+                longer = {} if quiet == self.read_timeout else {"timeout": aiohttp.ClientTimeout(
+                    total=None, sock_connect=CONNECT_SECONDS, sock_read=quiet)}
                 upstream = await self.session.post(replica.url + path, data=data,
-                                                   headers=JSON_HEADERS)
+                                                   headers=JSON_HEADERS, **longer)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome = _failure(exc)
                 raise _failed(exc) from None
@@ -728,6 +734,17 @@ class _Unreachable(Exception):
 # a connection that timed out (aiohttp >= 3.10 tells it from a read timeout; before, every
 # timeout is a read timeout here)
 CONNECT_TIMEOUT: type | tuple = getattr(aiohttp, "ConnectionTimeoutError", ())
+
+
+def quiet_limit(read_timeout: float, entry: ModelEntry, body: dict, view: RouteRequest
+                ) -> float:
+    """s a backend may send nothing before the request counts as timed out: `read_timeout`
+    while it streams; a whole answer (not streamed) comes only with its last token, so also
+    twice the time its tokens take within the SLO (TTFT, then TPOT a token)."""
+    if body.get("stream"):
+        return read_timeout
+    tokens = view.max_tokens or max(entry.context_limit - view.input_tokens, 1)
+    return read_timeout + 2.0 * (entry.slo.ttft + tokens * entry.slo.tpot)
 
 
 class _TimedOut(Exception):
