@@ -620,6 +620,28 @@ def test_every_name_the_engines_serve_reaches_the_model(plan):
 
 
 @contextmanager
+def fake_backend(handler):
+    """`handler` as POST /v1/completions of a server on an ephemeral port of 127.0.0.1, on
+    its own loop in a thread; yields its base URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", handler)])
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+@contextmanager
 def hanging_backend(stream: bool):
     """An OpenAI endpoint that takes a request and then sends nothing (after one chunk of a
     stream, when `stream`) for 30 s."""
@@ -635,20 +657,8 @@ def hanging_backend(stream: bool):
         await asyncio.sleep(30)
         return resp
 
-    app = web.Application()
-    app.add_routes([web.post("/v1/completions", hang)])
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+    with fake_backend(hang) as url:
+        yield url
 
 
 def test_a_backend_that_sends_nothing_times_out_as_a_timeout(plan, caplog):
@@ -922,16 +932,7 @@ def test_a_name_the_chosen_engine_does_not_serve_is_rewritten_to_one_it_does():
                                   "usage": {"prompt_tokens": 2, "completion_tokens": 1,
                                             "total_tokens": 3}})
 
-    app = web.Application()
-    app.add_routes([web.post("/v1/completions", complete)])
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    backend = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    with fake_backend(complete) as backend:
         gw = Gateway(plan, {group.id: [backend]}, health_interval=0)
         with serving(gw) as url:
             sent = []
@@ -940,10 +941,6 @@ def test_a_name_the_chosen_engine_does_not_serve_is_rewritten_to_one_it_does():
                 sent.append(body)
                 status, _ = post(url + "/v1/completions", body)
                 assert status == 200
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
     assert seen[0] == sent[0]  # the plan's name: the client's bytes
     assert json.loads(seen[1]) == {"model": MODEL, "prompt": "a b", "max_tokens": 1}
 
