@@ -16,10 +16,17 @@ trained ones):
   written to a cache, output projection, fused gate/up SwiGLU MLP, down projection), the final
   norm, and the LM head and a greedy sample for each prompt's last token only;
 - decode: one token for each of `batch` sequences with `context` tokens of KV each, attention
-  reading the whole cache (grouped heads as one batched matmul, no copy of K and V), the new K
-  and V written in place; captured once as a CUDA graph and replayed, as vLLM does;
+  reading the whole cache, the new K and V written in place; captured once as a CUDA graph and
+  replayed, as vLLM does;
 - linear: the matmuls of every layer alone on `tokens` tokens (as a CUDA graph), as Vidur's
   operator profiles measure them.
+
+Attention (`--attention sdpa`, the default) is scaled_dot_product_attention reading the grouped
+K and V in place (enable_gqa), as engines' kernels do, on the first of the flash, cuDNN and
+memory-efficient backends that takes them; each row's `source` names the one used.
+`--attention matmul` is the hand-written alternative (grouped heads as one batched matmul): on
+an H200 it read long decode caches at a quarter of the bandwidth, so it times a kernel no engine
+runs and is kept only to show that.
 
 Each shape is timed with CUDA events over `--repeats` runs after warm-ups; the CSV holds the
 median. Shapes past the model's context length, and decode caches past the memory the weights
@@ -44,6 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MODELS = Path(__file__).resolve().parents[1] / "src" / "hetserve" / "models" / "data" / \
     "models.yaml"
@@ -69,8 +77,12 @@ def arch(name: str) -> dict:
 class Model:
     """A Llama-family decoder (Llama, Mistral, Qwen2) with random weights, run by hand."""
 
-    def __init__(self, spec: dict, layers: int, dtype: torch.dtype, device: str) -> None:
+    def __init__(self, spec: dict, layers: int, dtype: torch.dtype, device: str,
+                 attention: str = "sdpa") -> None:
         self.spec, self.layers, self.device, self.dtype = spec, layers, device, dtype
+        # "sdpa": scaled_dot_product_attention reading grouped K/V in place (enable_gqa), on
+        # the backend named by `backend` (None: PyTorch's choice); "matmul": hand-written
+        self.attention, self.backend = attention, None
         h, d = spec["hidden"], spec["head_dim"]
         self.h, self.d, self.heads, self.kv = h, d, spec["heads"], spec["kv_heads"]
         q, kv, inter = self.heads * d, self.kv * d, spec["intermediate"]
@@ -88,6 +100,13 @@ class Model:
         inv = 1.0 / (spec.get("rope_theta", 500000.0) ** (
             torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
         self.inv_freq = inv
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool):
+        gqa = q.shape[1] != k.shape[1]
+        if self.backend is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+        with sdpa_kernel(self.backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
     def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Rotary embedding of x (..., n, heads, d) at positions pos (..., n)."""
@@ -123,13 +142,12 @@ class Model:
             kc, vc = kc[:, :, :n], vc[:, :, :n]
             kc.copy_(k.transpose(1, 2))
             vc.copy_(v.transpose(1, 2))
-            # flash attention here wants equal head counts: the grouped K/V are copied out per
-            # query head (about 1% of a prefill step's time; engines' kernels read them in place)
-            kx = kc[:, :, None].expand(b, self.kv, group, n, self.d).reshape(b, self.heads, n,
-                                                                              self.d)
-            vx = vc[:, :, None].expand(b, self.kv, group, n, self.d).reshape(b, self.heads, n,
-                                                                              self.d)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), kx, vx, is_causal=True)
+            if self.attention == "matmul":  # grouped K/V copied out per query head
+                kc = kc[:, :, None].expand(b, self.kv, group, n, self.d).reshape(
+                    b, self.heads, n, self.d)
+                vc = vc[:, :, None].expand(b, self.kv, group, n, self.d).reshape(
+                    b, self.heads, n, self.d)
+            a = self._sdpa(q.transpose(1, 2), kc, vc, causal=True)
             x = x + F.linear(a.transpose(1, 2).reshape(b, n, -1), lw["o"])
             x = self._mlp(lw, x)
         return self._sample(x[:, -1])
@@ -146,9 +164,12 @@ class Model:
             q, k, v = self._qkv(lw, x[:, None], pos[:, None])
             kc.scatter_(2, slot, k.transpose(1, 2))
             vc.scatter_(2, slot, v.transpose(1, 2))
-            qg = q.view(b, self.kv, group, self.d)  # (B, kv, group, d)
-            s = torch.matmul(qg, kc.transpose(-1, -2)) * scale  # (B, kv, group, ctx + 1)
-            a = torch.matmul(torch.softmax(s.float(), -1).to(qg.dtype), vc)
+            if self.attention == "matmul":  # grouped heads as one batched matmul
+                qg = q.view(b, self.kv, group, self.d)  # (B, kv, group, d)
+                s = torch.matmul(qg, kc.transpose(-1, -2)) * scale  # (B, kv, group, ctx + 1)
+                a = torch.matmul(torch.softmax(s.float(), -1).to(qg.dtype), vc)
+            else:  # the one query attends to the whole cache: no mask
+                a = self._sdpa(q.view(b, self.heads, 1, self.d), kc, vc, causal=False)
             x = x + F.linear(a.reshape(b, -1), lw["o"])
             x = self._mlp(lw, x)
         return self._sample(x)
@@ -169,13 +190,21 @@ def check() -> None:
     the same next token and hidden state as prefilling all n + 1 (a small model, float32)."""
     spec = {"hidden": 64, "head_dim": 16, "heads": 8, "kv_heads": 2, "intermediate": 96,
             "vocab": 97, "qkv_bias": True}
+    b, n = 3, 11
+    ids = torch.randint(0, 97, (b, n + 1), generator=torch.Generator().manual_seed(1))
+    tokens = [check_attention(spec, ids, attention) for attention in ("sdpa", "matmul")]
+    assert torch.equal(tokens[0], tokens[1]), "the two attention paths disagree"
+    print("check: decode after prefill matches one longer prefill (tokens, hidden, KV), with "
+          "SDPA and with matmul attention")
+
+
+def check_attention(spec: dict, ids: torch.Tensor, attention: str) -> torch.Tensor:
     torch.manual_seed(0)
-    m = Model(spec, 2, torch.float32, "cpu")
+    m = Model(spec, 2, torch.float32, "cpu", attention)
     for w in m.w:  # larger weights, so that a wrong step changes the result
         for key in ("qkv", "o", "gate_up", "down"):
             w[key] *= 10
-    b, n = 3, 11
-    ids = torch.randint(0, 97, (b, n + 1))
+    b, n = ids.shape[0], ids.shape[1] - 1
     full = [tuple(torch.zeros(b, 2, n + 1, 16) for _ in range(2)) for _ in range(2)]
     step = [tuple(torch.zeros(b, 2, n + 1, 16) for _ in range(2)) for _ in range(2)]
     hidden: list[torch.Tensor] = []
@@ -189,7 +218,32 @@ def check() -> None:
     assert torch.allclose(hidden[2], hidden[0], atol=1e-4), "decode's hidden state differs"
     for (kf, vf), (ks, vs) in zip(full, step, strict=True):
         assert torch.allclose(kf, ks, atol=1e-5) and torch.allclose(vf, vs, atol=1e-5)
-    print("check: decode after prefill matches one longer prefill (tokens, hidden, KV)")
+    return got
+
+
+def choose_backend(model: Model) -> str:
+    """On CUDA, the first SDPA backend that runs this model's prefill and decode attention with
+    the grouped K/V read in place (forced, so that PyTorch cannot fall back to copying them);
+    the hand-written matmul if none does. Returns the attention's name for the rows' source."""
+    if model.attention == "matmul":
+        return "attention: matmul"
+    if not model.device.startswith("cuda"):
+        return "attention: SDPA"
+    k = torch.randn(2, model.kv, 64, model.d, device=model.device, dtype=model.dtype)
+    q1 = torch.randn(2, model.heads, 1, model.d, device=model.device, dtype=model.dtype)
+    qn = torch.randn(2, model.heads, 64, model.d, device=model.device, dtype=model.dtype)
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                    SDPBackend.EFFICIENT_ATTENTION):
+        model.backend = backend
+        try:
+            model._sdpa(q1, k, k, causal=False)
+            model._sdpa(qn, k, k, causal=True)
+            torch.cuda.synchronize()
+        except RuntimeError:
+            continue
+        return f"attention: SDPA {backend.name.lower()}"
+    model.backend, model.attention = None, "matmul"
+    return "attention: matmul (no SDPA backend took grouped K/V)"
 
 
 class Timer:
@@ -262,11 +316,13 @@ def measure(name: str, args, writer, device_name: str, sw: str) -> int:
     dtype_name = args.dtype or spec.get("default_dtype", "bf16")
     layers = args.layers or spec["layers"]
     dry = layers != spec["layers"] or not args.device.startswith("cuda")
-    source = (f"dry run: {layers} of {spec['layers']} layers on {args.device}, not calibration "
-              "data" if dry else "benchmarks/gpu_steps.py: random weights; decode as CUDA "
-              "graphs; median of repeats")
     torch.manual_seed(0)
-    model = Model(spec, layers, DTYPES[dtype_name], args.device)
+    model = Model(spec, layers, DTYPES[dtype_name], args.device, args.attention)
+    attention = choose_backend(model)
+    print(f"  {name}: {attention}", flush=True)
+    source = (f"dry run: {layers} of {spec['layers']} layers on {args.device}, not calibration "
+              "data" if dry else "benchmarks/gpu_steps.py: random weights; steps as CUDA "
+              f"graphs; {attention}; median of repeats")
     timer = Timer(args.device)
     prefill, decode, linear = QUICK if args.quick else (PREFILL, DECODE, LINEAR)
     rows = 0
@@ -335,6 +391,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, help="dry runs only: fewer layers")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--attention", choices=("sdpa", "matmul"), default="sdpa",
+                        help="sdpa: scaled_dot_product_attention reading grouped K/V in place, "
+                        "as engines' kernels do; matmul: by hand (grouped heads as a batched "
+                        "matmul; slower at long contexts)")
     parser.add_argument("--quick", action="store_true", help="a few small shapes (dry runs)")
     parser.add_argument("--check", action="store_true", help="first check that decode "
                         "agrees with prefill on a small model (CPU, float32)")

@@ -3,6 +3,7 @@ least-squares fit of the four coefficients, and `hetserve calibrate --data steps
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,35 @@ def test_a_spreadsheet_export_reads_alike(tmp_path):
     odd.write_text("\ufeff" + header.replace(",", ", ") + "\n" + rest, encoding="utf-8")
     assert is_step_file(odd)
     assert read_step_times(odd) == read_step_times(tmp_path / "steps.csv")
+
+
+MEASURED = Path(__file__).resolve().parents[1] / "src" / "hetserve" / "perf" / "data" / \
+    "step_times.csv"
+
+
+def test_the_committed_h200_step_times_hold_physically_and_fit():
+    """The step times measured on an H200 (benchmarks/gpu_steps.py) are calibration data: every
+    row names the GPU and the software that measured it, no step beats the roofline at the
+    datasheet's peak FLOP rate and bandwidth, and the fit to them beats the model on both the
+    fitted and the held-back shapes."""
+    steps = read_step_times(MEASURED)
+    catalog = load_catalog()
+    assert {r.model for r in steps} == {"llama-3.1-8b", "llama-2-7b", "qwen2.5-7b"}
+    assert len(steps) == 92
+    for r in steps:
+        assert (r.gpu, r.device, r.tp) == ("H200", "NVIDIA H200", 1)
+        assert "torch 2." in r.software and "cuda " in r.software and "driver " in r.software
+        assert "SDPA flash_attention" in r.source
+    for model in ("llama-3.1-8b", "llama-2-7b", "qwen2.5-7b"):
+        group = [r for r in steps if r.model == model]
+        dep = step_deployment(group[0], catalog)
+        ideal = with_fit(dep, Fit(model=model, tp=1, engine="vllm", dtype=group[0].dtype,
+                                  eta_compute=1.0, eta_memory=1.0, step_overhead_ms=0.0,
+                                  seq_host_us=0.0))
+        measured = np.array([r.seconds for r in group])
+        assert (measured >= predict_steps(ideal, group)).all(), model
+        fit, report = fit_steps(dep, group)
+        assert not report.kept_model, model
+        assert report.after < report.before and report.after < 0.05, model
+        assert report.held_back_after < report.held_back_before, model
+        assert 0.4 < fit.eta_compute < 0.8 and 0.5 < fit.eta_memory < 0.9, model
