@@ -234,6 +234,10 @@ TpotOpt = Annotated[str, typer.Option("--tpot", help="TPOT limit (p90), e.g. 50m
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="bf16, fp16, fp8 or int4")]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="serving engine: vllm, vllm-v0 (before 0.6), sglang or trt-llm")]
+StepMarginOpt = Annotated[float | None, typer.Option(
+    "--step-margin", help="plan as if every engine step took this share longer than the model "
+    "says (0.1: 10%; the model's error on real engines, 3-15% measured on an H200); simulate: "
+    "default the plan's")]
 AttainmentOpt = Annotated[float, typer.Option(
     "--attainment", help="share of requests that must meet both limits (latencies are sized "
     "for it); plan: classes holding together no more than the rest may be served best effort")]
@@ -484,6 +488,7 @@ def plan_cmd(
     profile: ProfileOpt = None,
     max_devices: Annotated[int | None, typer.Option(
         "--max-devices", help="at most this many devices (TP x PP) per replica")] = None,
+    step_margin: StepMarginOpt = None,
     verify: Annotated[bool, typer.Option(
         "--verify", help="simulate the plan; lower the capacity of configs that miss the SLO "
         "target and re-solve")] = False,
@@ -517,7 +522,7 @@ def plan_cmd(
                             tpot=parse_duration(tpot, "--tpot"), dtype=dtype,
                             max_devices=max_devices,
                             grid=grid_from_options(input_edges, output_edges), engine=engine,
-                            attainment=attainment)
+                            attainment=attainment, step_margin=step_margin or 0.0)
     cat = build_catalog(catalog, price, available, only, profile)
     if verify:
         from hetserve.sim.verify import check_verify_options
@@ -635,6 +640,7 @@ def simulate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="seed for Poisson arrivals")] = 0,
     engine: Annotated[str | None, typer.Option(
         "--engine", help="run every group on this engine instead of the plan's")] = None,
+    step_margin: StepMarginOpt = None,
     catalog: CatalogOpt = None,
     profile: ProfileOpt = None,
     as_json: JsonOpt = False,
@@ -668,7 +674,8 @@ def simulate_cmd(
     policies = list(dict.fromkeys([router, *POLICIES])) if compare else [router]
     results = [simulate(plan, traces, catalog=cat, router=p, arrivals=arrivals, rate=rate,
                         clients=clients, requests=requests, seed=seed, engine=engine,
-                        per_request=bool(plot or per_request), workers=workers, ray=ray)
+                        per_request=bool(plot or per_request), workers=workers, ray=ray,
+                        step_margin=step_margin)
                for p in policies]
     first = results[0]
     unplanned = first.summary()["unplanned"]

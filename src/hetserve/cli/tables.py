@@ -116,8 +116,14 @@ def plan_tables(plan) -> list[Table]:
         each = f" ({by_model(plan.model_attainment)})" if several else ""
         mark = "meets" if not misses else "[red]misses[/]"
         whose = f" for {', '.join(misses)}" if misses and several else ""
-        summary += (f"; simulated on its trace: {plan.slo_attainment:.2%} of requests within "
-                    f"the SLO{each} ({mark} the {target_pct(target)} target{whose})")
+        margins = sorted({m.step_margin for m in plan.models})
+        slower = ""
+        if margins[-1]:
+            slower = (f" with every step {margins[0]:.0%} slower than modelled"
+                      if len(margins) == 1 else " with each model's steps its --step-margin "
+                      "slower")
+        summary += (f"; simulated on its trace{slower}: {plan.slo_attainment:.2%} of requests "
+                    f"within the SLO{each} ({mark} the {target_pct(target)} target{whose})")
     if plan.savings is not None:
         word = "cheaper than" if plan.objective == "cost" else "more throughput than"
         proven = ", both proven in simulation" if plan.slo_attainment is not None else ""

@@ -50,6 +50,21 @@ def check_engine(engine: str, option: str = "--engine") -> str:
     if engine not in ENGINE_PROFILES:
         raise HetserveError(f"{option} {engine!r}: expected one of {', '.join(ENGINE_PROFILES)}")
     return engine
+
+
+MAX_STEP_MARGIN = 1.0  # plan --step-margin: steps up to twice the modelled time
+
+
+def check_step_margin(margin: float) -> float:
+    """A step margin (0.1: every step 10% slower than modelled), else an error naming the
+    option."""
+    if isinstance(margin, bool) or not (isinstance(margin, int | float)
+                                        and 0 <= margin <= MAX_STEP_MARGIN):
+        raise HetserveError(f"--step-margin: expected a share of the step time in [0, "
+                            f"{MAX_STEP_MARGIN:g}] (0.1: every step 10% slower), got {margin!r}")
+    return float(margin)
+
+
 DEFAULT_MAX_SEQS = 256  # vLLM max_num_seqs
 DEFAULT_CHUNK = 8192  # vLLM max_num_batched_tokens with chunked prefill
 MIN_KV_TOKENS = 2048  # a deployment must hold at least this many tokens of KV cache
@@ -90,6 +105,9 @@ class Deployment:
     max_seqs: int = DEFAULT_MAX_SEQS
     chunk_tokens: int = DEFAULT_CHUNK
     engine: str = "vllm"  # the serving engine; its profile sets the host work per sequence
+    # planning margin for the model's error: every step takes (1 + step_margin) x the
+    # modelled time (plan --step-margin)
+    step_margin: float = 0.0
 
     # ---- identity ----------------------------------------------------------------------
     @property
@@ -203,7 +221,8 @@ class Deployment:
           step = max(a_t t + a_s s, w) + max(f (x + p), b (x + t)) + c0 + c1 t + h0 + h1 s
 
         (linear layers, attention, TP/PP communication, host; under PP the largest prefill chunk
-        bounds the first, second and communication terms, see step_time). Returns
+        bounds the first, second and communication terms, see step_time), all times
+        1 + step_margin. Returns
         (a_t, a_s, w, f, b, c0, c1, h0, h1)."""
         m, d = self.model, self.devices
         flops, attn_flops, bw = self._rates
@@ -222,6 +241,9 @@ class Deployment:
             c0 += (self.pp - 1) * hop_lat
             c1 += (self.pp - 1) * msg / self.pp / hop_bw
         _, _, h0, h1 = self.efficiency
+        if self.step_margin:  # every term of a step time scales with its coefficient
+            k = 1.0 + self.step_margin
+            return a_t * k, a_s * k, w * k, f * k, b * k, c0 * k, c1 * k, h0 * k, h1 * k
         return a_t, a_s, w, f, b, c0, c1, h0, h1
 
     def step_time(self, tokens, seqs, decode_ctx=0.0, prefill_pairs=0.0, chunk=0.0,

@@ -16,7 +16,7 @@ from hetserve.errors import HetserveError, check_rate, positive
 from hetserve.models import check_dtype, get_model
 from hetserve.perf import SLO
 from hetserve.perf.capacity import DEFAULT_QUANTILE
-from hetserve.perf.model import check_engine
+from hetserve.perf.model import check_engine, check_step_margin
 from hetserve.plan.configs import ModelDemand
 from hetserve.plan.planfile import Plan, load_plan
 from hetserve.plan.planner import TIME_LIMIT, solve_plan
@@ -86,13 +86,16 @@ def model_demands(
     grid: ClassGrid | None = None,
     engine: str = "vllm",
     attainment: float = DEFAULT_ATTAINMENT,
+    step_margin: float = 0.0,
 ) -> list[ModelDemand]:
-    """What each model must serve: its workload's request classes and its SLO."""
+    """What each model must serve: its workload's request classes and its SLO; capacities are
+    sized as if every step took (1 + step_margin) x the modelled time."""
     if isinstance(models, str | ModelRequest):
         models = [models]
     check_dtype(dtype)
     check_engine(engine)
     check_attainment(attainment)
+    check_step_margin(step_margin)
     if max_devices is not None:
         positive(max_devices, "--max-devices", integer=True)
     if not models:
@@ -117,7 +120,7 @@ def model_demands(
         burst = class_burst_factors(arrivals, wl.request_class, len(wl.classes),
                                     BURST_SLACK * slo.ttft, BURST_QUANTILE, lifetime)
         demands.append(ModelDemand(spec, wl, slo, dtype, max_devices, tuple(burst), engine,
-                                   attainment))
+                                   attainment, float(step_margin)))
     return demands
 
 
@@ -152,15 +155,17 @@ def plan(
     grid: ClassGrid | None = None,
     engine: str = "vllm",
     attainment: float = DEFAULT_ATTAINMENT,
+    step_margin: float = 0.0,
     baselines: bool = True,
     time_limit: float = TIME_LIMIT,
 ) -> Plan:
     """The cheapest plan (objective='cost') or the most throughput within budget/availability
     (objective='throughput') for the models' workloads under their SLOs. `available` limits the
     named types (others stay unlimited); `only` restricts planning to the named types;
-    `max_devices` caps the devices (TP x PP) of one replica."""
+    `max_devices` caps the devices (TP x PP) of one replica; `step_margin` sizes capacities
+    for steps that much slower than modelled (0.1: 10%), and proving simulates them so."""
     demands = model_demands(models, workload=workload, rate=rate, ttft=ttft, tpot=tpot,
                             dtype=dtype, max_devices=max_devices, grid=grid, engine=engine,
-                            attainment=attainment)
+                            attainment=attainment, step_margin=step_margin)
     return solve_plan(demands, plan_catalog(catalog, prices, available, only), objective,
                       budget, baselines, time_limit=time_limit)

@@ -39,6 +39,8 @@ class ModelDemand:
     burst: tuple[float, ...] = ()
     engine: str = "vllm"  # the serving engine (perf.model.ENGINE_PROFILES)
     attainment: float = 1.0  # share of requests that must meet the SLO; the rest may not
+    # capacities as if every step took (1 + step_margin) x the modelled time (Deployment)
+    step_margin: float = 0.0
 
     def class_burst(self, w: int) -> float:
         return self.burst[w] if self.burst else 1.0
@@ -101,7 +103,8 @@ def candidate_deployments(demand: ModelDemand, catalog: Catalog) -> list[Deploym
                     continue
                 for chunk, seqs in ENGINE_KNOBS:
                     dep = Deployment(demand.model, acc, tp=tp, pp=pp, dtype=demand.dtype,
-                                     engine=demand.engine, chunk_tokens=chunk, max_seqs=seqs)
+                                     engine=demand.engine, chunk_tokens=chunk, max_seqs=seqs,
+                                     step_margin=demand.step_margin)
                     if dep.fits:
                         deps.append(dep)
     return deps

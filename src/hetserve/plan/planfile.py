@@ -28,7 +28,7 @@ from hetserve.errors import (
 )
 from hetserve.models import Dtype, ModelSpec
 from hetserve.perf import Deployment
-from hetserve.perf.model import EngineName
+from hetserve.perf.model import MAX_STEP_MARGIN, EngineName
 from hetserve.plan.milp import MAX_REPLICAS
 from hetserve.plan.serving import ENGINES, QUANTIZATION, flag, served_names
 
@@ -75,6 +75,9 @@ class ModelEntry(Record):
                          "factors")
     attainment: float = Field(default=1.0, gt=0, le=1, description="share of requests planned "
                               "to meet the SLO")
+    step_margin: float = Field(default=0.0, ge=0, le=MAX_STEP_MARGIN, description="capacities "
+                               "planned as if every step took 1 + step_margin times the "
+                               "modelled time; simulation applies it too")
     best_effort: list[str] = Field(default=[], description="classes served without a latency "
                                    "promise (together at most 1 - attainment of the requests)")
     dtype: Dtype

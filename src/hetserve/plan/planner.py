@@ -161,7 +161,8 @@ def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
         for tp, pp in itertools.product(TP_DEGREES, pp_degrees(d.model)):
             if d.max_devices and tp * pp > d.max_devices:
                 continue
-            dep = Deployment(d.model, acc, tp=tp, pp=pp, dtype=d.dtype, engine=d.engine)
+            dep = Deployment(d.model, acc, tp=tp, pp=pp, dtype=d.dtype, engine=d.engine,
+                             step_margin=d.step_margin)
             if not dep.fits:
                 continue
             cap = class_capacity(dep, [cls.mean_input], [cls.mean_output], d.slo)
@@ -171,7 +172,8 @@ def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
             if cap.best_tpot[0] < best_tpot:
                 best_tpot, who_tpot = float(cap.best_tpot[0]), dep.label
     more = f" (and {count - 1} more classes)" if count > 1 else ""
-    head = f"no config meets the SLO for class {cls.name} of {d.model.name}{more}: "
+    margin = f" with steps {d.step_margin:.0%} slower (--step-margin)" if d.step_margin else ""
+    head = f"no config meets the SLO for class {cls.name} of {d.model.name}{more}{margin}: "
     if best_ttft > d.slo.ttft:
         return head + (f"TTFT limit {d.slo.ttft:g}s, the fastest ({who_ttft}) needs "
                        f"{best_ttft:.3g}s, {best_ttft - d.slo.ttft:.3g}s over")
@@ -388,7 +390,7 @@ def _to_plan(space: Space, sol: Solution, objective: str, budget,
         models.append(ModelEntry(
             name=d.model.name, spec=d.model, workload=wl.name, rate=wl.rate,
             burst=max((d.class_burst(w) for w in range(len(wl.classes))), default=1.0),
-            attainment=d.attainment, best_effort=best_effort,
+            attainment=d.attainment, step_margin=d.step_margin, best_effort=best_effort,
             dtype=d.dtype or d.model.default_dtype,
             slo=SLOSpec(ttft=d.slo.ttft, tpot=d.slo.tpot),
             classes=[ClassSpec(name=c.name, input_range=c.input_range,

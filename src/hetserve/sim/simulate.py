@@ -26,7 +26,7 @@ import numpy as np
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, check_rate, positive
 from hetserve.perf import Deployment
-from hetserve.perf.model import check_engine
+from hetserve.perf.model import check_engine, check_step_margin
 from hetserve.plan.planfile import ModelEntry, Plan
 from hetserve.pool import check_ray_address, run_all
 from hetserve.route import Router, RoutingTable
@@ -208,9 +208,11 @@ def run_closed(fleet: SimFleet, router: Router, sizes: Sequence[tuple[int, int]]
 # ---- plans ---------------------------------------------------------------------------------
 
 
-def _deployment(plan: Plan, group, catalog: Catalog | None, engine: str | None) -> Deployment:
+def _deployment(plan: Plan, group, catalog: Catalog | None, engine: str | None,
+                step_margin: float | None = None) -> Deployment:
     """The group's replica on the plan's own accelerator row, or on `catalog`'s when given;
-    run by `engine` instead of the plan's when given."""
+    run by `engine` instead of the plan's when given; its steps slower by its model's
+    step_margin (the plan's promise holds with them), or by `step_margin` when given."""
     acc = None
     if catalog is not None:
         try:
@@ -218,6 +220,8 @@ def _deployment(plan: Plan, group, catalog: Catalog | None, engine: str | None) 
         except HetserveError as exc:
             raise HetserveError(f"plan group {group.id}: {exc} (in --catalog)") from None
     dep = plan.deployment(group, acc)
+    margin = plan.model_entry(group.model).step_margin if step_margin is None else step_margin
+    dep = replace(dep, step_margin=margin)
     if engine is not None:
         dep = replace(dep, engine=engine)
     if not dep.fits:
@@ -255,6 +259,7 @@ class Replay:
     fast: bool = True
     engine: str | None = None
     per_request: bool = False
+    step_margin: float | None = None  # None: each model's, as planned
 
 
 @dataclass(frozen=True)
@@ -289,7 +294,7 @@ def replay_piece(job: Replay, piece: Piece) -> Part:
     engines: list[Engine] = []
     members: list[list[int]] = []
     for g in plan_groups:
-        dep = _deployment(plan, g, job.catalog, job.engine)
+        dep = _deployment(plan, g, job.catalog, job.engine, job.step_margin)
         members.append(list(range(len(engines), len(engines) + g.replicas)))
         engines += [Engine(dep, kv_tokens=g.kv_tokens or None, fast=job.fast,
                            max_model_len=entry.context_limit) for _ in range(g.replicas)]
@@ -436,6 +441,7 @@ def simulate(
     workers: int = 1,
     ray: str | None = None,
     overlap: float = OVERLAP,
+    step_margin: float | None = None,
 ) -> SimResult:
     """Replay each model's trace against the plan's replicas.
 
@@ -452,9 +458,13 @@ def simulate(
       (exactly as in one process); with more workers than models, a model's trace is cut into
       windows of time, each replayed with `overlap` seconds before and after it (uncounted):
       the same requests are counted, with latencies as in one process up to the state the
-      engines carry across a cut."""
+      engines carry across a cut.
+    step_margin: every step that much slower than modelled (0.1: 10%); default each model's
+      step_margin in the plan (what its capacities were sized for)."""
     if engine is not None:
         check_engine(engine)
+    if step_margin is not None:
+        check_step_margin(step_margin)
     check_arrivals(arrivals)
     if arrivals == "as-is" and rate is not None:
         raise HetserveError("--rate does not apply to --arrivals as-is (the trace's own times)")
@@ -482,9 +492,11 @@ def simulate(
     for entry in plan.models:
         if not any(g.model == entry.name for g in plan.groups):
             raise HetserveError(f"plan: no replica group serves model {entry.name}")
-    deps = [_deployment(plan, g, catalog, engine) for g in plan.groups]  # errors before pieces
+    deps = [_deployment(plan, g, catalog, engine, step_margin)  # errors before pieces
+            for g in plan.groups]
     job = Replay(plan, {e.name: _trace_for(e, traces) for e in plan.models}, catalog, router,
-                 arrivals, rate, clients, requests, seed, fast, engine, per_request)
+                 arrivals, rate, clients, requests, seed, fast, engine, per_request,
+                 step_margin)
     started = time.perf_counter()
     pieces = pieces_for(job, workers, overlap)
     parts = run_all(replay_piece, job, pieces, workers, ray)
