@@ -25,8 +25,8 @@ Attention (`--attention sdpa`, the default) is scaled_dot_product_attention read
 K and V in place (enable_gqa), as engines' kernels do, on the first of the flash, cuDNN and
 memory-efficient backends that takes them; each row's `source` names the one used.
 `--attention matmul` is the hand-written alternative (grouped heads as one batched matmul): on
-an H200 it read long decode caches at a quarter of the bandwidth, so it times a kernel no engine
-runs and is kept only to show that.
+an H200 it read long decode caches at a seventh of the flash kernel's rate, so it times a kernel
+no engine runs and is kept only to show that.
 
 Each shape is timed with CUDA events over `--repeats` runs after warm-ups; the CSV holds the
 median. Shapes past the model's context length, and decode caches past the memory the weights

@@ -79,6 +79,26 @@ def test_the_plan_records_its_margin_and_simulation_applies_it(tmp_path):
     assert busy(runs[None]) == busy(runs[0.15])  # the plan's own margin by default
     assert busy(runs[0.15]) > busy(runs[0.0])  # its engines step slower
     assert runs[None].attainment == runs[0.15].attainment
+    assert runs[None].summary()["step_margin"] == {"llama-3.1-8b": 0.15}  # and says so
+    assert runs[0.0].summary()["step_margin"] == {"llama-3.1-8b": 0.0}
+    # serving the plan expects the model's own step times; its simulations, the margin's
+    g = loaded.groups[0]
+    assert loaded.deployment(g).step_margin == 0
+    assert loaded.deployment(g, simulated=True).step_margin == 0.15
+
+
+def test_the_cli_says_which_margin_its_simulations_ran(run_cli, tmp_path):
+    out = tmp_path / "p.json"
+    res = run_cli("plan", "-m", "llama-3.1-8b", "--rate", "5", "--only", "L40S,H100-SXM",
+                  "--step-margin", "0.125", "--out", out)
+    assert res.code == 0, res.err
+    assert "simulated on its trace with every step 12.5% slower than modelled" in " ".join(
+        res.out.split())
+    res = run_cli("simulate", out, "--requests", "300")
+    assert res.code == 0, res.err
+    assert "every step 12.5% slower than modelled (--step-margin)" in " ".join(res.out.split())
+    res = run_cli("simulate", out, "--requests", "300", "--step-margin", "0", "--json")
+    assert json.loads(res.out)["step_margin"] == {"llama-3.1-8b": 0.0}
 
 
 def test_bad_margins_are_refused_by_the_api_the_cli_and_the_plan_file(run_cli, tmp_path):

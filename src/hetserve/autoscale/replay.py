@@ -86,7 +86,8 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
             have = spare.get(replica_kind(g), [])
             take, spare[replica_kind(g)] = have[:g.replicas], have[g.replicas:]
             for _ in range(g.replicas - len(take)):
-                pool.append(Engine(plan.deployment(g), kv_tokens=g.kv_tokens or None,
+                pool.append(Engine(plan.deployment(g, simulated=True),
+                                   kv_tokens=g.kv_tokens or None,
                                    max_model_len=plan.model_entry(g.model).context_limit))
                 created.append(now)
                 retired.append(math.inf)
@@ -105,7 +106,7 @@ def replay_day(day: Trace, policy, classes, *, window: float = 900.0,
         live = [i for idx in groups for i in idx]
         local = {i: k for k, i in enumerate(live)}
         fleet = SimFleet([pool[i] for i in live], [[local[i] for i in idx] for idx in groups])
-        deps = [plan.deployment(g) for g in plan.groups]
+        deps = [plan.deployment(g, simulated=True) for g in plan.groups]
         return fleet, make_router("plan", fleet, RoutingTable.from_plan(
             plan.models[0], plan.groups, deps)), live
 

@@ -6,6 +6,7 @@ import numpy as np
 from rich.table import Table
 
 from hetserve.perf.estimate import Estimate
+from hetserve.perf.model import margin_pct
 from hetserve.sim.report import SimResult
 
 
@@ -119,7 +120,7 @@ def plan_tables(plan) -> list[Table]:
         margins = sorted({m.step_margin for m in plan.models})
         slower = ""
         if margins[-1]:
-            slower = (f" with every step {margins[0]:.0%} slower than modelled"
+            slower = (f" with every step {margin_pct(margins[0])} slower than modelled"
                       if len(margins) == 1 else " with each model's steps its --step-margin "
                       "slower")
         summary += (f"; simulated on its trace{slower}: {plan.slo_attainment:.2%} of requests "
@@ -207,8 +208,15 @@ def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
     """One summary row per run (router), then per group and per class of the first run."""
     arrivals = ", ".join(dict.fromkeys(r.arrivals for r in results))
     first = results[0].summary()
+    margins = {m: x for m, x in first["step_margin"].items() if x}
+    slower = ""
+    if margins:
+        each = sorted(set(margins.values()))
+        slower = ("; every step " + margin_pct(each[0]) if len(each) == 1 else "; steps "
+                  + ", ".join(f"{m} {margin_pct(x)}" for m, x in margins.items())) \
+            + " slower than modelled (--step-margin)"
     head = Table(title=f"Simulation ({slo}; arrivals: {arrivals}, {first['offered_rate']:.3g} "
-                 f"req/s over {first['billed_seconds']:.0f} s)", title_justify="left")
+                 f"req/s over {first['billed_seconds']:.0f} s{slower})", title_justify="left")
     for col in ("router", "req", "rej", "in SLO", "TTFT s p50/90/99", "TPOT ms p50/90/99",
                 "queue p90 s", "preempt", "util", "KV", "cost $", "Mtok/$", "sim s", "wall s"):
         head.add_column(col, justify="left" if col == "router" else "right", no_wrap=True)

@@ -65,6 +65,11 @@ def check_step_margin(margin: float) -> float:
     return float(margin)
 
 
+def margin_pct(margin: float) -> str:
+    """A step margin as people read it: 0.1 -> '10%', 0.125 -> '12.5%'."""
+    return f"{margin * 100:.3g}%"
+
+
 DEFAULT_MAX_SEQS = 256  # vLLM max_num_seqs
 DEFAULT_CHUNK = 8192  # vLLM max_num_batched_tokens with chunked prefill
 MIN_KV_TOKENS = 2048  # a deployment must hold at least this many tokens of KV cache

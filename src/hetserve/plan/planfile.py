@@ -330,16 +330,20 @@ class Plan(Record):
         """The catalog row of the group's accelerator type."""
         return next(a for a in self.accelerators if a.name == group.accelerator)
 
-    def deployment(self, group: ReplicaGroup, accelerator: Accelerator | None = None
-                   ) -> Deployment:
+    def deployment(self, group: ReplicaGroup, accelerator: Accelerator | None = None, *,
+                   simulated: bool = False) -> Deployment:
         """The group's replica as the performance model sees it (on `accelerator` instead of
-        the plan's row for it, when given)."""
+        the plan's row for it, when given). `simulated`: as simulations of the plan run it, its
+        steps slower by its model's step_margin (what the plan's promise must hold with);
+        else the model's own step times (what serving it expects)."""
         acc = accelerator or self.accelerator(group)
-        return Deployment(self.model_entry(group.model).spec, acc, tp=group.tp, pp=group.pp,
+        entry = self.model_entry(group.model)
+        return Deployment(entry.spec, acc, tp=group.tp, pp=group.pp,
                           dtype=group.dtype, kv_dtype=group.kv_dtype,
                           memory_utilisation=group.gpu_memory_utilization,
                           max_seqs=group.max_num_seqs, chunk_tokens=group.max_num_batched_tokens,
-                          engine=group.engine)
+                          engine=group.engine,
+                          step_margin=entry.step_margin if simulated else 0.0)
 
     def save(self, path: Path | str) -> None:
         write_text(path, self.model_dump_json(indent=2) + "\n")

@@ -12,6 +12,7 @@ import numpy as np
 from hetserve.catalog import Catalog
 from hetserve.errors import HetserveError, positive
 from hetserve.perf import Deployment, class_capacity
+from hetserve.perf.model import margin_pct
 from hetserve.plan.configs import (
     TP_DEGREES,
     Config,
@@ -172,7 +173,8 @@ def _class_reason(d: ModelDemand, catalog: Catalog, cls, count: int) -> str:
             if cap.best_tpot[0] < best_tpot:
                 best_tpot, who_tpot = float(cap.best_tpot[0]), dep.label
     more = f" (and {count - 1} more classes)" if count > 1 else ""
-    margin = f" with steps {d.step_margin:.0%} slower (--step-margin)" if d.step_margin else ""
+    margin = (f" with steps {margin_pct(d.step_margin)} slower (--step-margin)"
+              if d.step_margin else "")
     head = f"no config meets the SLO for class {cls.name} of {d.model.name}{more}{margin}: "
     if best_ttft > d.slo.ttft:
         return head + (f"TTFT limit {d.slo.ttft:g}s, the fastest ({who_ttft}) needs "

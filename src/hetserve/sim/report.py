@@ -57,6 +57,8 @@ class SimResult:
     arrivals: str = "trace"
     wall_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    # per model: how much slower than modelled its engines stepped (plan --step-margin)
+    step_margin: dict[str, float] = field(default_factory=dict)
 
     # ---- per request -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -160,6 +162,7 @@ class SimResult:
             wall_seconds=self.wall_seconds,
             requests_per_wall_second=len(self) / self.wall_seconds if self.wall_seconds else 0.0,
             exact_percentiles=self.tally.exact,
+            step_margin=self.step_margin,
         )
         return out | self.extra
 

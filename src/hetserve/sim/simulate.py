@@ -219,9 +219,9 @@ def _deployment(plan: Plan, group, catalog: Catalog | None, engine: str | None,
             acc = catalog.get(group.accelerator)
         except HetserveError as exc:
             raise HetserveError(f"plan group {group.id}: {exc} (in --catalog)") from None
-    dep = plan.deployment(group, acc)
-    margin = plan.model_entry(group.model).step_margin if step_margin is None else step_margin
-    dep = replace(dep, step_margin=margin)
+    dep = plan.deployment(group, acc, simulated=True)
+    if step_margin is not None:
+        dep = replace(dep, step_margin=step_margin)
     if engine is not None:
         dep = replace(dep, engine=engine)
     if not dep.fits:
@@ -527,6 +527,8 @@ def simulate(
         slo=_slos(plan), groups=groups_info, tally=tally,
         requests=dict(zip(("model", *COLUMNS), stacked, strict=True)) if stacked else None,
         router=router, arrivals=mode, wall_seconds=wall,
+        step_margin={e.name: e.step_margin if step_margin is None else float(step_margin)
+                     for e in plan.models},
         extra={"workers": workers if ray is None else f"ray {ray}", "pieces": len(pieces)}
         if workers > 1 or ray is not None else {},
     )
