@@ -28,6 +28,9 @@ memory-efficient backends that takes them; each row's `source` names the one use
 an H200 it read long decode caches at a seventh of the flash kernel's rate, so it times a kernel
 no engine runs and is kept only to show that.
 
+`--dtype fp8` times the linear steps alone with FP8 weights and inputs (torch._scaled_mm,
+per-tensor scales): FP8 attention and KV caches are each engine's own.
+
 Each shape is timed with CUDA events over `--repeats` runs after warm-ups; the CSV holds the
 median. Shapes past the model's context length, and decode caches past the memory the weights
 leave, are left out. `--device cpu --layers 2 --quick` checks the script on a machine without a
@@ -55,7 +58,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 MODELS = Path(__file__).resolve().parents[1] / "src" / "hetserve" / "models" / "data" / \
     "models.yaml"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}  # activations
+FP8 = torch.float8_e4m3fn  # --dtype fp8: the matmuls' weights and inputs (linear steps only)
 FIELDS = ("id", "gpu", "model", "dtype", "tp", "phase", "batch", "tokens", "seconds", "p10",
           "p90", "device", "software", "source")
 # Shapes: (batch, prompt) for prefill, (batch, context) for decode, tokens for linear
@@ -80,6 +84,7 @@ class Model:
     def __init__(self, spec: dict, layers: int, dtype: torch.dtype, device: str,
                  attention: str = "sdpa") -> None:
         self.spec, self.layers, self.device, self.dtype = spec, layers, device, dtype
+        self.fp8 = False
         # "sdpa": scaled_dot_product_attention reading grouped K/V in place (enable_gqa), on
         # the backend named by `backend` (None: PyTorch's choice); "matmul": hand-written
         self.attention, self.backend = attention, None
@@ -174,14 +179,29 @@ class Model:
             x = self._mlp(lw, x)
         return self._sample(x)
 
+    def to_fp8(self) -> None:
+        """The matmuls' weights in FP8 (e4m3) with per-tensor scales, as vLLM serves FP8
+        checkpoints; `linear` then casts each input to FP8 and multiplies on FP8 tensor cores."""
+        self.fp8 = True
+        self.one = torch.ones((), device=self.device, dtype=torch.float32)
+        for lw in self.w:
+            for key in ("qkv", "o", "gate_up", "down"):
+                lw[key] = (lw[key] * 50).to(FP8)  # N(0, 1): within e4m3's range
+
+    def _mm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if not self.fp8:
+            return F.linear(x, w)
+        return torch._scaled_mm(x.to(FP8), w.t(), scale_a=self.one, scale_b=self.one,
+                                out_dtype=self.dtype)
+
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """The matmuls of every layer on x (tokens, hidden)."""
         inter = self.spec["intermediate"]
         for lw in self.w:
-            y = F.linear(x, lw["qkv"])
-            x = F.linear(y[:, : self.heads * self.d], lw["o"])
-            y = F.linear(x, lw["gate_up"])
-            x = F.linear(y[:, :inter], lw["down"])
+            y = self._mm(x, lw["qkv"])
+            x = self._mm(y[:, : self.heads * self.d], lw["o"])
+            y = self._mm(x, lw["gate_up"])
+            x = self._mm(y[:, :inter], lw["down"])
         return x
 
 
@@ -318,19 +338,25 @@ def measure(name: str, args, writer, device_name: str, sw: str) -> int:
     dry = layers != spec["layers"] or not args.device.startswith("cuda")
     torch.manual_seed(0)
     model = Model(spec, layers, DTYPES[dtype_name], args.device, args.attention)
-    attention = choose_backend(model)
+    if dtype_name == "fp8":  # FP8 attention and KV are the engine's own: the matmuls alone
+        model.to_fp8()
+        attention = "FP8 matmuls (torch._scaled_mm, per-tensor scales), linear steps only"
+    else:
+        attention = choose_backend(model)
     print(f"  {name}: {attention}", flush=True)
     source = (f"dry run: {layers} of {spec['layers']} layers on {args.device}, not calibration "
               "data" if dry else "benchmarks/gpu_steps.py: random weights; steps as CUDA "
               f"graphs; {attention}; median of repeats")
     timer = Timer(args.device)
     prefill, decode, linear = QUICK if args.quick else (PREFILL, DECODE, LINEAR)
+    if model.fp8:
+        prefill, decode = [], []
     rows = 0
 
     def row(phase: str, batch: int, tokens: int, times: list[float]) -> None:
         nonlocal rows
         med = statistics.median(times)
-        writer.writerow([f"{args.gpu}-{name}-{phase}-{batch}-{tokens}", args.gpu, name,
+        writer.writerow([f"{args.gpu}-{name}-{dtype_name}-{phase}-{batch}-{tokens}", args.gpu, name,
                          dtype_name, 1, phase, batch, tokens, f"{med:.6g}",
                          f"{quantile(times, 0.1):.6g}", f"{quantile(times, 0.9):.6g}",
                          device_name, sw, source])
@@ -372,9 +398,14 @@ def measure(name: str, args, writer, device_name: str, sw: str) -> int:
         del step, cache
     for t in linear:
         x = torch.randn(t, model.h, device=args.device, dtype=model.dtype)
-        with torch.inference_mode():
-            step = graphed(partial(model.linear, x), args.device)
-            row("linear", 1, t, timer.time(step, args.repeats * 3, args.warmup))
+        try:
+            with torch.inference_mode():
+                step = graphed(partial(model.linear, x), args.device)
+                row("linear", 1, t, timer.time(step, args.repeats * 3, args.warmup))
+        except RuntimeError as exc:  # a shape this PyTorch's kernels refuse: said, not lost
+            print(f"  {name} linear  tokens {t:6d}: left out, {str(exc).splitlines()[0]}",
+                  flush=True)
+            continue
         del step
     return rows
 
@@ -385,7 +416,8 @@ def main() -> None:
                         "catalog (H100-SXM, H200, ...)")
     parser.add_argument("--model", action="append", required=True, help="a model of "
                         "hetserve's registry (repeatable)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the model's")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the model's; fp8: "
+                        "the linear steps alone, on FP8 tensor cores")
     parser.add_argument("--out", type=Path, required=True, help="step-times CSV to write")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--layers", type=int, help="dry runs only: fewer layers")

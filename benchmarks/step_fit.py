@@ -64,9 +64,9 @@ def fit_table(title: str, rows: list[StepTime], catalog) -> list[dict]:
           f"{'overhead ms':>15s} {'median |error|':>16s} {'held back':>16s}")
     by_dep: dict[tuple, list[StepTime]] = {}
     for r in rows:
-        by_dep.setdefault((r.gpu, r.model, r.tp), []).append(r)
+        by_dep.setdefault((r.gpu, r.model, r.tp, r.dtype), []).append(r)
     out = []
-    for (gpu, model, tp), group in by_dep.items():
+    for (gpu, model, tp, _), group in by_dep.items():
         try:
             dep = step_deployment(group[0], catalog)
         except HetserveError as exc:
