@@ -945,6 +945,66 @@ def test_a_name_the_chosen_engine_does_not_serve_is_rewritten_to_one_it_does():
     assert json.loads(seen[1]) == {"model": MODEL, "prompt": "a b", "max_tokens": 1}
 
 
+def test_a_slow_health_answer_is_tolerated_once_an_error_is_not(plan):
+    """A loaded engine answers /health late: one timed-out check keeps the replica, two in a
+    row eject it; a 200 brings it back; an error status ejects at once. A request that no
+    replica can then take is refused with a 503 that counts the ejected replica."""
+    from aiohttp import ClientSession, web
+
+    health = {"delay": 0.0, "status": 200}
+
+    async def main():
+        async def answer(request):
+            await asyncio.sleep(health["delay"])
+            return web.Response(status=health["status"])
+
+        app = web.Application()
+        app.router.add_get("/health", answer)
+        runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        backend = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        gw = Gateway(plan, {g.id: [backend] for g in plan.groups}, health_interval=0.05,
+                     health_timeout=0.5)
+        server = GatewayServer(gw)
+        url = await server.start()
+        replica, everyone = gw.fleets[MODEL].replicas[0], len(gw.fleets[MODEL].replicas)
+
+        async def until(condition, seconds=10.0):
+            deadline = time.monotonic() + seconds
+            while not condition() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return condition()
+
+        seen = []
+        try:
+            health["delay"] = 5.0  # every check times out from now on
+            assert await until(lambda: replica.late >= 1)
+            seen.append((replica.late, replica.healthy))  # one late answer: kept
+            assert await until(lambda: not replica.healthy)
+            seen.append((replica.late, replica.healthy))  # the second in a row: ejected
+            assert await until(lambda: not any(r.healthy for r in gw.fleets[MODEL].replicas))
+            body = {"model": MODEL, "prompt": "a b", "max_tokens": 1}
+            async with ClientSession() as session, \
+                    session.post(url + "/v1/completions", json=body) as resp:
+                refused = (resp.status, (await resp.json())["error"]["message"])
+            health["delay"] = 0.0
+            assert await until(lambda: replica.healthy)
+            seen.append((replica.late, replica.healthy))  # answers again: back
+            health["status"] = 503
+            assert await until(lambda: not replica.healthy)
+            seen.append((replica.late, replica.healthy))  # an error: out at once, no timeout
+        finally:
+            await server.stop()
+            await runner.cleanup()
+        return seen, refused, everyone
+
+    seen, (status, message), everyone = asyncio.run(main())
+    assert seen == [(1, True), (2, False), (0, True), (0, False)]
+    assert status == 503 and f"{everyone} failing their health check" in message, message
+
+
 def test_health_of_replicas_gone_during_a_probe_or_before_names_resolve_is_not_reported(plan):
     """A probe in flight when its replica leaves (a new plan, or a pod out of the DNS answer)
     reports nothing; and the first health round runs after the names resolve, so the name's

@@ -16,7 +16,9 @@ never against a backend.
 Failures: while nothing has reached the client, a backend that fails (refused connection,
 dropped connection, a 5xx) is left for the router's next pick, up to every replica; one that
 failed at the connection is set aside for DOWN_SECONDS, and every HEALTH_INTERVAL each
-replica's /health is checked: one that fails is ejected until it answers again. A stream that
+replica's /health is checked: one that refuses or answers an error is ejected until it
+answers again, one that times out HEALTH_TIMEOUTS times in a row too (a loaded engine answers
+late). A stream that
 breaks after its first bytes ends with an error event (`data: {"error": ...}`, as vLLM sends
 one). When no replica serves the request the client gets a 502 naming the last failure. A
 backend that sends nothing for READ_TIMEOUT seconds has timed out (outcome "timeout", not
@@ -112,6 +114,10 @@ READ_TIMEOUT = 300.0  # s without a byte from a backend: it has failed (a hung e
 CONNECT_SECONDS = 10.0
 HEALTH_INTERVAL = 5.0  # s between checks of every replica's /health
 HEALTH_TIMEOUT = 2.0
+# consecutive /health timeouts that eject a replica: a busy engine answers late (its API server
+# shares a loop with token streaming), and ejecting the busiest replicas would pile their load
+# on the rest; a refused connection or an error status ejects at once
+HEALTH_TIMEOUTS = 2
 # s between resolutions of the backends' `resolve: true` names (a headless Service's ready pods)
 RESOLVE_SECONDS = 5.0
 RESOLVE_TIMEOUT = 3.0  # s one resolution may take before it counts as failed
@@ -130,6 +136,7 @@ class Replica:
     waiting_tokens: int = 0  # prompt tokens of requests without a first token yet
     down_until: float = 0.0  # a connection failed: not chosen before this (monotonic s)
     healthy: bool = True  # its /health answered at the last check (ejected while False)
+    late: int = 0  # /health checks in a row that timed out (HEALTH_TIMEOUTS eject it)
     # (load index, position) in the fleet routing now: a replica kept by a new plan or a new
     # set of resolved addresses moves there, and the requests it holds still count
     home: tuple[LoadIndex, int] | None = field(default=None, repr=False, compare=False)
@@ -197,6 +204,7 @@ class Gateway:
                  api_keys: Sequence[str] = (), admin_token: str | None = None,
                  max_body: int = MAX_BODY, queue_factor: float = QUEUE_FACTOR,
                  health_interval: float = HEALTH_INTERVAL,
+                 health_timeout: float = HEALTH_TIMEOUT,
                  counters: dict[str, PromptCounter] | None = None,
                  read_timeout: float = READ_TIMEOUT,
                  resolver: Callable[[str, int], Awaitable[Iterable[Address]]] | None = None,
@@ -215,6 +223,7 @@ class Gateway:
         self.read_timeout = read_timeout
         self.counters = dict(counters or {})
         self.health_interval = health_interval
+        self.health_timeout = health_timeout
         self._health_task: asyncio.Task | None = None
         self.queue_factor = queue_factor
         self.admin_token = admin_token
@@ -416,18 +425,27 @@ class Gateway:
 
     async def _check_health(self) -> None:
         """Every health_interval: GET each replica's /health; one that fails is ejected (no
-        request goes to it) until it answers 200 again."""
-        timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
+        request goes to it) until it answers 200 again. A refused connection or an error
+        status ejects it at once; a check that times out only the HEALTH_TIMEOUTS-th in a row
+        (a loaded engine is slow to answer, not failing)."""
+        timeout = aiohttp.ClientTimeout(total=self.health_timeout, sock_connect=min(
+            CONNECT_SECONDS, self.health_timeout))
 
         async def probe(model: str, r: Replica) -> None:
+            late = 0
             try:
                 async with self.session.get(r.url + "/health", timeout=timeout) as resp:
                     ok = resp.status == 200
-            except (aiohttp.ClientError, TimeoutError):
+            except TimeoutError as exc:  # a connection that hangs: the host is gone
+                late = r.late + 1
+                ok = r.healthy and late < HEALTH_TIMEOUTS and not isinstance(exc,
+                                                                             CONNECT_TIMEOUT)
+            except aiohttp.ClientError:
                 ok = False
             current = self.fleets.get(model)
             if current is None or not any(x is r for x in current.replicas):
                 return  # gone while it was probed (a new plan or addresses): not reported
+            r.late = late
             if ok != r.healthy:
                 self.ejections.labels(model, "back" if ok else "ejected").inc()
             r.healthy = ok
@@ -583,10 +601,12 @@ class Gateway:
         if not last and any(r.fits(view) for r in fleet.replicas):
             busy = sum(r.in_flight for r in fleet.replicas)
             aside = sum(r.down_until > time.monotonic() for r in fleet.replicas)
+            ejected = sum(not r.healthy for r in fleet.replicas)
             response = self._refuse(503, f"every replica of {model} that could serve this "
                                     f"request is saturated or set aside after a failure "
-                                    f"({busy} requests in flight, {aside} replicas set aside): "
-                                    "retry shortly", "ServiceUnavailableError")
+                                    f"({busy} requests in flight, {aside} replicas set aside, "
+                                    f"{ejected} failing their health check): retry shortly",
+                                    "ServiceUnavailableError")
             response.headers["Retry-After"] = str(RETRY_AFTER)
             return response
         if not last:
