@@ -32,6 +32,9 @@ def autoscale_cmd(
     tpot: Annotated[str, typer.Option("--tpot", help="TPOT limit, e.g. 50ms")] = "50ms",
     only: Annotated[list[str] | None, typer.Option(
         "--only", help="accelerator types to choose from")] = None,
+    step_margin: Annotated[float, typer.Option(
+        "--step-margin", help="size every plan as if each engine step took this share longer "
+        "than modelled (as plan --step-margin); replays run the engines so")] = 0.0,
     availability: Annotated[Path | None, typer.Option(
         "--availability", help="YAML list of {from: HH:MM, to: HH:MM, available: {TYPE: N}}")]
     = None,
@@ -85,7 +88,7 @@ def autoscale_cmd(
                 namespace or "default", out or Path("deploy"),
                 parse_duration(window, "--window"), parse_duration(interval or "15s",
                                                                    "--interval"),
-                parse_duration(startup, "--startup"))
+                parse_duration(startup, "--startup"), step_margin)
         return
     for given, option in ((admin_token, "--admin-token"), (target, "--target"),
                           (apply or None, "--apply"), (namespace, "--namespace"),
@@ -111,7 +114,7 @@ def autoscale_cmd(
     catalog = build_catalog(None, None, None, only)
     (demand,) = model_demands(model, workload=workload, rate=rate,
                               ttft=parse_duration(ttft, "--ttft"),
-                              tpot=parse_duration(tpot, "--tpot"))
+                              tpot=parse_duration(tpot, "--tpot"), step_margin=step_margin)
     outages = load_availability_series(availability, catalog) if availability else []
     trace = load_trace(workload)
     expected = (rate or trace.rate) * hours * 3600.0
@@ -166,7 +169,7 @@ def autoscale_cmd(
 
 def control(gateway: str, admin_token: str | None, model: str, workload: str, ttft: float,
             tpot: float, only, target: str, apply: bool, namespace: str, out: Path,
-            window: float, interval: float, startup: float) -> None:
+            window: float, interval: float, startup: float, step_margin: float = 0.0) -> None:
     """Controller mode: follow the gateway's traffic until Ctrl-C."""
     import asyncio
 
@@ -185,7 +188,8 @@ def control(gateway: str, admin_token: str | None, model: str, workload: str, tt
         raise HetserveError("--gateway: give --admin-token (the gateway's, for /admin/plan)")
     if target not in ("kubernetes", "ray", "emulate"):
         raise HetserveError(f"--target {target!r}: expected kubernetes, ray or emulate")
-    (demand,) = model_demands(model, workload=workload, ttft=ttft, tpot=tpot)
+    (demand,) = model_demands(model, workload=workload, ttft=ttft, tpot=tpot,
+                              step_margin=step_margin)
     policy = Replanner(demand, build_catalog(None, None, None, only), startup=startup)
 
     async def main() -> None:
