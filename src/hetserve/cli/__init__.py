@@ -236,8 +236,8 @@ EngineOpt = Annotated[str, typer.Option(
     "--engine", help="serving engine: vllm, vllm-v0 (before 0.6), sglang or trt-llm")]
 StepMarginOpt = Annotated[float | None, typer.Option(
     "--step-margin", help="plan as if every engine step took this share longer than the model "
-    "says (0.1: 10%; before fitting, the model's steps are 8-15% off an H200's); simulate: "
-    "default the plan's")]
+    "says (0.1: 10%; the model is 8-15% off a hand-written engine's steps on an H200); "
+    "simulate: default the plan's")]
 AttainmentOpt = Annotated[float, typer.Option(
     "--attainment", help="share of requests that must meet both limits (latencies are sized "
     "for it); plan: classes holding together no more than the rest may be served best effort")]
