@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -108,9 +109,7 @@ class Model:
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool):
         gqa = q.shape[1] != k.shape[1]
-        if self.backend is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
-        with sdpa_kernel(self.backend):
+        with nullcontext() if self.backend is None else sdpa_kernel(self.backend):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
     def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,10 @@
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,3 +160,20 @@ def hang_up_after(stream, chunks: int) -> None:
         if k + 1 == chunks:
             break
     stream.close()
+
+
+@contextmanager
+def in_background(start, stop):
+    """Await `start()` on a new event loop, run that loop in a daemon thread, and yield what
+    `start` returned; on exit await `stop()` there and end the loop (servers the test talks to
+    over loopback while it blocks)."""
+    loop = asyncio.new_event_loop()
+    started = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield started
+    finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)

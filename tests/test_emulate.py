@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from hetserve.emulate.engine import filler
 from hetserve.models import get_model
 from hetserve.perf import Deployment
 
-from .conftest import hang_up_after
+from .conftest import hang_up_after, in_background
 
 MODEL = "llama-3.1-8b"
 
@@ -30,16 +29,8 @@ MODEL = "llama-3.1-8b"
 def emulator(accelerator="L4", replicas=1, max_model_len=None, aliases=(), **knobs):
     dep = Deployment(get_model(MODEL), load_catalog().get(accelerator), **knobs)
     emu = Emulator(dep, MODEL, replicas, max_model_len=max_model_len, aliases=aliases)
-    loop = asyncio.new_event_loop()
-    urls = loop.run_until_complete(emu.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with in_background(emu.start, emu.stop) as urls:
         yield dep, urls
-    finally:
-        asyncio.run_coroutine_threadsafe(emu.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 def client(url: str) -> openai.OpenAI:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import re
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ from hetserve.gateway.backends import Resolve, addresses, expand, names, resolve
 from hetserve.route import RoutingTable
 from hetserve.route.request import WORDS, PromptCounter
 
-from .conftest import hang_up_after
+from .conftest import hang_up_after, in_background
 
 MODEL = "llama-3.1-8b"
 
@@ -47,32 +46,29 @@ def running(plan, dead: dict[str, int] | None = None, extra: dict[str, list[str]
     """Emulators for every replica of the plan and the gateway in front, on one loop in a
     thread. `dead`: group id -> how many of its URLs point at a closed port instead;
     `options`: Gateway's (api_keys, admin_token, max_body, counters: the emulators' too)."""
-    loop = asyncio.new_event_loop()
     counters = options.get("counters") or {}
     emulators = [group_emulator(plan, g, counter=counters.get(g.model, WORDS))
                  for g in plan.groups]
-    urls = {g.id: loop.run_until_complete(e.start())
-            for g, e in zip(plan.groups, emulators, strict=True)}
-    for gid, n in (dead or {}).items():
-        urls[gid] = [f"http://127.0.0.1:{_closed_port()}" for _ in range(n)] + urls[gid]
-    for gid, more in (extra or {}).items():
-        urls[gid] = more + urls[gid]
-    server = GatewayServer(Gateway(plan, urls, **options))
-    url = loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server.gateway.backends = urls  # what the test may send back through /admin/plan
-    try:
-        yield url, server.gateway
-    finally:
-        async def stop():
-            await server.stop()
-            for e in emulators:
-                await e.stop()
+    servers: list[GatewayServer] = []
 
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+    async def start():
+        urls = {g.id: await e.start() for g, e in zip(plan.groups, emulators, strict=True)}
+        for gid, n in (dead or {}).items():
+            urls[gid] = [f"http://127.0.0.1:{_closed_port()}" for _ in range(n)] + urls[gid]
+        for gid, more in (extra or {}).items():
+            urls[gid] = more + urls[gid]
+        servers.append(GatewayServer(Gateway(plan, urls, **options)))
+        servers[0].gateway.backends = urls  # what the test may send back through /admin/plan
+        return await servers[0].start()
+
+    async def stop():
+        for server in servers:
+            await server.stop()
+        for e in emulators:
+            await e.stop()
+
+    with in_background(start, stop) as url:
+        yield url, servers[0].gateway
 
 
 def _closed_port() -> int:
@@ -463,27 +459,13 @@ def test_a_backend_answering_5xx_is_left_for_another_replica(plan):
     async def fail(request):
         return web.json_response({"error": {"message": "boom"}}, status=500)
 
-    app = web.Application()
-    app.add_routes([web.post("/v1/completions", fail)])
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    bad = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        with running(plan, extra={g.id: [bad] * 2 for g in plan.groups},
-                     health_interval=0) as (url, _):
-            c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
-            for n in (10, 100, 600, 1500, 3000, 6000) * 2:
-                assert c.completions.create(model=MODEL, prompt=[1] * n,
-                                            max_tokens=2).usage.completion_tokens == 2
-            got = counts(url)
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+    with fake_backend(fail) as bad, running(plan, extra={g.id: [bad] * 2 for g in plan.groups},
+                                            health_interval=0) as (url, _):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        for n in (10, 100, 600, 1500, 3000, 6000) * 2:
+            assert c.completions.create(model=MODEL, prompt=[1] * n,
+                                        max_tokens=2).usage.completion_tokens == 2
+        got = counts(url)
     assert sum(v for (_, o), v in got.items() if o == "http_500") >= 1
     assert sum(v for (_, o), v in got.items() if o == "ok") == 12
 
@@ -525,20 +507,12 @@ def test_health_checks_eject_a_replica_and_bring_it_back(plan):
         assert not any(o == "unreachable" for (_, o) in counts(url))  # never tried
         # the replica starts (an emulator on that port): it is brought back
         emu = Emulator(plan.deployment(plan.groups[0]), MODEL, 1, ports=[port])
-        loop = asyncio.new_event_loop()
-        loop.run_until_complete(emu.start())
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        try:
+        with in_background(emu.start, emu.stop):
             deadline = time.monotonic() + 5
             while not late.healthy and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert late.healthy
             text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-        finally:
-            asyncio.run_coroutine_threadsafe(emu.stop(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
     for change in ("ejected", "back"):
         assert re.search(rf'^hetserve:health_changes_total\{{change="{change}",[^}}]*\}} 1\.0$',
                          text, re.M)
@@ -627,18 +601,15 @@ def fake_backend(handler):
 
     app = web.Application()
     app.add_routes([web.post("/v1/completions", handler)])
-    loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, shutdown_timeout=0.5)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+
+    async def start():
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    with in_background(start, runner.cleanup) as url:
+        yield url
 
 
 @contextmanager
@@ -707,17 +678,9 @@ def test_a_backend_that_sends_nothing_times_out_as_a_timeout(plan, caplog):
 @contextmanager
 def serving(gateway: Gateway):
     """`gateway` on an ephemeral port of 127.0.0.1, on its own loop in a thread."""
-    loop = asyncio.new_event_loop()
     server = GatewayServer(gateway)
-    url = loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with in_background(server.start, server.stop) as url:
         yield url
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 def test_a_burst_is_split_over_the_models_by_their_planned_rates():
@@ -757,24 +720,19 @@ def discovering(plan, spec, resolver, **options):
     """The gateway over `spec` with `resolver` (resolving again every 50 ms), and two emulated
     replicas of the plan's first group, on one loop in a thread: yields (gateway URL, gateway,
     the two replicas' URLs)."""
-    loop = asyncio.new_event_loop()
     emulator = group_emulator(plan, plan.groups[0], replicas=2)
-    replicas = loop.run_until_complete(emulator.start())
     server = GatewayServer(Gateway(plan, spec, resolver=resolver, resolve_interval=0.05,
                                    health_interval=0, **options))
-    url = loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield url, server.gateway, replicas
-    finally:
-        async def stop():
-            await server.stop()
-            await emulator.stop()
 
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+    async def start():
+        return await emulator.start(), await server.start()
+
+    async def stop():
+        await server.stop()
+        await emulator.stop()
+
+    with in_background(start, stop) as (replicas, url):
+        yield url, server.gateway, replicas
 
 
 def wait_for(check, seconds: float = 10.0) -> None:

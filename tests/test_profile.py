@@ -8,7 +8,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from hetserve.profile.drive import Endpoint, MeasureError, Sweep, measure
 from hetserve.profile.file import Profile, apply_profiles, load_profile
 from hetserve.profile.fit import fit, observations, with_fit
 
-from .conftest import assert_bad_input
+from .conftest import assert_bad_input, in_background
 
 MODEL = "llama-3.1-8b"
 ACC = "H100-SXM"
@@ -38,17 +37,9 @@ def truth_fit() -> Fit:
 
 @contextmanager
 def emulated(dep: Deployment, replicas: int = 1):
-    loop = asyncio.new_event_loop()
     emu = Emulator(dep, MODEL, replicas)
-    urls = loop.run_until_complete(emu.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with in_background(emu.start, emu.stop) as urls:
         yield urls
-    finally:
-        asyncio.run_coroutine_threadsafe(emu.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -117,12 +117,8 @@ def plan_tables(plan) -> list[Table]:
         each = f" ({by_model(plan.model_attainment)})" if several else ""
         mark = "meets" if not misses else "[red]misses[/]"
         whose = f" for {', '.join(misses)}" if misses and several else ""
-        margins = sorted({m.step_margin for m in plan.models})
-        slower = ""
-        if margins[-1]:
-            slower = (f" with every step {margin_pct(margins[0])} slower than modelled"
-                      if len(margins) == 1 else " with each model's steps its --step-margin "
-                      "slower")
+        slower = slower_steps({m.name: m.step_margin for m in plan.models})
+        slower = f" with {slower}" if slower else ""
         summary += (f"; simulated on its trace{slower}: {plan.slo_attainment:.2%} of requests "
                     f"within the SLO{each} ({mark} the {target_pct(target)} target{whose})")
     if plan.savings is not None:
@@ -204,17 +200,23 @@ def _pct(x: float) -> str:
     return "-" if x != x else f"{x:.1%}"
 
 
+def slower_steps(margins: dict[str, float]) -> str:
+    """How much slower than modelled each model's engines step (step margins by model), in
+    words; '' when none is."""
+    if not any(margins.values()):
+        return ""
+    if len(set(margins.values())) == 1:
+        return f"every step {margin_pct(next(iter(margins.values())))} slower than modelled"
+    return ("steps " + ", ".join(f"{m} {margin_pct(x)}" for m, x in margins.items())
+            + " slower than modelled")
+
+
 def sim_tables(results: list[SimResult], slo: str) -> list[Table]:
     """One summary row per run (router), then per group and per class of the first run."""
     arrivals = ", ".join(dict.fromkeys(r.arrivals for r in results))
     first = results[0].summary()
-    margins = {m: x for m, x in first["step_margin"].items() if x}
-    slower = ""
-    if margins:
-        each = sorted(set(margins.values()))
-        slower = ("; every step " + margin_pct(each[0]) if len(each) == 1 else "; steps "
-                  + ", ".join(f"{m} {margin_pct(x)}" for m, x in margins.items())) \
-            + " slower than modelled (--step-margin)"
+    slower = slower_steps(first["step_margin"])
+    slower = f"; {slower} (--step-margin)" if slower else ""
     head = Table(title=f"Simulation ({slo}; arrivals: {arrivals}, {first['offered_rate']:.3g} "
                  f"req/s over {first['billed_seconds']:.0f} s{slower})", title_justify="left")
     for col in ("router", "req", "rej", "in SLO", "TTFT s p50/90/99", "TPOT ms p50/90/99",

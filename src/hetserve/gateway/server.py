@@ -436,10 +436,10 @@ class Gateway:
             try:
                 async with self.session.get(r.url + "/health", timeout=timeout) as resp:
                     ok = resp.status == 200
-            except TimeoutError as exc:  # a connection that hangs: the host is gone
-                late = r.late + 1
-                ok = r.healthy and late < HEALTH_TIMEOUTS and not isinstance(exc,
-                                                                             CONNECT_TIMEOUT)
+            except TimeoutError as exc:  # slow to answer: out on the HEALTH_TIMEOUTS-th in a
+                late = r.late + 1  # row, or at once if the connection itself hung (host gone)
+                hung = isinstance(exc, CONNECT_TIMEOUT)
+                ok = r.healthy and late < HEALTH_TIMEOUTS and not hung
             except aiohttp.ClientError:
                 ok = False
             current = self.fleets.get(model)

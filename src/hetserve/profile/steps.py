@@ -33,7 +33,7 @@ from pydantic import ConfigDict, Field
 
 from hetserve.catalog import Catalog, Fit
 from hetserve.errors import HetserveError, Record, csv_columns, read_csv_records
-from hetserve.models import Dtype, get_model
+from hetserve.models import Dtype
 from hetserve.perf import Deployment
 from hetserve.profile.file import FitReport
 from hetserve.profile.fit import (
@@ -45,7 +45,7 @@ from hetserve.profile.fit import (
     median_abs,
     with_fit,
 )
-from hetserve.sim.calibrate import Point, engine_profile
+from hetserve.sim.calibrate import Point, engine_profile, row_hardware
 from hetserve.workload.trace import MAX_TOKENS
 
 STEP_FIELDS = ("id", "gpu", "model", "dtype", "tp", "phase", "batch", "tokens", "seconds")
@@ -106,14 +106,7 @@ def read_step_times(path: Path | str) -> list[StepTime]:
 def step_deployment(row: StepTime, catalog: Catalog) -> Deployment:
     """The deployment a row measured (an error naming the row if it does not fit)."""
     where = f"{row._where} (id {row.id})" if row._where else f"step time {row.id}"
-    try:
-        model = get_model(row.model)
-    except HetserveError as exc:
-        raise HetserveError(f"{where}: model: {exc}") from None
-    try:
-        acc = catalog.get(row.gpu)
-    except HetserveError as exc:
-        raise HetserveError(f"{where}: gpu: {exc}") from None
+    model, acc = row_hardware(where, row.model, row.gpu, catalog)
     try:
         dep = Deployment(model, acc, tp=row.tp, dtype=row.dtype,
                          kv_dtype="fp8" if row.dtype == "fp8" else "bf16",

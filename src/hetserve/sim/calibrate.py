@@ -19,9 +19,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from hetserve.catalog import Catalog
+from hetserve.catalog import Accelerator, Catalog
 from hetserve.errors import HetserveError, Record, read_csv_records
-from hetserve.models import Dtype, get_model
+from hetserve.models import Dtype, ModelSpec, get_model
 from hetserve.perf import Deployment
 from hetserve.perf.model import check_engine
 from hetserve.route import make_router
@@ -187,18 +187,24 @@ def of_engine(rows: list, engine: str | None, data: Path | str | None) -> list:
     return kept
 
 
+def row_hardware(where: str, model: str, gpu: str, catalog: Catalog
+                 ) -> tuple[ModelSpec, Accelerator]:
+    """The model and accelerator a measured row names (an error naming the row and field)."""
+    try:
+        spec = get_model(model)
+    except HetserveError as exc:
+        raise HetserveError(f"{where}: model: {exc}") from None
+    try:
+        return spec, catalog.get(gpu)
+    except HetserveError as exc:
+        raise HetserveError(f"{where}: gpu: {exc}") from None
+
+
 def measured_deployment(m: Measurement, catalog: Catalog) -> Deployment:
     """The deployment a measurement ran on, as the model sees it (an error naming the row if
     it does not fit or the request does not fit its KV cache)."""
     where = f"{m._where} (id {m.id})" if m._where else f"measurement {m.id}"
-    try:
-        model = get_model(m.model)
-    except HetserveError as exc:
-        raise HetserveError(f"{where}: model: {exc}") from None
-    try:
-        acc = catalog.get(m.gpu)
-    except HetserveError as exc:
-        raise HetserveError(f"{where}: gpu: {exc}") from None
+    model, acc = row_hardware(where, m.model, m.gpu, catalog)
     dep = Deployment(
         model,
         acc,
